@@ -1,0 +1,215 @@
+"""The library API: what the CLI and notebooks call.
+
+    import compact_proofs as cp
+    weights, meta = cp.train_model(k=4, seed=123)
+    acc = cp.accuracy(weights)                       # exact for small d_vocab**K, else sampled
+    [result] = cp.prove(weights, strategies="cubic")
+    print(result.correct_count, result.normalized_bound, result.flops)
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from compact_proofs import accuracy as accuracy_mod
+from compact_proofs import config as config_mod
+from compact_proofs.core.ledger import FlopLedger
+from compact_proofs.core.result import ProofResult
+from compact_proofs.core.rigorous import Ops
+from compact_proofs.errors import UserError
+from compact_proofs.proofs.protocol import Strategy
+from compact_proofs.proofs.registry import STRATEGIES
+from compact_proofs.weights import Weights
+
+# Above this many inputs, `accuracy` samples instead of enumerating (Max-of-5 at d_vocab 64 is 2^30).
+EXACT_LIMIT = 2**30
+
+Progress = Callable[[int, int], None] | None
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("compact-proofs")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def load(model: Any) -> Weights:
+    """Weights from a ``Weights``, a model directory / .safetensors / .pt path, or a TransformerLens
+    model (``HookedTransformer`` or a TL 4 ``TransformerBridge``)."""
+    if isinstance(model, Weights):
+        return model
+    if isinstance(model, str | os.PathLike):
+        from compact_proofs import storage
+
+        return storage.load_model(Path(model))[0]
+    from compact_proofs import interop
+
+    return interop.from_transformer_lens(model)
+
+
+def train_model(
+    *,
+    k: int,
+    seed: int,
+    d_vocab: int = 64,
+    d_model: int = 32,
+    steps: int | None = None,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Weights, dict[str, Any]]:
+    """Train a Max-of-``k`` model with the paper's recipe; optionally save it to ``out``."""
+    from compact_proofs import storage, train
+
+    model_cfg = config_mod.ModelConfig(d_vocab=d_vocab, n_ctx=k, d_model=d_model, d_head=d_model)
+    train_kwargs = {} if steps is None else {"steps": steps}
+    train_cfg = config_mod.TrainConfig(seed=seed, **train_kwargs)
+    weights, stats = train.train(model_cfg, train_cfg, progress=progress)
+    meta = {"task": "max_of_k", "k": k, "seed": seed, "train": stats.to_dict()}
+    if out is not None:
+        storage.save_model(weights, Path(out), metadata=meta, train_cfg=train_cfg, overwrite=overwrite)
+    return weights, meta
+
+
+def accuracy(
+    model: Any,
+    *,
+    exact: bool | None = None,
+    n_samples: int = 1_000_000,
+    seed: int = 0,
+    progress: Progress = None,
+) -> dict[str, Any]:
+    """Exact accuracy over all d_vocab**n_ctx inputs (default when feasible), else a stratified
+    sampled estimate with a 95% confidence interval."""
+    w = load(model)
+    if exact is None:
+        exact = w.config.n_inputs <= EXACT_LIMIT
+    start = time.perf_counter()
+    if exact:
+        res = accuracy_mod.exact_accuracy(w, progress=progress)
+        out = {
+            "method": "exact",
+            "correct": res.correct,
+            "incorrect": res.incorrect,
+            "undecided": res.undecided,
+            "total": res.total,
+            "accuracy": res.correct / res.total,
+        }
+    else:
+        res = accuracy_mod.sampled_accuracy(w, n_samples=n_samples, seed=seed, progress=progress)
+        out = {
+            "method": "sampled",
+            "accuracy": res.estimate,
+            "ci95_low": res.ci_low,
+            "ci95_high": res.ci_high,
+            "n_samples": res.n_samples,
+            "total": w.config.n_inputs,
+        }
+    out.update(
+        model_sha256=w.sha256(),
+        d_vocab=w.config.d_vocab,
+        n_ctx=w.config.n_ctx,
+        seconds=time.perf_counter() - start,
+        version=package_version(),
+    )
+    return out
+
+
+def resolve_strategies(strategies: str | Iterable[str]) -> list[Strategy]:
+    """'all', one name, a comma-separated list, or an iterable of names -> registry entries."""
+    if isinstance(strategies, str):
+        names = list(STRATEGIES) if strategies == "all" else [s.strip() for s in strategies.split(",")]
+    else:
+        names = list(strategies)
+    unknown = [n for n in names if n not in STRATEGIES]
+    if unknown:
+        raise UserError(
+            f"unknown strategy {unknown[0]!r}; run `compact-proofs strategies` for the "
+            f"{len(STRATEGIES)} available names (or use 'all')"
+        )
+    return [STRATEGIES[n] for n in names]
+
+
+def prove_one(
+    w: Weights,
+    strategy: Strategy,
+    *,
+    true_correct: int | None = None,
+    true_accuracy: float | None = None,
+) -> ProofResult:
+    """Run one strategy's untrusted search, then its trusted, counted check."""
+    cfg = w.config
+    if strategy.max_inputs is not None and cfg.n_inputs > strategy.max_inputs:
+        raise UserError(
+            f"strategy {strategy.name!r} enumerates inputs and refuses d_vocab**n_ctx = "
+            f"{cfg.n_inputs:.3g} > {strategy.max_inputs:.3g}; use 'cubic' or a subcubic strategy"
+        )
+    t0 = time.perf_counter()
+    certificate = strategy.search(w)
+    t1 = time.perf_counter()
+    ledger = FlopLedger()
+    verdict = strategy.check(w, certificate, Ops(ledger))
+    t2 = time.perf_counter()
+    return ProofResult(
+        strategy=strategy.name,
+        family=strategy.family,
+        model_sha256=w.sha256(),
+        d_vocab=cfg.d_vocab,
+        n_ctx=cfg.n_ctx,
+        correct_count=int(verdict.correct_count),
+        total=cfg.n_inputs,
+        flops=ledger.flop,
+        int_ops=ledger.int_op,
+        branches=ledger.branch,
+        unexplained_dim=int(strategy.unexplained_dim(cfg)),
+        complexity=strategy.complexity,
+        true_correct=true_correct,
+        true_accuracy=true_accuracy,
+        search_seconds=t1 - t0,
+        check_seconds=t2 - t1,
+        version=package_version(),
+        flops_by_label=dict(ledger.by_label),
+        details=verdict.details,
+    )
+
+
+def prove(
+    model: Any,
+    strategies: str | Iterable[str] = "cubic",
+    *,
+    true_correct: int | None = None,
+    true_accuracy: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ProofResult]:
+    """Prove accuracy lower bounds for ``model`` with each of ``strategies``.
+
+    ``true_correct`` (exact correct count) or ``true_accuracy`` (an estimate) make the results carry
+    a normalised bound. A brute-force run supplies ``true_correct`` for the strategies after it.
+    """
+    w = load(model)
+    chosen = resolve_strategies(strategies)
+    chosen.sort(key=lambda s: s.name != "brute-force")  # brute force first: it gives the truth
+    results = []
+    for strategy in chosen:
+        if progress is not None:
+            progress(strategy.name)
+        result = prove_one(w, strategy, true_correct=true_correct, true_accuracy=true_accuracy)
+        if strategy.name == "brute-force" and true_correct is None:
+            true_correct = result.correct_count
+            result = _with_truth(result, true_correct)
+        results.append(result)
+    return results
+
+
+def _with_truth(result: ProofResult, true_correct: int) -> ProofResult:
+    from dataclasses import replace
+
+    return replace(result, true_correct=true_correct)
+
+
+def list_strategies() -> list[Strategy]:
+    return list(STRATEGIES.values())

@@ -1,0 +1,160 @@
+"""The ``compact-proofs`` command: argument parsing and printing only; all work is in ``api``."""
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from compact_proofs import api
+from compact_proofs.errors import UserError
+
+console = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def progress_bar(description: str):
+    """Yields ``update(done, total)``; draws a rich progress bar on stderr."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int, *_: object) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _write_json(path: str | None, payload: object) -> None:
+    if path is None:
+        return
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(target)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    if Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
+    with progress_bar(f"training Max-of-{args.k} seed {args.seed}") as update:
+        _, meta = api.train_model(
+            k=args.k, seed=args.seed, d_vocab=args.d_vocab, d_model=args.d_model, steps=args.steps,
+            out=args.out, overwrite=args.overwrite, progress=update,
+        )
+    stats = meta["train"]
+    out.print(f"wrote {args.out}  (final train loss {stats['loss']:.4g}, accuracy {stats['accuracy']:.4f})")
+
+
+def cmd_accuracy(args: argparse.Namespace) -> None:
+    exact = {"auto": None, "exact": True, "sampled": False}[args.method]
+    with progress_bar("evaluating inputs") as update:
+        res = api.accuracy(args.model, exact=exact, n_samples=args.samples, seed=args.seed, progress=update)
+    if res["method"] == "exact":
+        out.print(
+            f"exact accuracy {res['accuracy']:.7f}: {res['correct']:,} of {res['total']:,} inputs correct "
+            f"({res['incorrect']:,} wrong, {res['undecided']:,} exact ties)  [{res['seconds']:.2f} s]"
+        )
+    else:
+        out.print(
+            f"sampled accuracy {res['accuracy']:.6f} (95% CI {res['ci95_low']:.6f} - {res['ci95_high']:.6f}, "
+            f"{res['n_samples']:,} samples of {res['total']:.3g} inputs)  [{res['seconds']:.2f} s]"
+        )
+    _write_json(args.json, res)
+
+
+def cmd_prove(args: argparse.Namespace) -> None:
+    strategies = api.resolve_strategies(args.strategy)  # fail fast on unknown names
+    weights = api.load(args.model)
+    true_correct = args.true_correct
+    with progress_bar("proving") as update:
+        done = []
+
+        def step(name: str) -> None:
+            update(len(done), len(strategies))
+            done.append(name)
+
+        results = api.prove(weights, [s.name for s in strategies], true_correct=true_correct, progress=step)
+    table = Table(title=f"proofs for {args.model}")
+    for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "complexity", "search s", "check s"):
+        table.add_column(col, justify="left" if col in ("strategy", "complexity") else "right")
+    for r in results:
+        norm = "-" if r.normalized_bound is None else f"{r.normalized_bound:.4f}"
+        table.add_row(
+            r.strategy, f"{r.accuracy_bound:.6f}", norm, f"{r.flops:.3g}", f"{r.unexplained_dim:,}",
+            r.complexity, f"{r.search_seconds:.3f}", f"{r.check_seconds:.3f}",
+        )
+    out.print(table)
+    payload = [r.to_dict() for r in results]
+    _write_json(args.json, payload[0] if len(payload) == 1 else payload)
+
+
+def cmd_strategies(args: argparse.Namespace) -> None:
+    table = Table(title=f"{len(api.list_strategies())} proof strategies")
+    for col in ("name", "family", "complexity"):
+        table.add_column(col)
+    for s in api.list_strategies():
+        table.add_row(s.name, s.family, s.complexity)
+    out.print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compact-proofs", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a Max-of-K model with the paper's recipe")
+    t.add_argument("--k", type=int, default=4, help="sequence length K (default 4)")
+    t.add_argument("--seed", type=int, required=True)
+    t.add_argument("--d-vocab", type=int, default=64)
+    t.add_argument("--d-model", type=int, default=32)
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the paper's 3000)")
+    t.add_argument("--out", required=True, help="model directory to create")
+    t.add_argument("--overwrite", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("accuracy", help="exact (or sampled) accuracy of a model")
+    a.add_argument("model", help="model directory or .safetensors file")
+    a.add_argument("--method", choices=("auto", "exact", "sampled"), default="auto")
+    a.add_argument("--samples", type=int, default=1_000_000)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", help="also write the result to this JSON file")
+    a.set_defaults(func=cmd_accuracy)
+
+    pr = sub.add_parser("prove", help="prove accuracy lower bounds")
+    pr.add_argument("model", help="model directory or .safetensors file")
+    pr.add_argument("--strategy", default="cubic", help="a name, comma-separated names, or 'all'")
+    pr.add_argument("--true-correct", type=int, default=None, help="exact correct count, for normalising")
+    pr.add_argument("--json", help="also write the result(s) to this JSON file")
+    pr.set_defaults(func=cmd_prove)
+
+    s = sub.add_parser("strategies", help="list the proof strategies")
+    s.set_defaults(func=cmd_strategies)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as err:
+        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

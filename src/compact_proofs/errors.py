@@ -1,0 +1,18 @@
+"""Exceptions. Every user-facing problem is a ``UserError``: the CLI prints its one-line message
+(which names the problem and the fix) and exits with status 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: missing or malformed files, unsupported models, bad options."""
+
+
+class ModelFormatError(UserError):
+    """A model file or state dict that cannot be read as a compact-proofs model."""
+
+
+class UnsupportedModelError(UserError):
+    """A well-formed model whose architecture the proofs do not cover."""
+
+
+class ProofPreconditionError(Exception):
+    """A checker's precondition does not hold (an internal error or an invalid certificate)."""

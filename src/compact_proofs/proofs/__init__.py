@@ -1,0 +1,1 @@
+"""Proof strategies: each is ``search`` (untrusted, uncounted) plus ``check`` (trusted, counted)."""
