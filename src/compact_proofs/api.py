@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from compact_proofs import accuracy as accuracy_mod
 from compact_proofs import config as config_mod
 from compact_proofs.core.ledger import FlopLedger
 from compact_proofs.core.result import ProofResult
@@ -85,12 +84,14 @@ def accuracy(
 ) -> dict[str, Any]:
     """Exact accuracy over all d_vocab**n_ctx inputs (default when feasible), else a stratified
     sampled estimate with a 95% confidence interval."""
+    from compact_proofs import exact as exact_mod
+
     w = load(model)
     if exact is None:
         exact = w.config.n_inputs <= EXACT_LIMIT
     start = time.perf_counter()
     if exact:
-        res = accuracy_mod.exact_accuracy(w, progress=progress)
+        res = exact_mod.exact_accuracy(w, progress=progress)
         out = {
             "method": "exact",
             "correct": res.correct,
@@ -100,7 +101,7 @@ def accuracy(
             "accuracy": res.correct / res.total,
         }
     else:
-        res = accuracy_mod.sampled_accuracy(w, n_samples=n_samples, seed=seed, progress=progress)
+        res = exact_mod.sampled_accuracy(w, n_samples=n_samples, seed=seed, progress=progress)
         out = {
             "method": "sampled",
             "accuracy": res.estimate,
