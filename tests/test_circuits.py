@@ -18,7 +18,15 @@ def random_weights(V: int, n: int, d: int, dh: int, seed: int, scale: float = 1.
     def r(*shape):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
 
-    return Weights(W_E=r(V, d), W_pos=r(n, d), W_Q=r(d, dh), W_K=r(d, dh), W_V=r(d, dh), W_O=r(dh, d), W_U=r(d, V))
+    return Weights(
+        W_E=r(V, d),
+        W_pos=r(n, d),
+        W_Q=r(d, dh),
+        W_K=r(d, dh),
+        W_V=r(d, dh),
+        W_O=r(dh, d),
+        W_U=r(d, V),
+    )
 
 
 def naive_last_logits(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
@@ -62,9 +70,13 @@ def test_radii_contain_exact_values():
     c = C.circuits(w, Ops())
 
     def fm(t):
-        return flint.fmpq_mat([[flint.fmpq(*float(x).as_integer_ratio()) for x in row] for row in t.double().tolist()])
+        return flint.fmpq_mat(
+            [[flint.fmpq(*float(x).as_integer_ratio()) for x in row] for row in t.double().tolist()]
+        )
 
-    E, P, Q, K, Vv, O, U = (fm(getattr(w, k)) for k in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U"))
+    E, P, Q, K, Vv, O, U = (
+        fm(getattr(w, k)) for k in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+    )
     Eq = E + fm(w.W_pos[-1:].expand(V, d))
     exact = {
         "EQKE": Eq * Q * K.transpose() * E.transpose(),

@@ -58,11 +58,17 @@ class Weights:
             if not isinstance(t, Tensor):
                 raise ModelFormatError(f"{name} must be a torch tensor, got {type(t).__name__}")
             if t.dtype != torch.float32:
-                raise ModelFormatError(f"{name} must be float32, got {t.dtype}; convert with .float()")
+                raise ModelFormatError(
+                    f"{name} must be float32, got {t.dtype}; convert with .float()"
+                )
             if t.ndim != 2:
-                raise ModelFormatError(f"{name} must be 2-D after squeezing, got shape {tuple(t.shape)}")
+                raise ModelFormatError(
+                    f"{name} must be 2-D after squeezing, got shape {tuple(t.shape)}"
+                )
             if not bool(torch.isfinite(t).all()):
-                raise ModelFormatError(f"{name} contains NaN or Inf values; a proof needs finite weights")
+                raise ModelFormatError(
+                    f"{name} contains NaN or Inf values; a proof needs finite weights"
+                )
         V, d = self.W_E.shape
         n = self.W_pos.shape[0]
         dh = self.W_Q.shape[1]
@@ -87,12 +93,18 @@ class Weights:
     def config(self) -> ModelConfig:
         V, d = self.W_E.shape
         return ModelConfig(
-            d_vocab=int(V), n_ctx=int(self.W_pos.shape[0]), d_model=int(d), d_head=int(self.W_Q.shape[1])
+            d_vocab=int(V),
+            n_ctx=int(self.W_pos.shape[0]),
+            d_model=int(d),
+            d_head=int(self.W_Q.shape[1]),
         )
 
     def tensors(self) -> dict[str, Tensor]:
         """The seven weight matrices by their short names."""
-        return {name: getattr(self, name) for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")}
+        return {
+            name: getattr(self, name)
+            for name in ("W_E", "W_pos", "W_Q", "W_K", "W_V", "W_O", "W_U")
+        }
 
     def sha256(self) -> str:
         """Digest of the exact float32 values (and shapes), independent of file layout."""
@@ -104,7 +116,7 @@ class Weights:
         return h.hexdigest()
 
     def to_state_dict(self) -> dict[str, Tensor]:
-        """TransformerLens 2.x state dict (head dimension restored, zero biases, no mask buffers)."""
+        """TransformerLens 2.x state dict (head dimension restored, zero biases, no buffers)."""
         cfg = self.config
         z = torch.zeros
         return {
@@ -133,10 +145,15 @@ class Weights:
         _refuse_unsupported_keys(keys)
         missing = [k for k in WEIGHT_KEYS if k not in keys]
         if missing:
-            raise ModelFormatError(f"state dict is missing {', '.join(missing)}; expected TransformerLens 2.x names")
+            raise ModelFormatError(
+                f"state dict is missing {', '.join(missing)}; expected TransformerLens 2.x names"
+            )
         unknown = sorted(keys - set(WEIGHT_KEYS) - set(BIAS_KEYS))
         if unknown:
-            raise ModelFormatError(f"state dict has unknown keys {unknown[:5]}; expected only {list(WEIGHT_KEYS)} and zero biases")
+            raise ModelFormatError(
+                f"state dict has unknown keys {unknown[:5]}; expected only "
+                f"{list(WEIGHT_KEYS)} and zero biases"
+            )
         for k in BIAS_KEYS:
             if k in keys:
                 b = sd[k]
@@ -144,14 +161,21 @@ class Weights:
                     raise ModelFormatError(f"{k} is not a finite tensor")
                 if bool((b != 0).any()):
                     raise UnsupportedModelError(
-                        f"{k} is nonzero (max |b| = {b.abs().max().item():.3g}); the proofs need all biases "
-                        "exactly zero (train with frozen zero biases)"
+                        f"{k} is nonzero (max |b| = {b.abs().max().item():.3g}); the proofs "
+                        "need all biases exactly zero (train with frozen zero biases)"
                     )
         heads = {}
-        for k in ("blocks.0.attn.W_Q", "blocks.0.attn.W_K", "blocks.0.attn.W_V", "blocks.0.attn.W_O"):
+        for k in (
+            "blocks.0.attn.W_Q",
+            "blocks.0.attn.W_K",
+            "blocks.0.attn.W_V",
+            "blocks.0.attn.W_O",
+        ):
             t = sd[k]
             if not isinstance(t, Tensor) or t.ndim != 3:
-                raise ModelFormatError(f"{k} must have shape [n_heads, ., .], got {getattr(t, 'shape', None)}")
+                raise ModelFormatError(
+                    f"{k} must have shape [n_heads, ., .], got {getattr(t, 'shape', None)}"
+                )
             if t.shape[0] != 1:
                 raise UnsupportedModelError(
                     f"{k} has {t.shape[0]} heads; only one-head models are supported"
@@ -165,8 +189,8 @@ class Weights:
                 raise ModelFormatError(f"{name} has dtype {t.dtype}; expected float32")
             if t.dtype != torch.float32:
                 raise ModelFormatError(
-                    f"{name} has dtype {t.dtype}; the proofs read float32 weights exactly: convert the "
-                    "model with .float() first"
+                    f"{name} has dtype {t.dtype}; the proofs read float32 weights exactly: "
+                    "convert the model with .float() first"
                 )
             return t.detach().to("cpu").contiguous()
 
@@ -183,8 +207,14 @@ class Weights:
 
 def _refuse_unsupported_keys(keys: set[str]) -> None:
     if any(k.startswith("blocks.") and not k.startswith("blocks.0.") for k in keys):
-        raise UnsupportedModelError("the model has more than one layer; only one-layer models are supported")
+        raise UnsupportedModelError(
+            "the model has more than one layer; only one-layer models are supported"
+        )
     if any(".mlp." in k for k in keys):
-        raise UnsupportedModelError("the model has MLP layers; only attention-only models are supported")
+        raise UnsupportedModelError(
+            "the model has MLP layers; only attention-only models are supported"
+        )
     if any(".ln" in k or k.startswith("ln_final") for k in keys):
-        raise UnsupportedModelError("the model has LayerNorm; only models without normalization are supported")
+        raise UnsupportedModelError(
+            "the model has LayerNorm; only models without normalization are supported"
+        )

@@ -1,1 +1,3 @@
-"""The trusted core: counted, rounding-sound primitives and exact counting. Imports nothing above it."""
+"""The trusted core: counted, rounding-sound primitives and exact counting.
+
+Imports nothing above it."""

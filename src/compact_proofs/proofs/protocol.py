@@ -15,6 +15,7 @@ from torch import Tensor
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.weights import Weights
 
+
 @dataclass(frozen=True)
 class Verdict:
     """What a checker proves.
@@ -22,9 +23,10 @@ class Verdict:
     Args:
         correct_count: at least this many inputs are correct (exact Python int).
         details: JSON-serialisable diagnostics.
-        expand: optional; builds the boolean mask over all d_vocab**n_ctx inputs (paper index order:
-            token at position j is (i // V**j) % V) of the inputs this proof covers. Its sum must equal
-            ``correct_count``. Uncounted; used by the soundness tests on small models.
+        expand: optional; builds the boolean mask over all d_vocab**n_ctx inputs (paper index
+            order: token at position j is (i // V**j) % V) of the inputs this proof covers. Its
+            sum must equal ``correct_count``. Uncounted; used by the soundness tests on small
+            models.
     """
 
     correct_count: int
