@@ -3,16 +3,20 @@
 Arithmetic model (stated once, referenced by every checker):
     IEEE-754 binary64, round-to-nearest, unit roundoff u = 2^-53, for +, -, *, / and for the
     summations inside matmul/sum (any order, FMA or not: the classical bound
-    |fl(sum_i a_i b_i) - sum_i a_i b_i| <= gamma_n sum_i |a_i b_i|, gamma_n = n u / (1 - n u), holds for
-    every summation order). ``torch.exp`` in float64 is assumed accurate to 4 ulp relative
-    (its CPU kernels are SLEEF ``expd_u10`` or glibc ``exp``, both documented at <= 1 ulp).
-    Error radii are Python floats; every update is rounded upward with ``math.nextafter``. No
-    ``fesetround`` (unsound with threaded BLAS).
+    |fl(sum_i a_i b_i) - sum_i a_i b_i| <= gamma_n sum_i |a_i b_i|, gamma_n = n u / (1 - n u),
+    holds for every summation order). ``torch.exp`` in float64 is assumed accurate to 4 ulp
+    relative (its CPU kernels are SLEEF ``expd_u10`` or glibc ``exp``, both documented at <= 1 ulp),
+    and ``torch.log`` likewise. Underflow: a product or quotient that underflows has absolute error
+    <= ETA = 2^-1021 beyond the relative bound (sums of floats are exact there; torch does not
+    flush denormals by default), and an ``exp`` that underflows (flushing to 0 or a subnormal) has
+    absolute error <= TAU = 2^-1021. Error radii are Python floats; every update is rounded upward
+    with ``math.nextafter``. No ``fesetround`` (unsound with threaded BLAS).
 
-An ``Approx`` is a float64 tensor ``mid`` with two scalars: ``rad`` bounds ``|mid - exact|`` entrywise,
-``mag`` bounds ``max(|mid|, |exact|)`` entrywise. Magnitudes are propagated analytically (O(1) scalar
-work per tensor operation, not counted as FLOPs, like the paper's uncounted Python-level work), so
-rigour costs no extra tensor passes. The checker's final decisions go through ``proven_negative``.
+An ``Approx`` is a float64 tensor ``mid`` with two scalars: ``rad`` bounds ``|mid - exact|``
+entrywise, ``mag`` bounds ``max(|mid|, |exact|)`` entrywise. Magnitudes are propagated analytically
+(O(1) scalar work per tensor operation, not counted as FLOPs, like the paper's uncounted
+Python-level work), so rigour costs no extra tensor passes. The checker's final decisions go
+through ``proven_negative``.
 
 Every tensor operation adds its cost to the ``FlopLedger`` with the paper's rules (§10.2).
 """
@@ -27,6 +31,9 @@ from compact_proofs.core.ledger import FlopLedger
 
 U = 2.0**-53
 EXP_REL_ERR = 4 * U
+LOG_REL_ERR = 4 * U
+ETA = 2.0**-1021  # absolute underflow error of one product or quotient (even with flush-to-zero)
+TAU = 2.0**-1021  # absolute underflow error of one exp (covers flush-to-zero)
 _INF = math.inf
 
 
@@ -54,6 +61,26 @@ def up_mul(*factors: float) -> float:
 def _grow(mag: float, rel: float) -> float:
     """A magnitude bound that also covers the rounded value: mag (1 + rel)."""
     return up_mul(mag, _up(1.0 + rel))
+
+
+def _down(x: float) -> float:
+    """Round a Python float (already within 1/2 ulp of the true value) downward."""
+    return math.nextafter(x, -_INF)
+
+
+def _inv_one_minus(x: float) -> float:
+    """Upper bound on 1 / (1 - x) for a float 0 <= x < 1."""
+    return _up(1.0 / _down(1.0 - x))
+
+
+def _exp_up(x: float) -> float:
+    """Upper bound on e^x (libm ``exp`` assumed accurate to 4 ulp, like torch's)."""
+    return up_mul(math.exp(x), 1.0 + EXP_REL_ERR)
+
+
+def _expm1_up(x: float) -> float:
+    """Upper bound on e^x - 1 for x >= 0."""
+    return up_mul(math.expm1(x), 1.0 + EXP_REL_ERR) if x > 0 else 0.0
 
 
 def gamma(n: int) -> float:
@@ -118,7 +145,9 @@ class Ops:
         mid = a.mid * b.mid
         self.ledger.add(mid.numel(), label=label)
         mag = up_mul(a.mag, b.mag)
-        rad = up_sum(up_mul(a.rad, b.mag), up_mul(b.rad, a.mag), up_mul(a.rad, b.rad), up_mul(U, mag))
+        rad = up_sum(
+            up_mul(a.rad, b.mag), up_mul(b.rad, a.mag), up_mul(a.rad, b.rad), up_mul(U, mag), ETA
+        )
         return Approx(mid, rad, _grow(mag, U))
 
     def scale(self, a: Approx, c: float, label: str = "scale") -> Approx:
@@ -126,31 +155,35 @@ class Ops:
         mid = a.mid * c
         self.ledger.add(mid.numel(), label=label)
         mag = up_mul(a.mag, abs(c))
-        return Approx(mid, up_sum(up_mul(a.rad, abs(c)), up_mul(U, mag)), _grow(mag, U))
+        return Approx(mid, up_sum(up_mul(a.rad, abs(c)), up_mul(U, mag), ETA), _grow(mag, U))
 
     def divide_by_real(self, a: Approx, c: float, c_rel_err: float, label: str = "div") -> Approx:
-        """Divide by a positive real known as the float ``c`` with relative error <= ``c_rel_err``."""
+        """Divide by a positive real known as the float ``c`` with relative error <= ``c_rel_err``.
+
+        Proof: exact/c_true with c_true = c (1 + e), |e| <= c_rel_err, and
+        |1/(1+e) - 1| <= c_rel_err / (1 - c_rel_err) =: rel.
+        """
         if not c > 0:
             raise ValueError("divisor must be positive")
         mid = a.mid / c
         self.ledger.add(mid.numel(), label=label)
-        # exact/c_true with c_true = c (1 + e), |e| <= c_rel_err: |1/(1+e) - 1| <= c_rel_err / (1 - c_rel_err).
         rel = _up(c_rel_err / (1.0 - c_rel_err))
         mag = up_mul(_up(a.mag / c), 1.0 + rel)
-        rad = up_sum(up_mul(_up(a.rad / c), 1.0 + rel), up_mul(rel, mag), up_mul(U, mag))
+        rad = up_sum(up_mul(_up(a.rad / c), 1.0 + rel), up_mul(rel, mag), up_mul(U, mag), ETA)
         return Approx(mid, rad, _grow(mag, U))
 
     def matmul(self, a: Approx, b: Approx, label: str = "matmul") -> Approx:
         """``a @ b`` for 2-D (or batched) operands with inner size n.
 
-        Error: |fl(AB) - A_ex B_ex| <= gamma_n n mag_A mag_B + n (r_A mag_B + r_B mag_A + r_A r_B).
+        Error: |fl(AB) - A_ex B_ex| <= gamma_n n mag_A mag_B + n (r_A mag_B + r_B mag_A + r_A r_B)
+        + n ETA (underflow of the n products).
         """
         mid = a.mid @ b.mid
         n = a.mid.shape[-1]
         self.ledger.add(mid.numel() * (2 * n - 1), label=label)
         mag = up_mul(n, a.mag, b.mag)
         prop = up_mul(n, up_sum(up_mul(a.rad, b.mag), up_mul(b.rad, a.mag), up_mul(a.rad, b.rad)))
-        rad = up_sum(up_mul(gamma(n), mag), prop)
+        rad = up_sum(up_mul(gamma(n), mag), prop, up_mul(n, ETA))
         return Approx(mid, rad, _grow(mag, gamma(n)))
 
     def sum(self, a: Approx, dim: int, label: str = "sum") -> Approx:
@@ -194,28 +227,165 @@ class Ops:
         self.ledger.add((mid.numel() // max(n, 1)) * max(n - 1, 0), label=label)
         return Approx(mid, a.rad, a.mag)
 
+    def amax_excluding(self, a: Approx, dim: int, exclude: Tensor, label: str = "max") -> Approx:
+        """Max along ``dim`` over every index except the ``e`` indices in ``exclude``.
+
+        ``exclude`` is an int64 tensor broadcastable to ``(*kept, e)`` where ``kept`` is ``a``'s
+        shape without ``dim``. The result is the float max of a subset of ``mid`` entries, hence
+        within ``rad`` of the exact max over the same subset. Cost: writing the e excluded
+        entries plus a reduction over the n - e others: kept (n - 1), as ``amax``. Requires
+        n > e (a non-empty subset).
+        """
+        n = a.mid.shape[dim]
+        dim = dim % a.mid.ndim
+        kept_shape = a.mid.shape[:dim] + a.mid.shape[dim + 1 :]
+        e = exclude.shape[-1]
+        if n <= e:
+            raise ValueError("amax_excluding needs more entries than exclusions along dim")
+        idx = exclude.to(torch.int64).expand(*kept_shape, e).movedim(-1, dim)
+        mid = a.mid.scatter(dim, idx, -_INF).amax(dim)
+        self.ledger.add(mid.numel() * (n - 1), label=label)
+        return Approx(mid, a.rad, a.mag)
+
+    def amax_leave_one_out(
+        self, a: Approx, dim: int, exclude: Tensor | None = None, label: str = "max"
+    ) -> Approx:
+        """``out[..., j] = max_{i != j, i != e} a[..., i]`` along ``dim`` (same shape as ``a``),
+        where the optional ``exclude`` gives one more excluded index e per kept entry
+        (broadcastable to the kept shape); ``out[..., e]`` is then the max over i != e.
+
+        Computed from the top two entries of each row (after writing -inf at e): ``out_j`` is
+        the second-largest if ``a_j`` equals the largest, else the largest (ties at the top make
+        both equal), i.e. exactly the float max over the same index set, so within ``rad`` of
+        the exact one. Cost: kept (2n - 3) + 2 numel (top-two search, one comparison and one
+        selection per entry); with ``exclude``, kept (1 + 2(n - 1) - 3) + 2 numel. Requires at
+        least two remaining entries.
+        """
+        n = a.mid.shape[dim]
+        dim = dim % a.mid.ndim
+        mid_in = a.mid
+        extra = 0
+        if exclude is not None:
+            kept_shape = a.mid.shape[:dim] + a.mid.shape[dim + 1 :]
+            idx = exclude.to(torch.int64).expand(kept_shape).unsqueeze(dim)
+            mid_in = a.mid.scatter(dim, idx, -_INF)
+            extra = 1
+        if n - extra < 2:
+            raise ValueError("amax_leave_one_out needs at least two remaining entries along dim")
+        top2 = mid_in.topk(2, dim=dim).values
+        first = top2.narrow(dim, 0, 1)
+        second = top2.narrow(dim, 1, 1)
+        mid = torch.where(mid_in == first, second, first)
+        kept = mid.numel() // n
+        if exclude is None:
+            self.ledger.add(kept * (2 * n - 3) + 2 * mid.numel(), label=label)
+        else:
+            self.ledger.add(kept * (2 * n - 4) + 2 * mid.numel(), label=label)
+        return Approx(mid, a.rad, a.mag)
+
+    def where(self, cond: Tensor, a: Approx, b: Approx, label: str = "where") -> Approx:
+        """Elementwise selection by a boolean tensor fixed by the checker's control flow.
+
+        Selection copies values, so the result is within max(rad_a, rad_b) of the exact selection.
+        Cost: one per output element (the paper's ``__setitem__`` rule).
+        """
+        mid = torch.where(cond, a.mid, b.mid)
+        self.ledger.add(mid.numel(), label=label)
+        return Approx(mid, max(a.rad, b.rad), max(a.mag, b.mag))
+
+    @staticmethod
+    def stack(parts: list[Approx], dim: int) -> Approx:
+        """Stack along a new ``dim``; pure layout, free. Bounds: the maxima over the parts."""
+        mid = torch.stack([p.mid for p in parts], dim=dim)
+        return Approx(mid, max(p.rad for p in parts), max(p.mag for p in parts))
+
+    @staticmethod
+    def cat(parts: list[Approx], dim: int) -> Approx:
+        """Concatenate along ``dim``; pure layout, free. Bounds: the maxima over the parts."""
+        mid = torch.cat([p.mid for p in parts], dim=dim)
+        return Approx(mid, max(p.rad for p in parts), max(p.mag for p in parts))
+
+    def logsumexp(self, a: Approx, dim: int, label: str = "logsumexp") -> Approx:
+        """``log sum_j exp(a_j)`` along ``dim``, with a rigorous absolute radius.
+
+        Claim: |out - lse(a_ex)| <= rad whenever |a_mid - a_ex| <= r entrywise.
+        Proof: (1) lse is 1-Lipschitz in the sup norm, so |lse(a_ex) - lse(a_mid)| <= r.
+        (2) lse(a_mid) = M + log S with M = max a_mid (exact) and S = sum exp(a_j - M) in [1, n].
+        The float computation: d_j = fl(a_j - M), |d_j - (a_j - M)| <= 2 u mag =: eps;
+        e_j = exp(d_j)(1 + x_j) + t_j (|x_j| <= 4u, |t_j| <= TAU); S^ = fl(sum e) with
+        |th_i| <= gamma_n. As S >= 1, S^ / S lies in [1/R, R] with
+        R = e^eps (1 + 4u)(1 + gamma_n) / ((1 - 4u)(1 - gamma_n)(1 - u)) (the last factor absorbing
+        n TAU <= u), so |log S^ - log S| <= log R. (3) L^ = fl(log S^) has relative error
+        <= 4u and |log S^| <= log n + log R. (4) out = fl(M + L^) adds u (mag + log n + log R + 1).
+        Sum (1)-(4).                                                                      QED
+        Cost (paper rules): max-reduce, subtract, exp, sum, log, add: 2 kept (n - 1) + 2 numel +
+        2 kept.
+        """
+        n = a.mid.shape[dim]
+        top = a.mid.amax(dim, keepdim=True)
+        total = torch.exp(a.mid - top).sum(dim, keepdim=True)
+        mid = (torch.log(total) + top).squeeze(dim)
+        kept = mid.numel()
+        self.ledger.add(2 * kept * (n - 1) + 2 * a.mid.numel() + 2 * kept, label=label)
+        eps = up_mul(2.0, U, a.mag)
+        g = gamma(max(n, 1))
+        ratio = up_mul(
+            _exp_up(eps),
+            1.0 + EXP_REL_ERR,
+            1.0 + g,
+            _inv_one_minus(EXP_REL_ERR),
+            _inv_one_minus(g),
+            _inv_one_minus(U),
+        )
+        log_ratio = _up(ratio - 1.0)  # log R <= R - 1
+        log_n = up_mul(math.log(n), 1.0 + LOG_REL_ERR) if n > 1 else 0.0
+        log_s = up_sum(log_n, log_ratio)  # >= |log S^|
+        out_mag = up_sum(a.mag, log_s)
+        rad = up_sum(
+            a.rad,
+            log_ratio,
+            up_mul(LOG_REL_ERR, log_s),
+            up_mul(U, up_sum(out_mag, up_mul(LOG_REL_ERR, log_s))),
+        )
+        return Approx(mid, rad, up_sum(out_mag, rad))
+
     def softmax(self, scores: Approx, dim: int, label: str = "softmax") -> Approx:
         """Softmax along ``dim`` with a rigorous absolute radius on the probabilities.
 
-        Claim: if |s_mid - s_ex| <= r entrywise, the returned p satisfies |p - softmax(s_ex)| <= rad.
-        Proof: softmax(s_ex)_j = softmax(s_mid)_j * rho_j with rho_j in [e^{-2r}, e^{2r}] (numerator and
-        denominator each move by a factor in [e^{-r}, e^{r}]), so the exact-input error is
-        <= p_j (e^{2r} - 1) <= e^{2r} - 1. Computing softmax(s_mid) in float64 (subtract the max: abs
-        error <= u |s - max| <= 2 u mag in the exponent, i.e. relative e^{2 u mag} - 1; exp: 4 ulp;
-        sum of n positive terms: gamma_n; one division: u) gives relative error
-        <= (1 + e1)(1 + 4u)(1 + gamma_n)(1 + u)/(1 - gamma_n) - 1 on each p_j <= 1.       QED
+        Claim: if |s_mid - s_ex| <= r entrywise, the result p has |p - softmax(s_ex)| <= rad.
+        Proof: (1) softmax(s_ex)_j = q_j rho_j with q = softmax(s_mid) (exact) and
+        rho_j in [e^{-2r}, e^{2r}] (numerator and denominator each move by a factor in
+        [e^{-r}, e^{r}]), so the exact-input error is <= q_j (e^{2r} - 1).
+        (2) The float computation is explicit: M = max s_mid (exact), d_j = fl(s_j - M) with
+        |d_j - (s_j - M)| <= u |s_j - M| <= 2 u mag =: eps; e_j = exp(d_j)(1 + x_j) + t_j with
+        |x_j| <= 4u, |t_j| <= TAU (underflow); S = fl(sum e) = sum e_i (1 + th_i) with
+        |th_i| <= gamma_n; p_j = fl(e_j / S) = e_j / S (1 + y), |y| <= u. The exact sum of
+        exp(s_i - M) is >= 1 (its largest term is exp(0)), so each t_i perturbs S by a relative
+        n TAU <= u, and p_j / q_j lies
+        in [1/R, R] up to the absolute t_j / S <= 2 TAU, with
+        R = e^{2 eps} (1 + 4u)(1 + u) / ((1 - 4u)(1 - gamma_n)(1 - u)); since 1 - 1/R <= R - 1,
+        |p_j - q_j| <= q_j (R - 1) + 2 TAU. (3) Sum (1) and (2) with q_j <= 1.             QED
         Cost (paper rules): max-reduce, subtract, exp, sum, divide.
         """
         n = scores.mid.shape[dim]
-        mid = torch.softmax(scores.mid, dim=dim)
+        top = scores.mid.amax(dim, keepdim=True)
+        e = torch.exp(scores.mid - top)
+        mid = e / e.sum(dim, keepdim=True)
         kept = mid.numel() // max(n, 1)
         self.ledger.add(kept * (n - 1) * 2 + 3 * mid.numel(), label=label)
-        e1 = math.expm1(_up(2 * _up(U * up_mul(2.0, scores.mag))))
-        g = gamma(max(n, 1))
-        rel_fp = up_mul(1.0 + e1, 1.0 + EXP_REL_ERR, 1.0 + g, 1.0 + U, _up(1.0 / (1.0 - g))) - 1.0
-        rel_in = math.expm1(up_mul(2.0, scores.rad))
-        rad = up_sum(_up(rel_in), _up(rel_fp), up_mul(_up(rel_in), _up(rel_fp)))
-        return Approx(mid, _up(rad), _grow(1.0, rad))
+        eps = up_mul(2.0, U, scores.mag)
+        ratio = up_mul(
+            _exp_up(up_mul(2.0, eps)),
+            1.0 + EXP_REL_ERR,
+            1.0 + U,
+            _inv_one_minus(EXP_REL_ERR),
+            _inv_one_minus(gamma(max(n, 1))),
+            _inv_one_minus(U),
+        )
+        rel_fp = _up(ratio - 1.0)
+        rel_in = _expm1_up(up_mul(2.0, scores.rad))
+        rad = up_sum(rel_in, rel_fp, up_mul(2.0, TAU))
+        return Approx(mid, rad, _grow(1.0, rad))
 
     # -- decisions ------------------------------------------------------------------------------
     def upper(self, a: Approx, label: str = "decide") -> Tensor:

@@ -1,0 +1,181 @@
+"""Cubic proof, step (2): pessimal ablation of the output logits per slot group and per class of
+output logits, and step (5a): the positional log-weights of the two extreme placements. See the
+package docstring for the proof.
+
+Shape glossary (core/circuits.py): ``d_vocab_q`` query token, ``d_vocab_max`` max token,
+``d_vocab_k`` (key/non-max) token, ``d_vocab_out`` output logit x, ``n_ctx`` positions; ``n_c`` =
+n_ctx - 2 counts c = 1 .. n_ctx - 2; ``placement`` is r in {0: max tokens on the lowest
+positional scores, 1: on the highest}; ``cls`` is the class of output logits, 0: x = k,
+1: x not in {m, k}; ``group`` is the slot group (0: max, 1: non-max, 2: query).
+
+Per-slot terms (centred on the max token m; all exact real functions of the weights):
+    Dmax[q, m, x] = EUPU[q, x] - EUPU[q, m] + EVOU[m, x] - EVOU[m, m] + PVnq[m, x]
+    Dk[q, m, k, x] = EUPU[q, x] - EUPU[q, m] + EVOU[k, x] - EVOU[k, m] + PVnq[m, x]
+    Dz[q, m, x]   = W[q, x] - W[q, m],  W = EUPU + EVOU + PVOU[n-1]  (query slot, token q)
+with PVnq[m, x] = max_{p < n-1} (PVOU[p, x] - PVOU[p, m]).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from compact_proofs.core.rigorous import Approx, Ops
+
+
+@dataclass(frozen=True)
+class SlotTables:
+    """Tables shared by every key (V^2 or V^3 work, computed once)."""
+
+    EUPU: Approx  # [d_vocab_q, d_vocab_out]
+    own: Approx  # [d_vocab_max, d_vocab_out]: EVOU[m, x] + PVnq[m, x]
+    base: Approx  # [d_vocab_q, d_vocab_max]: EUPU[q, m] + EVOU[m, m]
+    W: Approx  # [d_vocab_q, d_vocab_out]
+    Ck: Approx  # [d_vocab_max, d_vocab_k]: EVOU[k, k] - EVOU[k, m] + PVnq[m, k]
+    # [d_vocab_max, d_vocab_k]: max_{x not in {m, k}} EVOU[k, x] - EVOU[k, m] + PVnq[m, x];
+    # None when d_vocab = 2 (no such x).
+    ev_nk: Approx | None
+
+
+def slot_tables(EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops, m_chunk: int) -> SlotTables:
+    """Cost: PVnq (n-1) V^2 + V^2 (n-2); own V^2; base V^2; W 2 V^2; Ck 2 V^2;
+    ev_nk V^3 + V^2 (V-1) + V^2 (if V >= 3)."""
+    V, n = EVOU.shape[0], PVOU.shape[0]
+    idx = torch.arange(V)
+    centred = ops.sub(
+        PVOU[: n - 1].map_layout(lambda t: t.unsqueeze(0)),  # [1, p, x]
+        PVOU[: n - 1].map_layout(lambda t: t.T.unsqueeze(2)),  # [m, p, 1]
+        label="cubic:ov",
+    )  # [m, p, x]
+    pv = ops.amax(centred, dim=1, label="cubic:ov")  # PVnq [m, x]
+    own = ops.add(EVOU, pv, label="cubic:ov")
+    base = ops.add(EUPU, EVOU[idx, idx][None, :], label="cubic:ov")
+    W = ops.add(ops.add(EUPU, EVOU, label="cubic:ov"), PVOU[n - 1 :], label="cubic:ov")
+    EVOU_t = EVOU.map_layout(lambda t: t.T)  # [m, k] = EVOU[k, m]
+    Ck = ops.add(ops.sub(EVOU[idx, idx][None, :], EVOU_t, label="cubic:ov"), pv, label="cubic:ov")
+    if V < 3:
+        return SlotTables(EUPU=EUPU, own=own, base=base, W=W, Ck=Ck, ev_nk=None)
+    parts = []
+    for m0 in range(0, V, m_chunk):
+        m1 = min(V, m0 + m_chunk)
+        r = ops.add(
+            pv[m0:m1].map_layout(lambda t: t.unsqueeze(1)),  # [mc, 1, x]
+            EVOU.map_layout(lambda t: t.unsqueeze(0)),  # [1, k, x]
+            label="cubic:ov",
+        )  # [mc, k, x]
+        ex = torch.stack(torch.broadcast_tensors(torch.arange(m0, m1)[:, None], idx[None]), -1)
+        parts.append(ops.amax_excluding(r, dim=2, exclude=ex, label="cubic:ov"))
+    ev_nk = ops.sub(Ops.cat(parts, dim=0), EVOU_t, label="cubic:ov")
+    return SlotTables(EUPU=EUPU, own=own, base=base, W=W, Ck=Ck, ev_nk=ev_nk)
+
+
+@dataclass(frozen=True)
+class RangeTables:
+    """Leave-one-out maxima for the max tokens m0 <= m < m1 (``[q, m - m0, k]``): the max over
+    x not in {m, k} of EUPU[q, x] + own[m, x], of W[q, x], and of EUPU[q, x]."""
+
+    m0: int
+    max_slot: Approx
+    query_slot: Approx
+    direct: Approx
+
+
+def range_tables(st: SlotTables, m0: int, m1: int, ops: Ops) -> RangeTables:
+    """Cost for mc = m1 - m0: V mc V (sum) + 3 (V mc (2V - 4) + 2 V mc V)."""
+    V = st.EUPU.shape[0]
+    mc = m1 - m0
+    ms = torch.arange(m0, m1)[None, :]  # excluded x = m, broadcast over q
+
+    def expand(a: Approx) -> Approx:  # [q, x] -> [q, mc, x]
+        return a.map_layout(lambda t: t[:, None, :].expand(V, mc, V))
+
+    s = ops.add(
+        st.EUPU.map_layout(lambda t: t[:, None, :]),
+        st.own[m0:m1].map_layout(lambda t: t[None]),
+        label="cubic:ov",
+    )  # [q, mc, x]
+    return RangeTables(
+        m0=m0,
+        max_slot=ops.amax_leave_one_out(s, dim=2, exclude=ms, label="cubic:ov"),
+        query_slot=ops.amax_leave_one_out(expand(st.W), dim=2, exclude=ms, label="cubic:ov"),
+        direct=ops.amax_leave_one_out(expand(st.EUPU), dim=2, exclude=ms, label="cubic:ov"),
+    )
+
+
+def triple_values(
+    st: SlotTables,
+    rt: RangeTables | None,
+    q: Int[Tensor, " triples"],
+    m: Int[Tensor, " triples"],
+    k: Int[Tensor, " triples"],
+    ops: Ops,
+) -> Approx:
+    """``vals[t, cls, group]``: upper bounds on max_{x in cls} of each slot group's term.
+
+    cls 0 (x = k): Dmax[q,m,k], Dk[q,m,k,k], Dz[q,m,k] (exact values).
+    cls 1 (x not in {m, k}): max_x Dmax, max_x EUPU-part + max_x EVOU/PVnq-part (>= max_x Dk),
+    max_x Dz. ``rt`` is None when d_vocab = 2 (class 1 is empty; class 0 is repeated).
+    Cost per triple: 5 (class 0) + 4 (class 1).
+    """
+    eu_q_m = st.EUPU[q, m]
+    d_max = ops.sub(ops.add(st.EUPU[q, k], st.own[m, k], label="cubic:lw"), st.base[q, m])
+    d_k = ops.add(ops.sub(st.EUPU[q, k], eu_q_m, label="cubic:lw"), st.Ck[m, k], label="cubic:lw")
+    d_z = ops.sub(st.W[q, k], st.W[q, m], label="cubic:lw")
+    cls0 = Ops.stack([d_max, d_k, d_z], dim=-1)
+    if rt is None:
+        return Ops.stack([cls0, cls0], dim=1)
+    j = m - rt.m0
+    v_max = ops.sub(rt.max_slot[q, j, k], st.base[q, m], label="cubic:lw")
+    eu_nk = ops.sub(rt.direct[q, j, k], eu_q_m, label="cubic:lw")
+    v_k = ops.add(eu_nk, st.ev_nk[m, k], label="cubic:lw")
+    v_z = ops.sub(rt.query_slot[q, j, k], st.W[q, m], label="cubic:lw")
+    return Ops.stack([cls0, Ops.stack([v_max, v_k, v_z], dim=-1)], dim=1)  # [T, 2, 3]
+
+
+def query_scores(EQKE_s: Approx, EQKP_s: Approx, ops: Ops) -> Approx:
+    """``z[q] = (EQKE[q, q] + EQKP[q, n-1]) / s``: the query slot's score. Cost: V."""
+    V = EQKE_s.shape[0]
+    idx = torch.arange(V)
+    return ops.add(EQKE_s[idx, idx], EQKP_s[:, -1], label="cubic:attn")
+
+
+def placement_log_weights(EQKP_s: Approx, ops: Ops) -> Approx | None:
+    """Log-weights of the max and non-max slot groups in the two extreme placements.
+
+    ``G[q, c-1, r, 0] = log sum_{p in max slots} exp(EQKP_s[q, p])`` and ``G[q, c-1, r, 1]`` the
+    same over the c non-max slots, for c = 1 .. n-2 (the cases with both groups non-empty); in
+    placement r = 0 the n-1-c max slots are the lowest positional scores, in r = 1 the highest.
+    Returns None when n_ctx = 2 (no such c).
+    Cost: sorting V (n - 2); per c four log-sum-exps over V rows of total length 2 (n - 1),
+    i.e. 8 V (n - 1) per c (a log-sum-exp of length L costs 4 V L).
+    """
+    n = EQKP_s.shape[1]
+    if n < 3:
+        return None
+    asc = ops.sort(EQKP_s[:, : n - 1], dim=1, label="cubic:attn")  # [q, n-1] ascending
+    per_c = []
+    for c in range(1, n - 1):
+        n_max = n - 1 - c
+        lo = [  # r = 0: max tokens on the n_max lowest scores
+            ops.logsumexp(asc[:, :n_max], dim=1, label="cubic:attn"),
+            ops.logsumexp(asc[:, n_max:], dim=1, label="cubic:attn"),
+        ]
+        hi = [  # r = 1: max tokens on the n_max highest scores
+            ops.logsumexp(asc[:, c:], dim=1, label="cubic:attn"),
+            ops.logsumexp(asc[:, :c], dim=1, label="cubic:attn"),
+        ]
+        per_c.append(Ops.stack([Ops.stack(lo, dim=1), Ops.stack(hi, dim=1)], dim=1))
+    return Ops.stack(per_c, dim=1)  # [q, n_c, 2, 2]
+
+
+def pessimize_flops(V: int, n: int) -> int:
+    """Closed form of the ledger total of ``slot_tables``, all ``range_tables`` (V >= 3),
+    ``query_scores`` and ``placement_log_weights``."""
+    V2, V3 = V * V, V**3
+    tables = (n - 1) * V2 + V2 * (n - 2) + V2 + V2 + 2 * V2 + 2 * V2
+    tables += 0 if V < 3 else V3 + V2 * (V - 1) + V2
+    ranges = 0 if V < 3 else V3 + 3 * (V2 * (2 * V - 4) + 2 * V3)
+    z = V
+    groups = 0 if n < 3 else V * (n - 2) + (n - 2) * 8 * V * (n - 1)
+    return tables + ranges + z + groups

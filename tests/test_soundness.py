@@ -1,0 +1,131 @@
+"""The soundness contract, input by input, for every registered strategy (style.md §3.8).
+
+Every strategy in ``compact_proofs.proofs.registry.STRATEGIES`` (plus this package's brute force
+and cubic until the registry lists them) is run on each small model of ``models.CATALOGUE``:
+trained (fully and partially), random (several scales, sharp attention), planted Max-of-K
+models, and adversarial models with inputs a hair (1e-9 .. 1e-16) on either side of a tie. For
+each, ``models.assert_sound`` checks ``mask.sum() == correct_count <= exact count`` and that
+every input the proof covers is truly correct (independent float64 + python-flint truth).
+
+The second half shows the harness has teeth: deliberately broken checkers are caught.
+"""
+
+import models
+import pytest
+import torch
+
+from compact_proofs.core.rigorous import Ops
+from compact_proofs.proofs import brute_force, cubic
+from compact_proofs.proofs.protocol import Strategy
+from compact_proofs.proofs.registry import STRATEGIES
+from compact_proofs.weights import Weights
+
+_ALL = dict(STRATEGIES)
+for _s in (brute_force.STRATEGY, cubic.STRATEGY):  # fallback until the registry lists them
+    _ALL.setdefault(_s.name, _s)
+
+
+@pytest.mark.parametrize("model_name", list(models.CATALOGUE))
+@pytest.mark.parametrize("strategy", list(_ALL.values()), ids=list(_ALL))
+def test_sound(strategy: Strategy, model_name: str, soundness_model):
+    weights, truth = soundness_model(model_name)
+    models.assert_sound(strategy, weights, truth)
+
+
+def test_near_tie_construction_hits_its_targets():
+    """The adversarial models really put inputs within ~1e-20 of the requested margins."""
+    w = models.planted_weights(7, 4)
+    for toks, target in (([2, 2, 2, 3], 1e-12), ([5, 5, 5, 6], -1e-16)):
+        w2 = models.near_tie(w, toks, target)
+        margin = models.exact_margin(w2, toks)
+        assert abs(float(margin.mid()) - target) < 1e-20
+        assert models.decide_correct(w2, toks) == (target > 0)
+
+
+def test_truth_matches_float64_away_from_ties():
+    """The independent truth agrees with a plain float64 argmax wherever margins are large."""
+    w = models.random_weights(6, 3, seed=11)
+    tokens = models.all_tokens(6, 3)
+    logits = models.naive_last_logits(w, tokens)
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-6
+    argmax_ok = logits.argmax(dim=1) == tokens.max(dim=1).values
+    assert torch.equal(models.truth_mask(w)[clear], argmax_ok[clear])
+
+
+# ------------------------------------------------------------------- broken checkers are caught
+class NoMarginOps(Ops):
+    """Decides on the float value alone: the rounding margin removed."""
+
+    def proven_negative(self, a, label="decide"):
+        self.upper(a, label=label)
+        return a.mid < 0
+
+
+class FlippedOps(Ops):
+    """Every max becomes a min: the pessimal choices (placements, outputs) flipped."""
+
+    def amax(self, a, dim, label="max"):
+        return Ops.amin(self, a, dim, label=label)
+
+
+def _broken(name: str, check) -> Strategy:
+    s = cubic.STRATEGY
+    return Strategy(name, s.family, s.complexity, s.search, check, s.unexplained_dim)
+
+
+def _no_positions(w: Weights) -> Weights:
+    return Weights(
+        W_E=w.W_E,
+        W_pos=torch.zeros_like(w.W_pos),
+        W_Q=w.W_Q,
+        W_K=w.W_K,
+        W_V=w.W_V,
+        W_O=w.W_O,
+        W_U=w.W_U,
+    )
+
+
+BROKEN = {
+    "no-rounding-margin": _broken(
+        "cubic-no-margin", lambda w, c, ops: cubic.check(w, c, NoMarginOps(ops.ledger))
+    ),
+    "flipped-max": _broken(
+        "cubic-flipped", lambda w, c, ops: cubic.check(w, c, FlippedOps(ops.ledger))
+    ),
+    "drops-positional-term": _broken(
+        "cubic-no-pos", lambda w, c, ops: cubic.check(_no_positions(w), c, ops)
+    ),
+}
+
+
+def _rounding_candidates():
+    """Planted models with one class wrong by 1e-17 .. 4e-16: far below float64 resolution of
+    the logits, so a checker without rounding margins claims some of them."""
+    base = models.planted_weights(7, 4)
+    for m, k in ((3, 1), (3, 2), (4, 2), (5, 1), (5, 3), (6, 2)):
+        for eps in (1e-17, 1e-16, 4e-16):
+            yield models.near_tie(base, [k, k, k, m], -eps)
+
+
+CANDIDATES = {
+    "no-rounding-margin": _rounding_candidates,
+    "flipped-max": lambda: [models.random_weights(6, 4, seed=3, qk_scale=4.0)],
+    "drops-positional-term": lambda: [
+        models.random_weights(5, 4, seed=s, pos_scale=4.0, qk_scale=2.0) for s in range(6)
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", list(BROKEN))
+def test_harness_catches_broken_checker(kind):
+    """Some candidate model makes the harness reject the broken checker (the real checker
+    passes on every candidate tried)."""
+    for w in CANDIDATES[kind]():
+        truth = models.truth_mask(w)
+        models.assert_sound(cubic.STRATEGY, w, truth)
+        try:
+            models.assert_sound(BROKEN[kind], w, truth)
+        except AssertionError:
+            return
+    pytest.fail(f"the harness never caught the {kind} checker")
