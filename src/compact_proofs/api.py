@@ -1,10 +1,10 @@
 """The library API: what the CLI and notebooks call.
 
-    import compact_proofs as cp
-    weights, meta = cp.train_model(k=4, seed=123)
-    acc = cp.accuracy(weights)                       # exact for small d_vocab**K, else sampled
-    [result] = cp.prove(weights, strategies="cubic")
-    print(result.correct_count, result.normalized_bound, result.flops)
+import compact_proofs as cp
+weights, meta = cp.train_model(k=4, seed=123)
+acc = cp.accuracy(weights)                       # exact for small d_vocab**K, else sampled
+[result] = cp.prove(weights, strategies="cubic")
+print(result.correct_count, result.normalized_bound, result.flops)
 """
 
 import os
@@ -23,7 +23,8 @@ from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.proofs.registry import STRATEGIES
 from compact_proofs.weights import Weights
 
-# Above this many inputs, `accuracy` samples instead of enumerating (Max-of-5 at d_vocab 64 is 2^30).
+# Above this many inputs, `accuracy` samples instead of enumerating
+# (Max-of-5 at d_vocab 64 is 2^30).
 EXACT_LIMIT = 2**30
 
 Progress = Callable[[int, int], None] | None
@@ -36,14 +37,22 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def load(model: Any) -> Weights:
-    """Weights from a ``Weights``, a model directory / .safetensors / .pt path, or a TransformerLens
-    model (``HookedTransformer`` or a TL 4 ``TransformerBridge``)."""
+def load(model: Any, config: Any = None) -> Weights:
+    """Weights from a ``Weights``, a path, or a TransformerLens model.
+
+    Paths: a compact-proofs model directory or its ``model.safetensors``; or a foreign
+    TransformerLens checkpoint (``.safetensors`` without our format marker, ``.pt``/``.pth`` read
+    with ``weights_only=True``), whose config comes from ``config`` (dict, config object or JSON
+    path) or from beside the file. Live models: ``HookedTransformer`` (TL 2.x/3.x) or a TL 4
+    ``TransformerBridge``. Every route validates the architecture (see ``interop.SUPPORTED``).
+    """
     if isinstance(model, Weights):
         return model
     if isinstance(model, str | os.PathLike):
-        from compact_proofs import storage
+        from compact_proofs import checkpoints, storage
 
+        if config is not None or checkpoints.is_foreign(model):
+            return checkpoints.load_checkpoint(model, config)
         return storage.load_model(Path(model))[0]
     from compact_proofs import interop
 
@@ -70,7 +79,9 @@ def train_model(
     weights, stats = train.train(model_cfg, train_cfg, progress=progress)
     meta = {"task": "max_of_k", "k": k, "seed": seed, "train": stats.to_dict()}
     if out is not None:
-        storage.save_model(weights, Path(out), metadata=meta, train_cfg=train_cfg, overwrite=overwrite)
+        storage.save_model(
+            weights, Path(out), metadata=meta, train_cfg=train_cfg, overwrite=overwrite
+        )
     return weights, meta
 
 
@@ -121,18 +132,27 @@ def accuracy(
 
 
 def resolve_strategies(strategies: str | Iterable[str]) -> list[Strategy]:
-    """'all', one name, a comma-separated list, or an iterable of names -> registry entries."""
+    """'all', one name, a comma-separated list, or an iterable of names -> registry entries.
+
+    Besides the registry names, ``adaptive-budget-<N>`` (N FLOPs: an integer, or like 3e7)
+    names the anytime adaptive proof with any budget."""
+    from compact_proofs.proofs import adaptive
+
     if isinstance(strategies, str):
-        names = list(STRATEGIES) if strategies == "all" else [s.strip() for s in strategies.split(",")]
+        names = (
+            list(STRATEGIES) if strategies == "all" else [s.strip() for s in strategies.split(",")]
+        )
     else:
         names = list(strategies)
-    unknown = [n for n in names if n not in STRATEGIES]
+    found = {n: STRATEGIES.get(n) or adaptive.strategy_for_name(n) for n in names}
+    unknown = [n for n, s in found.items() if s is None]
     if unknown:
         raise UserError(
             f"unknown strategy {unknown[0]!r}; run `compact-proofs strategies` for the "
-            f"{len(STRATEGIES)} available names (or use 'all')"
+            f"{len(STRATEGIES)} available names (or use 'all'; any FLOP budget works as "
+            "'adaptive-budget-<N>', e.g. adaptive-budget-3e7)"
         )
-    return [STRATEGIES[n] for n in names]
+    return [found[n] for n in names]
 
 
 def prove_one(
