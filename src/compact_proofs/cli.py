@@ -50,25 +50,42 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
     with progress_bar(f"training Max-of-{args.k} seed {args.seed}") as update:
         _, meta = api.train_model(
-            k=args.k, seed=args.seed, d_vocab=args.d_vocab, d_model=args.d_model, steps=args.steps,
-            out=args.out, overwrite=args.overwrite, progress=update,
+            k=args.k,
+            seed=args.seed,
+            d_vocab=args.d_vocab,
+            d_model=args.d_model,
+            steps=args.steps,
+            out=args.out,
+            overwrite=args.overwrite,
+            progress=update,
         )
     stats = meta["train"]
-    out.print(f"wrote {args.out}  (final train loss {stats['loss']:.4g}, accuracy {stats['accuracy']:.4f})")
+    out.print(
+        f"wrote {args.out}  (final train loss {stats['loss']:.4g}, "
+        f"accuracy {stats['accuracy']:.4f})"
+    )
 
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
     exact = {"auto": None, "exact": True, "sampled": False}[args.method]
     with progress_bar("evaluating inputs") as update:
-        res = api.accuracy(args.model, exact=exact, n_samples=args.samples, seed=args.seed, progress=update)
+        res = api.accuracy(
+            api.load(args.model, args.config),
+            exact=exact,
+            n_samples=args.samples,
+            seed=args.seed,
+            progress=update,
+        )
     if res["method"] == "exact":
         out.print(
-            f"exact accuracy {res['accuracy']:.7f}: {res['correct']:,} of {res['total']:,} inputs correct "
-            f"({res['incorrect']:,} wrong, {res['undecided']:,} exact ties)  [{res['seconds']:.2f} s]"
+            f"exact accuracy {res['accuracy']:.7f}: {res['correct']:,} of {res['total']:,} "
+            f"inputs correct ({res['incorrect']:,} wrong, {res['undecided']:,} exact ties)  "
+            f"[{res['seconds']:.2f} s]"
         )
     else:
         out.print(
-            f"sampled accuracy {res['accuracy']:.6f} (95% CI {res['ci95_low']:.6f} - {res['ci95_high']:.6f}, "
+            f"sampled accuracy {res['accuracy']:.6f} "
+            f"(95% CI {res['ci95_low']:.6f} - {res['ci95_high']:.6f}, "
             f"{res['n_samples']:,} samples of {res['total']:.3g} inputs)  [{res['seconds']:.2f} s]"
         )
     _write_json(args.json, res)
@@ -76,7 +93,7 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 def cmd_prove(args: argparse.Namespace) -> None:
     strategies = api.resolve_strategies(args.strategy)  # fail fast on unknown names
-    weights = api.load(args.model)
+    weights = api.load(args.model, args.config)
     true_correct = args.true_correct
     with progress_bar("proving") as update:
         done = []
@@ -85,15 +102,32 @@ def cmd_prove(args: argparse.Namespace) -> None:
             update(len(done), len(strategies))
             done.append(name)
 
-        results = api.prove(weights, [s.name for s in strategies], true_correct=true_correct, progress=step)
+        results = api.prove(
+            weights, [s.name for s in strategies], true_correct=true_correct, progress=step
+        )
     table = Table(title=f"proofs for {args.model}")
-    for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "complexity", "search s", "check s"):
+    for col in (
+        "strategy",
+        "bound",
+        "normalised",
+        "FLOPs",
+        "unexpl. dim",
+        "complexity",
+        "search s",
+        "check s",
+    ):
         table.add_column(col, justify="left" if col in ("strategy", "complexity") else "right")
     for r in results:
         norm = "-" if r.normalized_bound is None else f"{r.normalized_bound:.4f}"
         table.add_row(
-            r.strategy, f"{r.accuracy_bound:.6f}", norm, f"{r.flops:.3g}", f"{r.unexplained_dim:,}",
-            r.complexity, f"{r.search_seconds:.3f}", f"{r.check_seconds:.3f}",
+            r.strategy,
+            f"{r.accuracy_bound:.6f}",
+            norm,
+            f"{r.flops:.3g}",
+            f"{r.unexplained_dim:,}",
+            r.complexity,
+            f"{r.search_seconds:.3f}",
+            f"{r.check_seconds:.3f}",
         )
     out.print(table)
     payload = [r.to_dict() for r in results]
@@ -101,12 +135,84 @@ def cmd_prove(args: argparse.Namespace) -> None:
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
-    table = Table(title=f"{len(api.list_strategies())} proof strategies")
-    for col in ("name", "family", "complexity"):
-        table.add_column(col)
-    for s in api.list_strategies():
+    strategies = api.list_strategies()
+    if args.names:  # one name per line, for scripts
+        print("\n".join(s.name for s in strategies))
+        return
+    table = Table(title=f"{len(strategies)} proof strategies")
+    table.add_column("name", no_wrap=True)
+    table.add_column("family")
+    table.add_column("complexity")
+    for s in strategies:
         table.add_row(s.name, s.family, s.complexity)
     out.print(table)
+
+
+def _sweep_log(message: str) -> None:
+    console.print(message, highlight=False)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from compact_proofs import sweep
+    from compact_proofs.sweep.progress import rich_progress
+
+    with rich_progress(console, "sweep") as update:
+        summary = sweep.run_sweep(
+            args.out,
+            ks=args.k,
+            d_vocab=args.d_vocab,
+            seeds=args.seeds,
+            strategies=args.strategy,
+            jobs=args.jobs,
+            dask_address=args.dask,
+            train_steps=args.steps,
+            d_model=args.d_model,
+            analysis=args.analysis,
+            progress=update,
+            log=_sweep_log,
+        )
+    out.print(sweep.describe(summary))
+    if not summary.complete():
+        raise UserError(
+            f"the sweep in {args.out} did not complete cleanly (see above); rerun to retry"
+        )
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from compact_proofs import sweep
+    from compact_proofs.sweep.progress import rich_progress
+
+    out_dir = args.out or f"runs/reproduce-k{args.k}"
+    with rich_progress(console, f"reproduce Max-of-{args.k}") as update:
+        report_dir = sweep.reproduce(
+            out_dir,
+            k=args.k,
+            d_vocab=args.d_vocab,
+            seeds=args.seeds,
+            strategies=args.strategy,
+            jobs=args.jobs,
+            dask_address=args.dask,
+            train_steps=args.steps,
+            analysis=args.analysis,
+            progress=update,
+            log=_sweep_log,
+        )
+    table = Path(report_dir) / "table1.md"
+    if table.is_file():
+        out.print(table.read_text())
+    out.print(f"report written to {report_dir}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from compact_proofs.report import make_report
+
+    if not (Path(args.sweep_dir) / "results.csv").is_file():
+        raise UserError(
+            f"{args.sweep_dir} has no results.csv; pass a directory written by "
+            "`compact-proofs sweep` or `compact-proofs reproduce`"
+        )
+    report_dir = make_report(args.sweep_dir, seed=args.seed, out=args.out)
+    out.print(f"report written to {report_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,13 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--d-vocab", type=int, default=64)
     t.add_argument("--d-model", type=int, default=32)
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the paper's 3000)")
+    t.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the paper's 3000)"
+    )
     t.add_argument("--out", required=True, help="model directory to create")
     t.add_argument("--overwrite", action="store_true")
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("accuracy", help="exact (or sampled) accuracy of a model")
-    a.add_argument("model", help="model directory or .safetensors file")
+    a.add_argument("model", help=MODEL_HELP)
+    a.add_argument("--config", help=CONFIG_HELP)
     a.add_argument("--method", choices=("auto", "exact", "sampled"), default="auto")
     a.add_argument("--samples", type=int, default=1_000_000)
     a.add_argument("--seed", type=int, default=0)
@@ -132,28 +241,81 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_accuracy)
 
     pr = sub.add_parser("prove", help="prove accuracy lower bounds")
-    pr.add_argument("model", help="model directory or .safetensors file")
+    pr.add_argument("model", help=MODEL_HELP)
+    pr.add_argument("--config", help=CONFIG_HELP)
     pr.add_argument("--strategy", default="cubic", help="a name, comma-separated names, or 'all'")
-    pr.add_argument("--true-correct", type=int, default=None, help="exact correct count, for normalising")
+    pr.add_argument(
+        "--true-correct", type=int, default=None, help="exact correct count, for normalising"
+    )
     pr.add_argument("--json", help="also write the result(s) to this JSON file")
     pr.set_defaults(func=cmd_prove)
 
     s = sub.add_parser("strategies", help="list the proof strategies")
+    s.add_argument("--names", action="store_true", help="print only the names, one per line")
     s.set_defaults(func=cmd_strategies)
+
+    sw = sub.add_parser("sweep", help="train, measure and prove many models (resumable)")
+    sw.add_argument("--k", type=int, nargs="+", default=[4], help="sequence lengths (default 4)")
+    sw.add_argument("--d-vocab", type=int, nargs="+", default=[64], help="vocabulary sizes")
+    sw.add_argument("--seeds", default="3", help="a count of paper seeds, 'all', or e.g. 50,104")
+    sw.add_argument("--strategy", default="all", help="a name, comma-separated names, or 'all'")
+    sw.add_argument("--out", required=True, help="sweep directory (created or resumed)")
+    _add_run_options(sw, jobs_default=1)
+    sw.add_argument("--d-model", type=int, default=32)
+    sw.add_argument("--analysis", choices=ANALYSES, default="basic", help=ANALYSIS_HELP)
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("reproduce", help="the paper's study on a small default, with its report")
+    rp.add_argument("--k", type=int, default=4, help="sequence length K (default 4)")
+    rp.add_argument("--d-vocab", type=int, default=64)
+    rp.add_argument("--seeds", default="3", help="a count of paper seeds (default 3), or 'all'")
+    rp.add_argument("--strategy", default="all", help="a name, comma-separated names, or 'all'")
+    rp.add_argument("--out", default=None, help="directory (default runs/reproduce-k{K})")
+    _add_run_options(rp, jobs_default=-1)
+    rp.add_argument("--analysis", choices=ANALYSES, default="sampled", help=ANALYSIS_HELP)
+    rp.set_defaults(func=cmd_reproduce)
+
+    rt = sub.add_parser("report", help="tables, figures and LaTeX values from a sweep directory")
+    rt.add_argument("sweep_dir")
+    rt.add_argument("--seed", type=int, default=None, help="model for the per-model figures")
+    rt.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/report)")
+    rt.set_defaults(func=cmd_report)
     return p
+
+
+MODEL_HELP = (
+    "model directory, .safetensors file, or TransformerLens state dict (.safetensors/.pt/.pth)"
+)
+CONFIG_HELP = "TransformerLens config JSON for a foreign checkpoint (default: found beside it)"
+ANALYSES = ("none", "basic", "sampled", "full")
+ANALYSIS_HELP = "per-model analysis for the report (ablations, noise): none/basic/sampled/full"
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, jobs_default: int) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=jobs_default,
+        help=f"local processes (default {jobs_default}; -1: all cores)",
+    )
+    parser.add_argument(
+        "--dask", default=None, metavar="tcp://HOST:PORT", help="run on this Dask cluster"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the paper's 3000)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""A progress display for sweeps (used by the CLI): a rich bar over work units with an ETA
+computed from the units finished in this run only (units found on disk at the start would
+otherwise make the first estimate far too optimistic)."""
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+
+def eta_seconds(start_done: int, done: int, total: int, elapsed: float) -> float | None:
+    """Remaining seconds at the rate of this run, or None before the first unit finishes."""
+    ran = done - start_done
+    if ran <= 0 or elapsed <= 0:
+        return None
+    return (total - done) * elapsed / ran
+
+
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+@contextlib.contextmanager
+def rich_progress(console=None, description: str = "sweep") -> Iterator[Callable[[int, int], None]]:
+    """Yields ``update(done, total)`` for ``run_sweep(progress=...)``; draws a transient bar with
+    ``done/total``, elapsed time and ETA on ``console`` (a ``rich.console.Console``)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} units"),
+        TimeElapsedColumn(),
+        TextColumn("ETA {task.fields[eta]}"),
+    )
+    state: dict[str, float] = {}
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None, eta=_fmt(None))
+
+        def update(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if "start" not in state:
+                state.update(start=now, start_done=done)
+            eta = eta_seconds(int(state["start_done"]), done, total, now - state["start"])
+            bar.update(task, completed=done, total=total, eta=_fmt(eta))
+
+        yield update

@@ -1,0 +1,428 @@
+"""The report (compact_proofs.report) on a synthetic sweep directory: every file is produced,
+Table 1 numbers equal independently computed statistics, the Pareto frontier, LaTeX names and
+percentiles."""
+
+import csv
+import math
+import re
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from compact_proofs import analysis
+from compact_proofs.report import frontier, latex, make_report, naming, stats, tables
+from compact_proofs.report.data import load_sweep
+from compact_proofs.weights import Weights
+
+RESULT_FIELDS = (
+    "k d_vocab seed strategy family complexity correct_count total accuracy_bound true_correct "
+    "true_accuracy normalized_bound flops int_ops unexplained_dim search_seconds check_seconds "
+    "model_sha256 version"
+).split()
+MODEL_FIELDS = (
+    "k d_vocab seed model_sha256 accuracy accuracy_method correct ci95_low ci95_high train_loss "
+    "train_accuracy train_seconds accuracy_seconds"
+).split()
+# (EUPU mode, attention mode, attention-error mode): one per §8.9 group, plus extras
+SUBCUBIC_SAMPLE = (
+    ("global_max_diff_exact", "mean_query+diff", "exact_EQKE+max_diff_exact"),
+    ("max_diff_exact", "mean_query+diff", "svd"),
+    ("mean_query+max_diff", "mean_query+diff", "max_diff_exact"),
+    ("mean_query+max_diff", "drop_average_query_per_output_logit_reasoning", "max_diff"),
+    ("max_diff_exact", "mean_query+diff", "max_diff_subproduct_recursive"),
+    ("max_diff", "mean_query+diff", "mean+max_diff_subproduct_recursive"),
+    ("global_max_diff_exact", "mean_query+diff", "svd"),
+)
+REL_LEVEL = {  # rough normalised bound per group, for plausible fake data
+    "subcubic": 0.8,
+    "subcubic (attention-vocab-model-squared)": 0.68,
+    "subcubic (direct-quadratic)": 0.63,
+    "subcubic (attention-vocab-model-squared, direct-quadratic)": 0.61,
+    "subcubic (attention-quadratic)": 0.32,
+    "subcubic (attention-quadratic, direct-quadratic)": 0.28,
+}
+
+
+def fake_rows(
+    k: int, v: int, seed: int, rng: np.random.Generator, variants
+) -> tuple[list[dict], dict]:
+    total = v**k
+    true_correct = int(total * (0.999 - 0.002 * rng.random()))
+    true_acc = true_correct / total
+    sha = f"{seed:064x}"
+    model = {
+        "k": k,
+        "d_vocab": v,
+        "seed": seed,
+        "model_sha256": sha,
+        "accuracy": true_acc,
+        "accuracy_method": "exact",
+        "correct": true_correct,
+        "ci95_low": "",
+        "ci95_high": "",
+        "train_loss": 0.01 + 0.01 * rng.random(),
+        "train_accuracy": 0.99 + 0.01 * rng.random(),
+        "train_seconds": 20 + rng.random(),
+        "accuracy_seconds": 2 + rng.random(),
+    }
+
+    def row(strategy, family, complexity, correct, flops, ed):
+        return {
+            "k": k,
+            "d_vocab": v,
+            "seed": seed,
+            "strategy": strategy,
+            "family": family,
+            "complexity": complexity,
+            "correct_count": correct,
+            "total": total,
+            "accuracy_bound": correct / total,
+            "true_correct": true_correct,
+            "true_accuracy": true_acc,
+            "normalized_bound": correct / true_correct,
+            "flops": flops,
+            "int_ops": 10 * v,
+            "unexplained_dim": ed,
+            "search_seconds": rng.random(),
+            "check_seconds": rng.random(),
+            "model_sha256": sha,
+            "version": "0.1.0",
+        }
+
+    rows = [
+        row(
+            "brute-force",
+            "brute force",
+            "O(d_vocab^n_ctx)",
+            true_correct,
+            52221 * total,
+            v ** (k + 1),
+        ),
+        row(
+            "cubic",
+            "cubic",
+            "O(d_vocab^3 n_ctx^2)",
+            int(true_correct * (0.95 + 0.01 * rng.random())),
+            35181664,
+            3 * v * v + 2 * k * v,
+        ),
+    ]
+    for eu, at, er in variants:
+        fam = naming.group_label(eu, er)
+        rel = min(1.0, max(0.0, REL_LEVEL[fam] + 0.04 * rng.standard_normal()))
+        flops = int(2e6 + 3e6 * rng.random())
+        ed = 4290 + int(6000 * rng.random())
+        rows.append(
+            row(
+                naming.subcubic_name(eu, at, er),
+                fam,
+                "O(d_vocab^2 n_ctx^2 + d_vocab^2 d_model)",
+                int(true_correct * rel),
+                flops,
+                ed,
+            )
+        )
+    return rows, model
+
+
+def write_fake_sweep(
+    root: Path,
+    *,
+    k: int,
+    v: int,
+    seeds,
+    variants=SUBCUBIC_SAMPLE,
+    real_analysis: bool = True,
+    d: int = 8,
+) -> Path:
+    """A sweep directory in the formats of sweep.py. With ``real_analysis`` every seed gets a real
+    ``analyze_model`` of a random model of matching shape; otherwise only JSON with a sigma ratio
+    (and one real analysis, without ablations, for seed 123 if present)."""
+    rng = np.random.default_rng(0)
+    results, models = [], []
+    for seed in seeds:
+        rows, model = fake_rows(k, v, seed, rng, variants)
+        results += rows
+        models.append(model)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, fields, data in (
+        ("results.csv", RESULT_FIELDS, results),
+        ("models.csv", MODEL_FIELDS, models),
+    ):
+        with (root / name).open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(data)
+    for seed in seeds:
+        key = analysis.analysis_key(k, v, seed)
+        if real_analysis or seed == 123:
+            w = random_weights(v, k, d, seed)
+            info, tensors = analysis.analyze_model(
+                w, ablations=real_analysis, ablation_samples=4096
+            )
+        else:
+            info, tensors = (
+                {"eqke_sigma_ratio": 1 + 20 * float(rng.random()), "eqke_sigma1": 1.0},
+                {},
+            )
+        analysis.save_analysis(root / "analysis", key, info, tensors)
+    return root
+
+
+def random_weights(V: int, n: int, d: int, seed: int) -> Weights:
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g) * 0.5).float()
+
+    W_E = r(V, d)
+    W_E[:, 0] += torch.arange(V) * 0.5  # some structure: a size direction
+    return Weights(
+        W_E=W_E, W_pos=r(n, d), W_Q=r(d, d), W_K=r(d, d), W_V=r(d, d), W_O=r(d, d), W_U=r(d, V)
+    )
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    return write_fake_sweep(tmp_path_factory.mktemp("sweep"), k=3, v=6, seeds=(50, 104, 123))
+
+
+@pytest.fixture(scope="module")
+def report_dir(sweep_dir) -> Path:
+    return make_report(sweep_dir)
+
+
+def test_every_file_is_written(report_dir: Path):
+    expected = [
+        "table1.md",
+        "table1.tex",
+        "values.tex",
+        "values.csv",
+        "values-k3-v6.tex",
+        "index.md",
+        "frontier.csv",
+        "report.html",
+    ]
+    stems = [
+        "bound-vs-flops-all",
+        "bound-vs-flops-frontier",
+        "unexplained-dim-vs-flops",
+        "bound-vs-sigma-ratio",
+    ]
+    stems += [
+        f"s123-{x}"
+        for x in (
+            "EQKE",
+            "EQKP",
+            "EVOU",
+            "PVOU",
+            "EUPU",
+            "EQKE-singular-values",
+            "ablations",
+            "noise",
+        )
+    ]
+    expected += [f"figures/k3-v6-{s}.{ext}" for s in stems for ext in ("png", "pdf")]
+    expected.append("figures/k3-v6-s123-ablations.md")
+    for name in expected:
+        p = report_dir / name
+        assert p.is_file() and p.stat().st_size > 0, name
+    html = (report_dir / "report.html").read_text()
+    assert "plotly" in html and "<script" in html and "Table 1" in html
+    assert not re.search(r"<script[^>]*\ssrc=", html)  # plotly.js inlined: works offline
+
+
+def _row(md: str, label: str) -> list[str]:
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == label:
+            return cells
+    raise AssertionError(f"no row {label!r}")
+
+
+def test_table1_numbers_equal_independent_statistics(sweep_dir: Path, report_dir: Path):
+    md = (report_dir / "table1.md").read_text()
+    with (sweep_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    by_seed: dict[int, list[dict]] = {}
+    for r in rows:
+        if r["family"].startswith("subcubic"):
+            by_seed.setdefault(int(r["seed"]), []).append(r)
+    best = [
+        max(rs, key=lambda r: (float(r["accuracy_bound"]), -float(r["flops"])))
+        for rs in by_seed.values()
+    ]
+    nb = [int(r["correct_count"]) / int(r["true_correct"]) for r in best]
+    cells = _row(md, "best subcubic (per seed)")
+    assert cells[4] == f"{statistics.mean(nb):.4f} ± {statistics.stdev(nb):.4f}"
+    assert cells[2] == "3"
+    cubic = [r for r in rows if r["family"] == "cubic"]
+    acc = [float(r["accuracy_bound"]) for r in cubic]
+    rel = [float(r["normalized_bound"]) for r in cubic]
+    cells = _row(md, "cubic")
+    assert cells[3] == f"{statistics.mean(acc):.4f} ± {statistics.stdev(acc):.4f}"
+    assert cells[4] == f"{statistics.mean(rel):.4f} ± {statistics.stdev(rel):.4f}"
+    assert cells[5] == "3.52e7"
+    fl = [float(r["flops"]) for r in best]
+    assert cells[6] == f"{3 * 36 + 2 * 3 * 6:,}"
+    assert (
+        _row(md, "best subcubic (per seed)")[5]
+        == f"{tables.fmt_sci(min(fl))} – {tables.fmt_sci(max(fl))}"
+    )
+    # every §8.9 group in the data has its row, with the paper's name
+    for group in REL_LEVEL:
+        assert _row(md, naming.family_label(group))[1] == group
+
+
+def test_values_tex_names_are_valid_and_match_csv(report_dir: Path):
+    tex = (report_dir / "values.tex").read_text().splitlines()[1:]
+    names = []
+    for line in tex:
+        m = re.fullmatch(r"\\newcommand\{\\([A-Za-z]+)\}\{([^{}]*)\}", line)
+        assert m, line
+        names.append(m.group(1))
+    assert len(names) == len(set(names)) > 100
+    with (report_dir / "values.csv").open() as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["name"] for r in csv_rows] == names
+    values = {r["name"]: r["value"] for r in csv_rows}
+    assert values["MaxOfThreeVocabSixNumSeeds"] == "3"
+    assert values["MaxOfThreeVocabSixSelectedSeed"] == "123"
+    assert "MaxOfThreeVocabSixAblateNothingAccuracyMeanFloat" in values
+    assert "MaxOfThreeVocabSixEQKEErrBoundMaxDiffSubproductRecursiveMaxFloat" in values
+    unprefixed = (report_dir / "values-k3-v6.tex").read_text()
+    assert "\\newcommand{\\CubicNormalizedAccuracyMeanFloat}" in unprefixed
+    df = pd.read_csv(Path(report_dir).parent / "results.csv")
+    cubic = df[df["family"] == "cubic"]["normalized_bound"]
+    assert float(values["MaxOfThreeVocabSixCubicNormalizedAccuracyMeanFloat"]) == pytest.approx(
+        cubic.mean(), rel=1e-12
+    )
+    assert float(values["MaxOfThreeVocabSixCubicNormalizedAccuracyMedianFloat"]) == pytest.approx(
+        cubic.median(), rel=1e-12
+    )
+
+
+def test_data_summary_percentiles():
+    x = np.arange(101, dtype=float)  # percentile p of 0..100 is p
+    s = stats.data_summary(x, "X")
+    assert s["XLen"] == 101
+    assert s["XMedianFloat"] == pytest.approx(50.0)
+    assert s["XQuartileOneFloat"] == pytest.approx(25.0)
+    assert s["XQuartileThreeFloat"] == pytest.approx(75.0)
+    assert s["XLowerWhiskerBottomEndFloat"] == pytest.approx(
+        100 * 0.5 * math.erfc(3 * 0.6745 / math.sqrt(2))
+    )
+    assert s["XUpperWhiskerCrosshatchFloat"] == pytest.approx(91.13, abs=0.01)
+    assert s["XStdDevFloat"] == pytest.approx(statistics.stdev(x))
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=37)
+    assert stats.data_summary(y, "Y")["YMedianFloat"] == pytest.approx(float(np.median(y)))
+
+
+def test_latex_names():
+    assert naming.latex_name("MaxOf", 4) == "MaxOfFour"
+    assert naming.latex_name("Vocab", 512) == "VocabFiveHundredTwelve"
+    assert naming.latex_name("subcubic (attention-quadratic, direct-quadratic)") == (
+        "SubcubicAttentionQuadraticDirectQuadratic"
+    )
+    assert naming.latex_name("noise_bound_mean+max_diff", "x2") == "NoiseBoundMeanMaxDiffXTwo"
+    assert naming.spell_number(128) == "OneHundredTwentyEight"
+    assert naming.spell_number(1_000_000) == "OneMillion"
+    with pytest.raises(ValueError):
+        latex.write_values({"Bad1": 1}, Path("/dev/null"))
+
+
+def test_pareto_frontier_hand_made():
+    # (bound, flops): a=(0.5,10) b=(0.7,20) c=(0.6,30) dominated by b; d=(0.7,20) ties b (kept);
+    # e=(0.4,10) dominated? no: nothing strictly cheaper than 10. f=(0.9,5) dominates everything
+    # with cost > 5 and bound < 0.9: a, b, c, d. g=(nan,1) never on the frontier.
+    values = [0.5, 0.7, 0.6, 0.7, 0.4, 0.9, math.nan]
+    costs = [10, 20, 30, 20, 10, 5, 1]
+    assert frontier.pareto_mask(values, costs).tolist() == [
+        False,
+        False,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
+    values = [0.5, 0.7, 0.6, 0.7, 0.4]
+    costs = [10, 20, 30, 20, 10]
+    assert frontier.pareto_mask(values, costs).tolist() == [True, True, False, True, True]
+    # per seed: a row is only dominated by rows of the same seed
+    df = pd.DataFrame(
+        {
+            "k": 4,
+            "d_vocab": 64,
+            "seed": [1, 1, 2],
+            "accuracy_bound": [0.5, 0.9, 0.4],
+            "flops": [10, 5, 100],
+        }
+    )
+    assert frontier.frontier(df).tolist() == [False, True, True]
+
+
+def test_frontier_matches_brute_force_definition(sweep_dir: Path, report_dir: Path):
+    df = load_sweep(sweep_dir).results
+    on = set(
+        pd.read_csv(report_dir / "frontier.csv")[["seed", "strategy"]].itertuples(
+            index=False, name=None
+        )
+    )
+    for seed, g in df.groupby("seed"):
+        for r in g.itertuples():
+            dominated = ((g["accuracy_bound"] > r.accuracy_bound) & (g["flops"] < r.flops)).any()
+            assert ((seed, r.strategy) in on) == (not dominated)
+
+
+def test_group_labels_and_counts():
+    groups = [naming.group_label(e, r) for e, _, r in naming.SUBCUBIC_AXES.values()]
+    assert len(naming.SUBCUBIC_AXES) == 100
+    assert set(groups) == set(naming.SUBCUBIC_GROUPS)
+    assert groups.count("subcubic (attention-quadratic, direct-quadratic)") == 3 * 2 * 3
+    assert groups.count("subcubic (attention-vocab-model-squared, direct-quadratic)") == 3 * 2 * 5
+    name = naming.subcubic_name("mean_query+max_diff", "mean_query+diff", "max_diff")
+    assert name == "EUPUMeanQueryMaxDiffAttnMeanQueryDiffAttnErrMaxDiff"
+    assert naming.attn_err_mode(name) == "max_diff"
+    assert naming.attn_err_mode("cubic") is None
+
+
+def test_bad_input_is_a_user_error(tmp_path: Path, sweep_dir: Path):
+    from compact_proofs.errors import UserError
+
+    with pytest.raises(UserError, match="not found"):
+        make_report(tmp_path)
+    with pytest.raises(UserError, match="does not exist"):
+        make_report(tmp_path / "nope")
+    with pytest.raises(UserError, match="seed 7 is not in"):
+        make_report(sweep_dir, seed=7, out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # validated before writing anything
+    (tmp_path / "results.csv").write_text("k,d_vocab\n4,64\n")
+    with pytest.raises(UserError, match="lacks column"):
+        make_report(tmp_path)
+
+
+def test_without_plotly_everything_else_is_written(sweep_dir: Path, tmp_path: Path, monkeypatch):
+    from compact_proofs.report import html
+
+    monkeypatch.setattr(html, "available", lambda: False)
+    out = make_report(sweep_dir, seed=50, out=tmp_path / "r")
+    assert not (out / "report.html").exists()
+    assert (out / "table1.md").is_file() and (out / "values.tex").is_file()
+    assert "plotly is not installed" in (out / "index.md").read_text()
+    assert not (out / "figures" / "k3-v6-s123-EQKE.png").exists()
+    assert (out / "figures" / "k3-v6-s50-EQKE.png").is_file()
+
+
+def test_paper_numbers_printed_for_k4(tmp_path: Path):
+    root = write_fake_sweep(tmp_path / "s", k=4, v=64, seeds=(1, 2), real_analysis=False)
+    out = make_report(root)
+    md = (out / "table1.md").read_text()
+    assert "rel 0.9539 ± 0.0080" in _row(md, "cubic")
+    assert "rel 0.283 ± 0.037" in _row(md, "quadratic QK & EU")
+    assert "seed 1 has no per-model data" in (out / "index.md").read_text()
