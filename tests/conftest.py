@@ -20,3 +20,19 @@ def soundness_model():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    """``paper_model(seed)``: the Max-of-4 (d_vocab 64) model of that paper seed, trained here with
+    the paper's recipe (about 15 s each), cached for the session. For slow tests."""
+    from compact_proofs import api
+
+    cache: dict[int, object] = {}
+
+    def get(seed: int):
+        if seed not in cache:
+            cache[seed] = api.train_model(k=4, seed=seed)[0]
+        return cache[seed]
+
+    return get

@@ -205,10 +205,8 @@ def test_strategy_metadata_and_certificate():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [50, 104])
-def test_paper_models_beat_the_papers_cubic(seed):
-    from compact_proofs import api
-
-    w, _ = api.train_model(k=4, seed=seed)  # the paper's Max-of-4 recipe, ~15 s
+def test_paper_models_beat_the_papers_cubic(seed, paper_model):
+    w = paper_model(seed)
     accuracy_bound = cubic.check(w, {}, Ops()).correct_count / 64**4
     # The paper's mean normalised cubic bound is 0.9539 (Table 1); since the true accuracy is
     # at most 1, an accuracy bound above it is a normalised bound above it.

@@ -177,7 +177,7 @@ def test_missing_garbage_and_wrong_kind_of_file(tmp_path, weights):
     cases.append(e)
     pt = tmp_path / "model.pt"
     pt.write_bytes(b"PK\x03\x04")
-    with pytest.raises(ModelFormatError, match="not a model directory, .safetensors, .pt or .pth file") as e:
+    with pytest.raises(ModelFormatError, match="not a model directory, .safetensors, .pt or") as e:
         storage.load_model(pt)
     cases.append(e)
     assert all("\n" not in str(c.value) for c in cases)
