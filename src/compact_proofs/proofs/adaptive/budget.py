@@ -1,0 +1,178 @@
+"""Adaptive proof (untrusted search): writing the certificate of chosen refinements, and
+choosing, under a FLOP budget, the refinements with the most proven inputs per FLOP.
+
+Items, each with its gain (inputs newly proven) and an upper estimate of its cost: a level-1
+group (the successful level-1 keys of one key (q, m, c); gain C(n-1, c) ((N + s)^c - N^c)), a
+count group (the counted count keys of one (q, m, c); it needs that key's level-1 group, since
+U was cut against it) and a box package (the trees of one (q, m), proven leaves only; it needs
+every group of the same (q, m)). Greedy by gain / cost over items bundled with their missing
+dependencies; the certificate is then trimmed (last picks first) until ``cost.predict`` fits.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from compact_proofs.config import ModelConfig
+from compact_proofs.proofs import cubic
+from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan
+from compact_proofs.proofs.protocol import Certificate
+
+
+@dataclass
+class State:
+    """What the search found (all untrusted)."""
+
+    ck: keys.CubicKeys
+    proven: Tensor  # after level 1
+    istar: Tensor  # counted count-key prefixes
+    tr: object  # searcher._Tree
+    l1: Tensor
+    cnt: Tensor
+    roots: Tensor
+    c0: Tensor  # c = 0 keys (q, m) the cubic leaves unproven
+
+
+def certificate(
+    tr, l1: Tensor, cnt: Tensor, c0: Tensor, roots: Tensor, keep: Tensor
+) -> Certificate:
+    """The certificate of the trees under the roots ``keep`` (bool per root), renumbered."""
+    R = roots.shape[0]
+    V = tr.masks.shape[2]
+    parent = torch.cat(tr.parent) if tr.parent else torch.zeros(0, dtype=torch.int64)
+    slot = torch.cat(tr.slot) if tr.slot else torch.zeros(0, dtype=torch.int64)
+    smask = torch.cat(tr.split_mask) if tr.split_mask else torch.zeros(0, V, dtype=torch.bool)
+    node_keep = keep[tr.root]
+    split_keep = node_keep[parent] if parent.numel() else torch.zeros(0, dtype=torch.bool)
+    R2 = int(keep.sum())
+    new_id = torch.full((tr.q.shape[0],), -1, dtype=torch.int64)
+    new_id[torch.nonzero(keep, as_tuple=True)[0]] = torch.arange(R2)
+    kept_splits = torch.nonzero(split_keep, as_tuple=True)[0]
+    T2 = kept_splits.numel()
+    new_id[R + 2 * kept_splits] = R2 + 2 * torch.arange(T2)
+    new_id[R + 2 * kept_splits + 1] = R2 + 2 * torch.arange(T2) + 1
+    old = torch.nonzero(new_id >= 0, as_tuple=True)[0]
+    claim = torch.zeros(R2 + 2 * T2, dtype=torch.int8)
+    witness = torch.zeros(R2 + 2 * T2, dtype=torch.int64)
+    claim[new_id[old]] = tr.claim[old]
+    witness[new_id[old]] = tr.witness[old]
+    return {
+        "l1_keys": l1.contiguous(),
+        "count_keys": cnt.contiguous(),
+        "c0": c0.contiguous(),
+        "roots": roots[keep].contiguous(),
+        "split_parent": new_id[parent[kept_splits]].contiguous(),
+        "split_slot": slot[kept_splits].contiguous(),
+        "split_mask": smask[kept_splits].contiguous(),
+        "claim": claim,
+        "witness": witness,
+    }
+
+
+def fit(cfg: ModelConfig, st: State, budget: int) -> Certificate:
+    """The greedy certificate (gain per FLOP) whose check costs at most ``budget`` FLOPs."""
+    V, n = cfg.d_vocab, cfg.n_ctx
+    base = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head)
+    items = _items(cfg, st)
+    picked: list = []  # item ids in pick order (dependencies first)
+    have: set = set()
+    spent = base
+    fixed = {"pvnq": keys.pvnq_flops(V, n), "tops": counts.tops_flops(V, n)}
+    for key in sorted(items, key=lambda k: -_ratio(items, k)):
+        bundle = [d for d in items[key]["deps"] + [key] if d not in have]
+        need = set().union(*(items[d]["fixed"] for d in bundle)) - have if bundle else set()
+        extra = sum(items[d]["cost"] for d in bundle) + sum(fixed[f] for f in need)
+        if not bundle or spent + extra > budget:
+            continue
+        spent += extra
+        for d in bundle:
+            have.add(d)
+            have.update(items[d]["fixed"])
+            picked.append(d)
+    while True:
+        cert = _assemble(st, items, picked)
+        cert["budget"] = int(budget)
+        cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar)
+        if cert["predicted"] <= budget or not picked:
+            return cert
+        picked.pop()
+
+
+def _ratio(items: dict, key) -> float:
+    """Gain per FLOP of an item bundled with its dependencies."""
+    bundle = items[key]["deps"] + [key]
+    return sum(items[d]["gain"] for d in bundle) / max(sum(items[d]["cost"] for d in bundle), 1)
+
+
+def _items(cfg: ModelConfig, st: State) -> dict:
+    """Level-1 groups ("l1", q, m, c), count groups ("cnt", q, m, c), packages ("box", q, m)."""
+    V, n = cfg.d_vocab, cfg.n_ctx
+    N0 = keys.key_counts(st.ck.proven)
+    N1 = keys.key_counts(st.proven)
+    items: dict = {}
+    for i, (q, m, _, c) in enumerate(st.l1.tolist()):
+        it = items.setdefault(("l1", q, m, c), {"rows": [], "deps": [], "fixed": {"pvnq"}})
+        it["rows"].append(i)
+    for (_, q, m, c), it in items.items():  # only level-1 groups so far
+        n0, s_ = int(N0[q, m, c]), len(it["rows"])
+        it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
+        last = c == n - 1
+        it["cost"] = keys.level1_flops(V, n, int(not last) * s_, int(last) * s_)
+    for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
+        if k > int(st.istar[q, m, c]):
+            continue
+        it = items.setdefault(("cnt", q, m, c), {"rows": [], "fixed": {"pvnq", "tops"}})
+        it["rows"].append(i)
+    for key, it in list(items.items()):
+        if key[0] != "cnt":
+            continue
+        _, q, m, c = key
+        Nk = int(N1[q, m, c])
+        it["deps"] = [d for d in [("l1", q, m, c)] if d in items]
+        it["gain"] = counts.covered_one(n, m, c, Nk, len(it["rows"]))
+        sizes = torch.tensor([[c, i, Nk] for i in range(1, len(it["rows"]) + 1)])
+        it["cost"] = counts.count_flops(V, n, m, 1, sizes)
+    tr = st.tr
+    sizes = tr.masks.sum(dim=2)
+    is_leaf = torch.ones(tr.q.shape[0], dtype=torch.bool)
+    if tr.parent:
+        is_leaf[torch.cat(tr.parent)] = False
+    won = torch.nonzero(is_leaf & (tr.claim == plan.PROVE), as_tuple=True)[0]
+    for i in won.tolist():
+        q, m = int(tr.q[i]), int(tr.m[i])
+        it = items.setdefault(("box", q, m), {"rows": [], "fixed": set()})
+        it["rows"].append(i)
+    for key, it in list(items.items()):
+        if key[0] != "box":
+            continue
+        _, q, m = key
+        ix = it["rows"]
+        it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
+        it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
+        it["cost"] = boxes.table_flops(m, 1, n, V) + boxes.prove_flops(sizes[ix], V)
+    return items
+
+
+def _assemble(st: State, items: dict, picked: list) -> Certificate:
+    """Certificate with the picked items (box packages keep their proven claims only)."""
+    chosen = set(picked)
+    l1_rows = sorted(i for k in chosen if k[0] == "l1" for i in items[k]["rows"])
+    cnt_rows = sorted(i for k in chosen if k[0] == "cnt" for i in items[k]["rows"])
+    pk = {k[1:] for k in chosen if k[0] == "box"}
+    keep = torch.tensor(
+        [(q, m) in pk for q, m in st.roots[:, :2].tolist()], dtype=torch.bool
+    ).reshape(-1)
+    cert = certificate(
+        st.tr,
+        st.l1[l1_rows],
+        st.cnt[cnt_rows],
+        torch.zeros(0, 2, dtype=torch.int64),
+        st.roots,
+        keep,
+    )
+    cert["claim"] = torch.where(
+        cert["claim"] == plan.PROVE, cert["claim"], torch.zeros_like(cert["claim"])
+    )
+    return cert

@@ -1,0 +1,205 @@
+"""Adaptive proof: the trusted checker (stages 1-4 and the count).
+
+Claim: ``run(weights, certificate, ops)`` returns ``correct`` and ``incorrect`` such that at least
+``correct`` inputs are correct and at least ``incorrect`` inputs are incorrect (exact real forward
+pass, ties wrong), whatever the certificate; when ``correct + incorrect == d_vocab**n_ctx`` the
+correct count is exact.
+Assumes: zero biases; the arithmetic model of ``core/rigorous.py``; python-flint's arb balls.
+Proof:
+  (1) Stage 1 (``keys.cubic_keys``): the cubic proof's verdicts; stage 2 (``keys.level1``)
+      proves more homogeneous keys with the same property, so by the cubic's counting argument
+      every input of key (q, m, c >= 1) whose non-max tokens lie in the proven set K(q, m, c) is
+      correct: sum_c C(n-1, c) N^c inputs, N = |K|, plus the c = 0 inputs the cubic proved.
+  (1b) Stage 2b (``counts``): a counted prefix i = 1 .. i* of proven count keys of (q, m, c)
+      adds the inputs with exactly i non-max tokens outside K(q, m, c), all correct by the
+      count-key lemma; these sets are disjoint from each other and from (1).
+  (2) Stage 3 (``singles``): listed c = 0 keys the cubic did not prove are decided input by input.
+  (3) Stage 4 (``tree``, ``boxes``, ``singles``): the leaves of the listed refinement trees are
+      disjoint boxes outside (1) and (2) (``tree`` docstring); a leaf's claim counts only if it
+      re-checks: prove (box bound (a)), refute (box bound (b)), exact (a single input, decided as
+      in (2)).
+  (4) The sets counted in (1)-(3) are pairwise disjoint (the keys partition the inputs; (2) is
+      c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
+      refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
+Cost: stage 1 ``cubic.cubic_flops``; stage 2 ``keys.level1_flops``; stage 3 ``singles``; stage 4
+``boxes.table_flops`` per (max token, queries) group plus ``prove_flops`` / ``refute_flops`` per
+leaf. Reading, indexing and the bool set work of rebuilding the trees are free (paper rules).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool
+from torch import Tensor
+
+from compact_proofs.core.rigorous import Ops
+from compact_proofs.errors import ProofPreconditionError
+from compact_proofs.proofs.adaptive import boxes, counts, keys, plan, singles, tree
+from compact_proofs.proofs.protocol import Certificate
+from compact_proofs.weights import Weights
+
+EXPAND_LIMIT = 1 << 24
+
+
+@dataclass
+class Outcome:
+    """What the checker established, with builders of the per-input masks (small models)."""
+
+    correct: int
+    incorrect: int
+    total: int
+    details: dict[str, Any]
+    covered: Callable[[], Bool[Tensor, " n_inputs"]] | None = None
+    refuted: Callable[[], Bool[Tensor, " n_inputs"]] | None = None
+    stage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.correct + self.incorrect == self.total
+
+
+def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
+    """The trusted check (module docstring)."""
+    cfg = weights.config
+    V, n = cfg.d_vocab, cfg.n_ctx
+    pl = plan.parse(certificate, V)
+    ck = keys.cubic_keys(weights, ops)  # (1) stage 1
+    proven = ck.proven.clone()
+    cubic_correct = keys.count_covered(keys.key_counts(proven), ck.proven0)
+    l1, cnt = pl.l1_keys, pl.count_keys
+    if l1.shape[0] and not bool(keys.valid_keys(l1, V, n).all()):
+        raise ProofPreconditionError("an l1_keys entry is not a valid key (q, m, k, c)")
+    if cnt.shape[0] and not bool(counts.valid(cnt, V, n).all()):
+        raise ProofPreconditionError("a count_keys entry is not a valid count key (q, m, c, i)")
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops) if l1.shape[0] or cnt.shape[0] else None
+    todo = l1[~proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]]] if l1.shape[0] else l1
+    ok = keys.level1(ck, todo, pvnq, ops)  # (1) stage 2
+    proven[todo[ok, 0], todo[ok, 1], todo[ok, 2], todo[ok, 3]] = True
+    N = keys.key_counts(proven)
+    correct = keys.count_covered(N, ck.proven0)
+    tops = counts.position_tops(ck.EQKP_s, ops) if cnt.shape[0] else None
+    cnt_ok = counts.evaluate(ck, pvnq, tops, proven, cnt, ops)  # (1) stage 2b
+    istar = counts.prefix(cnt, cnt_ok, V, n)
+    correct += counts.covered(istar, N)
+    ops.ledger.add(int_op=int(ok.sum()) + V * V * (n - 1), label="adaptive:count")
+    circ = ck.circ
+    tabs = (ck.EQKE_s, ck.EQKP_s, circ.EUPU, circ.EVOU, circ.PVOU)
+    exact = singles.ExactDecider(weights)
+    # (2) stage 3: c = 0 keys, input by input
+    c0 = pl.c0
+    if c0.shape[0]:
+        q0, m0 = c0.unbind(1)
+        if not bool(((q0 >= 0) & (q0 <= m0) & (m0 < V)).all()):
+            raise ProofPreconditionError("a c0 entry is not a key (q, m) with q <= m < d_vocab")
+        if (q0 * V + m0).unique().numel() != c0.shape[0]:
+            raise ProofPreconditionError("duplicate c0 entries in the certificate")
+        c0 = c0[~ck.proven0[q0, m0]]
+    c0_tokens = singles.c0_tokens(c0[:, 0], c0[:, 1], n)
+    c0_verdict = singles.decide(c0_tokens, tabs, exact, ops) if c0.shape[0] else torch.zeros(0)
+    correct += int((c0_verdict == 1).sum())
+    incorrect = int((c0_verdict == -1).sum())
+    # (3) stage 4: refinement trees
+    nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)
+    claim = torch.where(nodes.leaf, pl.claim, torch.zeros_like(pl.claim))
+    if bool((pl.claim[~nodes.leaf] != plan.NONE).any()):
+        raise ProofPreconditionError("a split node carries a claim (claims belong to leaves)")
+    sizes = nodes.sizes
+    nonempty = (sizes > 0).all(dim=1)
+    verdict = torch.zeros(nodes.q.shape[0], dtype=torch.int64)
+    _check_boxes(nodes, claim, pl.witness, nonempty, ck, ops, verdict)
+    single = (sizes == 1).all(dim=1)
+    ex = torch.nonzero((claim == plan.EXACT) & single, as_tuple=True)[0]
+    if ex.numel():
+        toks = _single_tokens(nodes, ex)
+        verdict[ex] = singles.decide(toks, tabs, exact, ops)
+    box_sizes = [math.prod(r) for r in sizes.tolist()]
+    won = torch.nonzero(verdict == 1, as_tuple=True)[0].tolist()
+    lost = torch.nonzero(verdict == -1, as_tuple=True)[0].tolist()
+    ops.ledger.add(int_op=(len(won) + len(lost)) * n, label="adaptive:count")
+    correct += sum(box_sizes[i] for i in won)
+    incorrect += sum(box_sizes[i] for i in lost)
+    details = {
+        "cubic_correct": cubic_correct,
+        "level1_proven": int(ok.sum()),
+        "level1_checked": int(todo.shape[0]),
+        "count_keys_proven": int(cnt_ok.sum()),
+        "count_keys_counted": int(istar.sum()),
+        "c0_decided": int((c0_verdict != 0).sum()),
+        "leaves": int(nodes.leaf.sum()),
+        "leaves_proven": len(won),
+        "leaves_refuted": len(lost),
+        "proven_incorrect": incorrect,
+        "exact": correct + incorrect == cfg.n_inputs,
+    }
+    out = Outcome(correct=correct, incorrect=incorrect, total=cfg.n_inputs, details=details)
+    if cfg.n_inputs <= EXPAND_LIMIT:
+        out.covered = lambda: _mask(
+            V, n, (proven, ck.proven0, istar), c0_tokens[c0_verdict == 1], nodes, won
+        )
+        out.refuted = lambda: _mask(V, n, None, c0_tokens[c0_verdict == -1], nodes, lost)
+    return out
+
+
+def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
+    """Re-check the prove / refute claims of non-empty leaves, grouped by max token."""
+    circ = ck.circ
+    want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
+    if not bool(want.any()):
+        return
+    rq = (claim == plan.REFUTE) & want
+    if bool((witness[rq] == nodes.m[rq]).any()) or bool(
+        ((witness[rq] < 0) | (witness[rq] >= circ.EVOU.shape[1])).any()
+    ):
+        raise ProofPreconditionError("a refute claim needs a witness output x != m in range")
+    idx = torch.nonzero(want, as_tuple=True)[0]
+    for m in nodes.m[idx].unique().tolist():
+        sel = idx[nodes.m[idx] == m]
+        qs, rows = nodes.q[sel].unique(return_inverse=True)
+        t = boxes.tables(m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
+        masks = nodes.masks[sel, :, : m + 1]
+        pr = claim[sel] == plan.PROVE
+        if bool(pr.any()):
+            verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)
+        if bool((~pr).any()):
+            rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)
+            verdict[sel[~pr]] = -rf.to(torch.int64)
+
+
+def _single_tokens(nodes: tree.Nodes, idx: Tensor) -> Tensor:
+    """Tokens of single-input boxes: slot tokens, then the query."""
+    slot_tok = nodes.masks[idx].to(torch.int64).argmax(dim=2)  # the one token of each slot
+    return torch.cat([slot_tok, nodes.q[idx][:, None]], dim=1)
+
+
+def _mask(V, n, key_state, extra_tokens, nodes, leaves) -> Tensor:
+    """Inputs (paper index order) covered by the keys (if given), ``extra_tokens`` and the boxes
+    of ``leaves``."""
+    total = V**n
+    powers = V ** torch.arange(n, dtype=torch.int64)
+    out = torch.zeros(total, dtype=torch.bool)
+    if key_state is not None:
+        for start in range(0, total, 1 << 20):
+            idx = torch.arange(start, min(total, start + (1 << 20)), dtype=torch.int64)
+            tok = (idx[:, None] // powers) % V
+            out[idx] = _key_covered(tok, *key_state)
+    if extra_tokens.numel():
+        out[(extra_tokens * powers).sum(dim=1)] = True
+    for i in leaves:
+        sets = [torch.nonzero(nodes.masks[i, p], as_tuple=True)[0] for p in range(n - 1)]
+        grid = torch.cartesian_prod(*sets, nodes.q[i : i + 1]).reshape(-1, n)
+        out[(grid * powers).sum(dim=1)] = True
+    return out
+
+
+def _key_covered(tok: Tensor, proven: Tensor, proven0: Tensor, istar: Tensor) -> Tensor:
+    """Stage 1-2b coverage: c = 0 by proven0, else at most i*(q, m, c) non-max tokens whose
+    key is unproven."""
+    q, m = tok[:, -1], tok.max(dim=1).values
+    others = tok[:, :-1]
+    nonmax = others < m[:, None]
+    c = nonmax.sum(dim=1)
+    bad = nonmax & ~proven[q[:, None], m[:, None], others, c[:, None]]
+    return torch.where(c == 0, proven0[q, m], bad.sum(dim=1) <= istar[q, m, c])

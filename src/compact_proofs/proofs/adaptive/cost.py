@@ -1,0 +1,60 @@
+"""Adaptive proof: the closed-form FLOP count of the check for a given certificate.
+
+``predict`` adds up the stage costs (``cubic.cubic_flops``, ``keys.level1_flops``,
+``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``prove_flops`` /
+``refute_flops``); it equals the checker's ledger total except for the exact (python-flint)
+decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they happen
+(tests/test_adaptive.py asserts the equality).
+"""
+
+import torch
+from torch import Tensor
+
+from compact_proofs.config import ModelConfig
+from compact_proofs.proofs import cubic
+from compact_proofs.proofs.adaptive import boxes, counts, keys, plan, singles, tree
+from compact_proofs.proofs.protocol import Certificate
+
+
+def predict(
+    cfg: ModelConfig, cert: Certificate, ck: keys.CubicKeys, proven: Tensor, istar: Tensor
+) -> int:
+    """FLOPs of checking ``cert``; ``proven`` and ``istar`` are what the checker will find after
+    stages 2 and 2b (the search knows them)."""
+    V, n = cfg.d_vocab, cfg.n_ctx
+    pl = plan.parse(cert, V)
+    total = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head)
+    l1, cnt = pl.l1_keys, pl.count_keys
+    if l1.shape[0] or cnt.shape[0]:
+        total += keys.pvnq_flops(V, n)
+    todo = l1[~ck.proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]]] if l1.shape[0] else l1
+    n_last = int((todo[:, 3] == n - 1).sum())
+    total += keys.level1_flops(V, n, todo.shape[0] - n_last, n_last)
+    if cnt.shape[0]:
+        total += counts.tops_flops(V, n)
+        q, m, c, i = cnt.unbind(1)
+        N = proven[q, m, :, c].sum(dim=1)
+        live = (N > 0) & (N < m)
+        for mv in m[live].unique().tolist():
+            for last in (False, True):
+                sel = live & (m == mv) & ((c == n - 1) if last else (c < n - 1))
+                if bool(sel.any()):
+                    Q = int(q[sel].unique().numel())
+                    sizes = torch.stack([c[sel], i[sel], N[sel]], 1)
+                    total += counts.count_flops(V, n, mv, Q, sizes)
+    c0 = pl.c0
+    if c0.shape[0]:
+        total += singles.float_flops(int((~ck.proven0[c0[:, 0], c0[:, 1]]).sum()), n, V)
+    nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)
+    claim = torch.where(nodes.leaf, pl.claim, torch.zeros_like(pl.claim))
+    sizes = nodes.sizes
+    nonempty = (sizes > 0).all(dim=1)
+    want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
+    for mv in nodes.m[want].unique().tolist():
+        sel = want & (nodes.m == mv)
+        total += boxes.table_flops(mv, int(nodes.q[sel].unique().numel()), n, V)
+        total += boxes.prove_flops(sizes[sel & (claim == plan.PROVE)], V)
+        total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
+    single = (sizes == 1).all(dim=1)
+    total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)
+    return total

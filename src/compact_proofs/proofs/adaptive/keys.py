@@ -1,0 +1,248 @@
+"""Adaptive proof, stages 1 and 2: the cubic proof's per-key verdicts, and the per-output
+re-check ("level 1") of the homogeneous keys the cubic bound leaves unproven.
+
+Shape glossary (``core/circuits.py``): ``d_vocab_q`` query token q, ``d_vocab_max`` max token m,
+``d_vocab_k`` non-max token k, ``d_vocab_out`` output logit x, ``n_ctx`` positions; ``keys`` a
+list of homogeneous keys (q, m, k, c); ``placement`` r in {0, 1} (max tokens on the lowest /
+highest positional scores).
+
+Stage 1 runs the cubic checker's own steps (``proofs.cubic``: circuits, pessimal slot tables,
+placement log-weights, exact c = 0 inputs, homogeneous keys) with the same counted operations,
+keeping the per-key verdicts it otherwise only counts.
+
+Stage 2 (level 1). Claim: if ``level1`` proves the key (q, m, k, c) then, for every placement of
+the n-1-c max tokens among the non-query positions and every output x != m,
+    Ft_x := w_max-group Dmax[q,m,x] + w_k-group Dk[q,m,k,x] + w_query Dz[q,m,x] < 0,
+which is exactly the property the cubic proof's step (5) establishes for its proven keys (cubic
+package docstring: Dmax, Dk use the pessimal non-query position PVnq, Dz the true query
+position). Hence the cubic's mixture argument (its step (4)) applies unchanged to the union of
+cubic-proven and level-1-proven keys: every input of key (q, m, c) whose non-max tokens all lie in
+that union is correct.
+Proof: as in the cubic's step (5), Ft_x / sum_p w_p = sum_g alpha_g H_g(x) with alpha the softmax
+over the slot groups of their log-weights, and it is affine in S = sum of the max slots'
+positional weights, so its sign over all placements is decided at the two extremes r = 0, 1.
+The cubic bounds max_x by class-wise maxima (and decouples the EUPU and EVOU parts for
+x not in {m, k}); level 1 evaluates sum_g alpha_g H_g(x) for every x separately and takes the
+max over x != m, which is the quantity itself. For c = n-1 (q = m) there are no max slots outside
+the query: groups (non-max, query).                                                      QED
+Cost: ``level1_flops``; per key O(d_vocab).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from compact_proofs.core import circuits as circuits_mod
+from compact_proofs.core.rigorous import Approx, Ops, U
+from compact_proofs.proofs import cubic
+from compact_proofs.proofs.cubic import cases, count, pessimize
+from compact_proofs.weights import Weights
+
+LABEL = "adaptive:level1"
+# Keys per level-1 chunk (each key holds a few [2, d_vocab] float64 rows).
+KEY_CHUNK = 1 << 13
+
+
+@dataclass(frozen=True)
+class CubicKeys:
+    """The cubic proof's per-key verdicts and the shared tables later stages reuse.
+
+    ``proven[q, m, k, c]`` (c >= 1) is True iff the homogeneous key is proven; it is False on
+    invalid keys. ``proven0[q, m]`` is the verdict of the single c = 0 input (m, ..., m, q).
+    """
+
+    circ: circuits_mod.Circuits
+    EQKE_s: Approx  # [d_vocab_q, d_vocab_k] = EQKE / sqrt(d_head)
+    EQKP_s: Approx  # [d_vocab_q, n_ctx]
+    z: Approx  # [d_vocab_q] query slot score
+    groups: Approx | None  # [d_vocab_q, n_ctx - 2, placement, 2] log-weights (max, non-max)
+    lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
+    proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]
+    proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
+
+
+def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
+    """Stage 1: the cubic checker's steps (1)-(6), keeping every key's verdict.
+
+    Cost: exactly ``cubic.cubic_flops`` plus the cubic's integer tally (the same operations, in
+    the same order and chunking, as ``cubic.check``).
+    """
+    cfg = weights.config
+    V, n = cfg.d_vocab, cfg.n_ctx
+    s = math.sqrt(cfg.d_head)  # correctly rounded: exact scale within a relative 2u
+    m_chunk = max(1, cubic.CHUNK_ELEMENTS // V**2)
+    circ = circuits_mod.circuits(weights, ops)
+    eqke = ops.divide_by_real(circ.EQKE, s, 2 * U, label="cubic:attn")
+    eqkp = ops.divide_by_real(circ.EQKP, s, 2 * U, label="cubic:attn")
+    st = pessimize.slot_tables(circ.EUPU, circ.EVOU, circ.PVOU, ops, m_chunk)
+    z = pessimize.query_scores(eqke, eqkp, ops)
+    groups = pessimize.placement_log_weights(eqkp, ops)
+    lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")
+    proven0 = cases.single_inputs(
+        eqke,
+        eqkp,
+        circ.EVOU,
+        circ.PVOU,
+        circ.EUPU,
+        ops,
+        pair_chunk=max(1, cubic.CHUNK_ELEMENTS // V),
+    )
+    covered = count.Covered(V, n)  # dense [q, m, k, c] verdicts
+    max_triples = max(1, cubic.CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
+    for m0 in range(0, V, m_chunk):
+        m1 = min(V, m0 + m_chunk)
+        rt = pessimize.range_tables(st, m0, m1, ops) if V >= 3 else None
+        qi, mi, ki = cases.triples(m0, m1, V)
+        for t0 in range(0, qi.numel(), max_triples):
+            q, m, k = (x[t0 : t0 + max_triples] for x in (qi, mi, ki))
+            vals = pessimize.triple_values(st, rt, q, m, k, ops)
+            covered.add(cases.homogeneous_chunk(q, m, k, vals, eqke, z, groups, lse_all, ops))
+    count.tally_int_ops(ops.ledger, V, n)
+    return CubicKeys(
+        circ=circ,
+        EQKE_s=eqke,
+        EQKP_s=eqkp,
+        z=z,
+        groups=groups,
+        lse_all=lse_all,
+        proven=covered.proven,
+        proven0=proven0,
+    )
+
+
+def valid_keys(keys: Int[Tensor, "keys 4"], V: int, n: int) -> Bool[Tensor, " keys"]:
+    """Homogeneous keys (q, m, k, c) that exist: q <= m < V, 0 <= k < m, 1 <= c <= n-1, and
+    c <= n-2 unless q = m (the max must appear outside the query)."""
+    q, m, k, c = keys.unbind(1)
+    ok = (q >= 0) & (q <= m) & (m < V) & (k >= 0) & (k < m) & (c >= 1) & (c <= n - 1)
+    return ok & ((c <= n - 2) | (q == m))
+
+
+def pv_nonquery(PVOU: Approx, ops: Ops) -> Approx:
+    """``PVnq[m, x] = max_{p < n-1} (PVOU[p, x] - PVOU[p, m])``. Cost: ``pvnq_flops``."""
+    n = PVOU.shape[0]
+    centred = ops.sub(
+        PVOU[: n - 1].map_layout(lambda t: t.unsqueeze(0)),  # [1, p, x]
+        PVOU[: n - 1].map_layout(lambda t: t.T.unsqueeze(2)),  # [m, p, 1]
+        label=LABEL,
+    )
+    return ops.amax(centred, dim=1, label=LABEL)
+
+
+def level1(
+    ck: CubicKeys, keys: Int[Tensor, "keys 4"], pvnq: Approx, ops: Ops
+) -> Bool[Tensor, " keys"]:
+    """Stage 2: decide the valid homogeneous keys (q, m, k, c) per output logit (see the module
+    docstring); ``pvnq`` = ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``).
+    Cost: ``level1_flops``."""
+    if keys.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    n = ck.circ.PVOU.shape[0]
+    out = torch.zeros(keys.shape[0], dtype=torch.bool)
+    for s in range(0, keys.shape[0], KEY_CHUNK):
+        chunk = keys[s : s + KEY_CHUNK]
+        last = chunk[:, 3] == n - 1
+        for is_last in (False, True):
+            idx = torch.nonzero(last if is_last else ~last, as_tuple=True)[0]
+            if idx.numel():
+                out[s + idx] = _level1_chunk(ck, pvnq, chunk[idx], is_last, ops)
+    return out
+
+
+def _level1_chunk(
+    ck: CubicKeys, pvnq: Approx, keys: Int[Tensor, "keys 4"], last: bool, ops: Ops
+) -> Bool[Tensor, " keys"]:
+    """Keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m)."""
+    circ = ck.circ
+    EU, EV, PV = circ.EUPU, circ.EVOU, circ.PVOU
+    q, m, k, c = keys.unbind(1)
+    L = q.numel()
+
+    def col(a: Approx) -> Approx:  # [L] -> [L, 1]
+        return a.map_layout(lambda t: t[:, None])
+
+    eu = ops.sub(EU[q], col(EU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
+    pvm = ops.add(eu, pvnq[m], label=LABEL)  # + PVnq[m, x]
+    d_k = ops.add(pvm, ops.sub(EV[k], col(EV[k, m]), label=LABEL), label=LABEL)  # Dk
+    ev_q = ops.sub(EV[q], col(EV[q, m]), label=LABEL)
+    pv_q = ops.sub(PV[-1:].map_layout(lambda t: t.expand(L, -1)), col(PV[-1, m]), label=LABEL)
+    d_z = ops.add(ops.add(eu, ev_q, label=LABEL), pv_q, label=LABEL)  # Dz
+    if last:
+        logw = Ops.stack(
+            [ops.add(ck.EQKE_s[q, k], ck.lse_all[q], label=LABEL), ck.z[q]], dim=-1
+        )  # [L, group]
+        alpha = ops.softmax(logw, dim=-1, label=LABEL)
+        parts = [(alpha[:, 0], d_k), (alpha[:, 1], d_z)]
+        bound = _weighted(parts, ops)[:, None, :]  # [L, 1, x]
+    else:
+        d_max = ops.add(pvm, ops.sub(EV[m], col(EV[m, m]), label=LABEL), label=LABEL)  # Dmax
+        g = ck.groups[q, c - 1]  # [L, placement, 2]
+
+        def per_r(a: Approx) -> Approx:
+            return a.map_layout(lambda t: t[:, None].expand(L, 2))
+
+        logw = Ops.stack(
+            [
+                ops.add(per_r(ck.EQKE_s[q, m]), g[..., 0], label=LABEL),
+                ops.add(per_r(ck.EQKE_s[q, k]), g[..., 1], label=LABEL),
+                per_r(ck.z[q]),
+            ],
+            dim=-1,
+        )  # [L, placement, group]
+        alpha = ops.softmax(logw, dim=-1, label=LABEL)
+
+        def bcast(a: Approx) -> Approx:  # [L, x] -> [L, 1, x]
+            return a.map_layout(lambda t: t[:, None, :])
+
+        parts = [(alpha[..., i], bcast(d)) for i, d in enumerate((d_max, d_k, d_z))]
+        bound = _weighted(parts, ops)  # [L, placement, x]
+    excl = m[:, None, None].expand(L, bound.shape[1], 1)
+    worst = ops.amax_excluding(bound, dim=2, exclude=excl, label=LABEL)  # [L, placement]
+    return ops.proven_negative(worst, label=LABEL).all(dim=1)
+
+
+def _weighted(parts: list[tuple[Approx, Approx]], ops: Ops) -> Approx:
+    """sum_i alpha_i * D_i with alpha_i [..] broadcast against D_i [.., x]."""
+    total = None
+    for a, d in parts:
+        term = ops.mul(a.map_layout(lambda t: t[..., None]), d, label=LABEL)
+        total = term if total is None else ops.add(total, term, label=LABEL)
+    return total
+
+
+def pvnq_flops(V: int, n: int) -> int:
+    return (2 * n - 3) * V * V
+
+
+def level1_flops(V: int, n: int, n_mid: int, n_last: int) -> int:
+    """Ledger total of ``level1`` on ``n_mid`` keys with c <= n-2 and ``n_last`` with c = n-1."""
+    common = 8 * V  # eu, PVnq add, Dk (2), ev_q, pv_q, Dz (2)
+    # Dmax (2V), log-weights (4), 3-group softmax at 2 placements (26), 3 products and 2 sums
+    # per placement (10V), max over x != m (2(V-1)), decisions (4)
+    mid = common + 2 * V + 4 + 26 + 10 * V + 2 * (V - 1) + 4
+    # log-weight (1), 2-group softmax (8), 2 products and 1 sum (3V), max (V-1), decision (2)
+    last = common + 1 + 8 + 3 * V + (V - 1) + 2
+    return n_mid * mid + n_last * last
+
+
+def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:
+    """``N[q, m, c] = #{k : proven[q, m, k, c]}`` (int64; proven is False on invalid keys)."""
+    return proven.sum(dim=2, dtype=torch.int64)
+
+
+def count_covered(N: Tensor, proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]) -> int:
+    """sum over keys: [proven0[q, m]] (c = 0) + sum_{c >= 1} C(n-1, c) N[q, m, c]^c (exact ints).
+
+    Each distinct value of N is raised to the power once (histogram per c)."""
+    n = N.shape[-1]
+    total = int(proven0.sum())
+    for c in range(1, n):
+        values, mult = torch.unique(N[:, :, c], return_counts=True)
+        inner = sum(
+            int(mv) * int(v) ** c for v, mv in zip(values.tolist(), mult.tolist(), strict=True)
+        )
+        total += math.comb(n - 1, c) * inner
+    return total

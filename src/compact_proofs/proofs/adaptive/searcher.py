@@ -1,0 +1,428 @@
+"""Adaptive proof: the UNTRUSTED search that writes the certificate (not counted in FLOPs).
+
+It runs stage 1, tries level 1 on every unproven homogeneous key, then branch-and-bound on the
+root boxes of every key still not fully covered: a box that the box bound neither proves nor
+refutes is split in two along one slot, until every leaf is proven, refuted, or a single input
+(decided exactly). With a FLOP budget it keeps only the refinements with the best proven inputs
+per FLOP that fit. Nothing here is trusted: the checker rebuilds and re-checks everything.
+
+``explore`` does the (budget-independent) work once; ``for_budget`` turns it into the
+certificate for any budget (benchmarks/bench_adaptive.py draws the bound-vs-budget curve so).
+Speed: the box bounds are only evaluated at the outputs still "live" (not yet below 0 on an
+ancestor box, which stays so on every sub-box), and a coarse per-root bound prunes outputs
+first; the decisions are the checker's exactly (same values, same radii).
+"""
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from compact_proofs.config import ModelConfig
+from compact_proofs.core.rigorous import Approx, Ops
+from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan, tree
+from compact_proofs.proofs.adaptive import budget as budget_mod
+from compact_proofs.proofs.protocol import Certificate
+from compact_proofs.weights import Weights
+
+# Stacked box tables (float64 elements) per branch-and-bound batch of keys (q, m): 128 MB.
+TABLE_ELEMENTS = 1 << 24
+# Refinement of a key (q, m, c) is skipped when it has more placements than this.
+MAX_PLACEMENTS = 512
+# ... and a group of keys (q, m, c) with i* = w when it has more (placement, U positions) root
+# shapes than this (C(n-1, c) C(c, w + 1)): at large n_ctx they would be too many boxes.
+MAX_SHAPES = 4096
+MAX_DEPTH = 64
+# At most this many root boxes (fewest free slots first, then the largest), and at most this
+# many tree nodes in all: beyond them the search stops refining (the bound stays sound).
+MAX_ROOTS = 1 << 13
+MAX_NODES = 1 << 17
+# Count keys are tried for i = 1 .. MAX_COUNT unproven tokens, from n_ctx = COUNT_FROM on.
+# Measured on trained d_vocab 64 models: at n_ctx = 4 they cost more check FLOPs than the
+# boxes they replace (seed 123: 3.41e7 with, 3.14e7 without; same exact count), at n_ctx = 10
+# they are most of the gain (seed 50: bound 0.9984 with, 0.9779 without).
+MAX_COUNT = 3
+COUNT_FROM = 5
+
+
+@dataclass
+class _Tree:
+    """Growing refinement trees (nodes 0 .. R-1 are the roots)."""
+
+    q: Tensor
+    m: Tensor
+    masks: Tensor  # [nodes, slots, V]
+    root: Tensor  # root id of each node
+    row: Tensor  # row of the node's key in the current stacked tables (-1: other batch)
+    claim: Tensor  # int8
+    witness: Tensor
+    parent: list
+    slot: list
+    split_mask: list
+
+
+def search(weights: Weights, budget: int | None = None) -> Certificate:
+    """Build a certificate; with ``budget`` (FLOPs of the check), keep only the refinements
+    with the most proven inputs per FLOP that fit (the check then costs at most ``budget``
+    FLOPs, apart from the rare exact decisions, unless the cubic stage alone exceeds it)."""
+    return for_budget(weights.config, explore(weights), budget)
+
+
+def explore(weights: Weights) -> budget_mod.State:
+    """Every refinement the search finds (the expensive part; budget-independent)."""
+    cfg = weights.config
+    V, n = cfg.d_vocab, cfg.n_ctx
+    ops = Ops()  # scratch: nothing here is counted
+    ck = keys.cubic_keys(weights, ops)
+    proven = ck.proven.clone()
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
+    cand = _candidate_keys(proven, V, n)
+    ok = keys.level1(ck, cand, pvnq, ops)
+    l1 = cand[ok]
+    proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]] = True
+    cnt, istar = _count_keys(ck, pvnq, proven, ops)
+    qm = torch.triu_indices(V, V)
+    c0 = qm.T[~ck.proven0[qm[0], qm[1]]].contiguous()
+    roots = _roots(proven, istar, V, n)
+    tr = _branch_and_bound(ck, proven, istar, roots)
+    return budget_mod.State(
+        ck=ck, proven=proven, istar=istar, tr=tr, l1=l1, cnt=cnt, roots=roots, c0=c0
+    )
+
+
+def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) -> Certificate:
+    """The certificate of ``state`` for a FLOP budget (None: everything found)."""
+    keep = torch.ones(state.roots.shape[0], dtype=torch.bool)
+    st = state
+    cert = budget_mod.certificate(st.tr, st.l1, st.cnt, st.c0, st.roots, keep)
+    cert["budget"] = -1 if budget is None else int(budget)
+    cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar)
+    if budget is None or cert["predicted"] <= budget:  # everything fits: the full refinement
+        return cert
+    return budget_mod.fit(cfg, state, budget)
+
+
+def _candidate_keys(proven: Tensor, V: int, n: int) -> Tensor:
+    """Every valid homogeneous key the cubic proof left unproven, as (q, m, k, c) rows."""
+    q = torch.arange(V)[:, None, None, None]
+    m = torch.arange(V)[None, :, None, None]
+    k = torch.arange(V)[None, None, :, None]
+    c = torch.arange(n)[None, None, None, :]
+    valid = (q <= m) & (k < m) & (c >= 1) & ((c <= n - 2) | (q == m))
+    return torch.nonzero(valid & ~proven)
+
+
+def _count_keys(ck, pvnq, proven, ops) -> tuple[Tensor, Tensor]:
+    """Count keys (q, m, c, i), i = 1, 2, ... while proven (at most ``MAX_COUNT``): the proven
+    ones, and the counted prefixes i*."""
+    V, n = proven.shape[0], proven.shape[3]
+    N = keys.key_counts(proven)
+    q, m, c = torch.nonzero((N > 0) & (N < torch.arange(V)[None, :, None]), as_tuple=True)
+    keep = (q <= m) & (c >= 1) & ((c <= n - 2) | (q == m))
+    base = torch.stack([q[keep], m[keep], c[keep]], 1)
+    tops = counts.position_tops(ck.EQKP_s, ops)
+    # Every i = 1 .. min(c, MAX_COUNT) at once (one pass per max token), then the prefixes.
+    depth = min(MAX_COUNT, n - 1) if n >= COUNT_FROM else 0
+    reps = base[:, 2].clamp(max=depth)
+    rows = base.repeat_interleave(reps, dim=0)
+    first = torch.cumsum(reps, 0) - reps
+    i = torch.arange(rows.shape[0]) - first.repeat_interleave(reps) + 1
+    cand = torch.cat([rows, i[:, None]], 1)
+    ok = counts.evaluate(ck, pvnq, tops, proven, cand, ops)
+    istar = counts.prefix(cand, ok, V, n)
+    cnt = cand[ok & (cand[:, 3] <= istar[cand[:, 0], cand[:, 1], cand[:, 2]])]
+    return cnt, counts.prefix(cnt, torch.ones(cnt.shape[0], dtype=torch.bool), V, n)
+
+
+def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
+    """Root boxes (q, m, placement bits, U bits) of every key (q, m, c) not fully covered, at
+    most ``MAX_ROOTS``: those with the fewest unrestricted slots first (the most likely to be
+    proven), then the largest."""
+    s1 = n - 1
+    N = keys.key_counts(proven)  # [q, m, c]
+    rows, sizes, free = [], [], []
+    for c in range(1, n):
+        if math.comb(s1, c) > MAX_PLACEMENTS:
+            continue
+        qs, ms = torch.nonzero(N[:, :, c] < torch.arange(V)[None, :], as_tuple=True)
+        keep = (qs <= ms) & ((c <= n - 2) | (qs == ms)) & (istar[qs, ms, c] < c)
+        qs, ms = qs[keep], ms[keep]
+        for w in sorted(set(istar[qs, ms, c].tolist())):
+            if math.comb(s1, c) * math.comb(c, w + 1) > MAX_SHAPES:
+                continue
+            sel = istar[qs, ms, c] == w
+            qq, mm = qs[sel], ms[sel]
+            nk = N[qq, mm, c].double()
+            for nu in itertools.combinations(range(s1), c):
+                bits = sum(1 << p for p in nu)
+                for W in itertools.combinations(range(c), w + 1):
+                    wbits = sum(1 << nu[j] for j in W)
+                    n_k = W[-1] + 1 - len(W)  # K slots before max(W)
+                    n_free = c - 1 - W[-1]
+                    use = nk > 0 if n_k > 0 else torch.ones_like(nk, dtype=torch.bool)
+                    rows.append(
+                        torch.stack(
+                            [
+                                qq[use],
+                                mm[use],
+                                torch.full_like(qq[use], bits),
+                                torch.full_like(qq[use], wbits),
+                            ],
+                            1,
+                        )
+                    )
+                    u = mm[use].double() - nk[use]
+                    sizes.append(nk[use] ** n_k * u ** len(W) * mm[use].double() ** n_free)
+                    free.append(torch.full_like(qq[use], n_free))
+    if not rows:
+        return torch.zeros(0, 4, dtype=torch.int64)
+    roots, size, fr = torch.cat(rows), torch.cat(sizes), torch.cat(free)
+    if roots.shape[0] > MAX_ROOTS:
+        order = size.argsort(descending=True, stable=True)
+        order = order[fr[order].argsort(stable=True)]
+        roots = roots[order[:MAX_ROOTS]]
+    return roots
+
+
+def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, Approx, Tensor]:
+    """Box tables of the keys ``pairs`` (q, m), padded to d_vocab key tokens and stacked; the
+    uniform radius is the largest of the groups', so decisions are at least as cautious as the
+    checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
+    (gathering whole rows over k is what the search does most). Also returns
+    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0)."""
+    circ = ck.circ
+    V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
+    F = torch.zeros(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
+    Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
+    below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
+    rad = mag = 0.0
+    for m in pairs[:, 1].unique().tolist():
+        sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
+        t = boxes.tables(
+            m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
+        )
+        F[sel, :, :, : m + 1] = t.F.mid.transpose(2, 3)
+        Fq[sel] = t.Fq.mid
+        if m:
+            below[sel] = t.F.mid[:, :, :m].amax(dim=2)
+        rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
+    return Approx(F, rad, mag), Approx(Fq, rad, mag), below
+
+
+@dataclass
+class _Block:
+    """Nodes start .. start + len - 1, created together (the roots, or one step's children)."""
+
+    start: int
+    q: Tensor
+    m: Tensor
+    root: Tensor
+    row: Tensor
+    masks: Tensor
+    claim: Tensor
+    witness: Tensor
+    live: Tensor  # [nodes, V] outputs not yet bounded below 0 at an ancestor (search only)
+
+
+def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: Tensor) -> _Tree:
+    """Refine every root until each leaf is proven, refuted or a single input (or the node
+    limit is reached). Nodes are stored in blocks (each step only touches the newest one)."""
+    V, n = proven.shape[0], proven.shape[3]
+    R = roots.shape[0]
+    root_block = _Block(
+        start=0,
+        q=roots[:, 0].clone(),
+        m=roots[:, 1].clone(),
+        root=torch.arange(R),
+        row=torch.full((R,), -1, dtype=torch.int64),
+        masks=tree.root_masks(roots, proven, istar),
+        claim=torch.zeros(R, dtype=torch.int8),
+        witness=torch.zeros(R, dtype=torch.int64),
+        live=torch.arange(V)[None, :] != roots[:, 1:2],
+    )
+    blocks = [root_block]
+    splits: list[tuple[Tensor, Tensor, Tensor]] = []  # (parent ids, slots, masks)
+    ops = Ops()
+    pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
+    step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
+    total = R
+    for p0 in range(0, pairs.shape[0], step):
+        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step], ops)
+        in_batch = (inverse >= p0) & (inverse < p0 + step)
+        root_block.row = torch.where(in_batch, inverse - p0, -1)
+        block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
+        _prune_outputs(root_block, local, F, Fq, below, ops)
+        for _ in range(MAX_DEPTH):
+            if local.numel() == 0 or total > MAX_NODES:
+                break
+            child = _step(block, local, F, Fq, total, splits, ops)
+            if child is None:
+                break
+            blocks.append(child)
+            total += child.q.numel()
+            block, local = child, torch.arange(child.q.numel())
+    return _flatten(blocks, splits, V)
+
+
+def _prune_outputs(
+    blk: _Block, local: Tensor, F: Approx, Fq: Approx, below: Tensor, ops: Ops
+) -> None:
+    """Outputs certainly below 0 on a whole root box, from a coarse bound: every non-max slot
+    set lies in [0, m), so its max is at most ``below``; max slots read F at k = m. Same
+    radius and sums as ``_bounds``, so what is dead here is dead in every sub-box (there and
+    in the checker)."""
+    if local.numel() == 0:
+        return
+    rows, m, masks = blk.row[local], blk.m[local], blk.masks[local]
+    is_max = masks[torch.arange(local.numel()), :, m]  # [b, slots] (a max slot is {m})
+    at_m = F.mid[rows[:, None], torch.arange(F.shape[1])[None, :], :, m[:, None]]  # [b, s, x]
+    hi = torch.where(is_max[:, :, None], at_m, below[rows])
+    ub = ops.upper(ops.add(Fq[rows], ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
+    blk.live[local] &= ub >= 0
+
+
+def _flatten(blocks: list[_Block], splits: list, V: int) -> _Tree:
+    def cat(name: str) -> Tensor:
+        return torch.cat([getattr(b, name) for b in blocks])
+
+    parent = [torch.cat([s[0] for s in splits])] if splits else []
+    slot = [torch.cat([s[1] for s in splits])] if splits else []
+    smask = [torch.cat([s[2] for s in splits])] if splits else []
+    return _Tree(
+        q=cat("q"),
+        m=cat("m"),
+        masks=cat("masks"),
+        root=cat("root"),
+        row=cat("row"),
+        claim=cat("claim"),
+        witness=cat("witness"),
+        parent=parent,
+        slot=slot,
+        split_mask=smask,
+    )
+
+
+def _bounds(
+    F: Approx, Fq: Approx, rows: Tensor, masks: Tensor, m: Tensor, xs: Tensor, ops: Ops
+) -> tuple[Tensor, Tensor]:
+    """Rigorous upper / lower bounds of the box sums at the outputs ``xs`` [B, A], with the
+    checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
+    checker's ``Ops``). One gather serves both extremes; singleton slots are read directly.
+
+    Outputs whose bound was already below 0 at an ancestor stay below 0 (maxima over subsets
+    are smaller, float sums are monotone, the radius is the same), so the search only
+    evaluates the ``live`` ones: the decisions equal the checker's over all outputs."""
+    B, s1 = masks.shape[:2]
+    A = xs.shape[1]
+    kmax = int(m.max()) + 1
+    size = masks.sum(dim=2)
+    hi = torch.empty((B, s1, A), dtype=F.mid.dtype)
+    b1, p1 = torch.nonzero(size == 1, as_tuple=True)
+    tok = masks[b1, p1].to(torch.int64).argmax(dim=1)
+    hi[b1, p1] = F.mid[rows[b1, None], p1[:, None], xs[b1], tok[:, None]]
+    lo = hi.clone()
+    bm, pm = torch.nonzero(size > 1, as_tuple=True)
+    if bm.numel():
+        Vx, Vk = F.shape[2], F.shape[3]
+        flat = F.mid.view(-1, Vk)  # rows (pair, slot, x)
+        idx = ((rows[bm] * s1 + pm)[:, None] * Vx + xs[bm]).reshape(-1)
+        vals = flat.index_select(0, idx).view(-1, A, Vk)[:, :, :kmax]  # [P, A, k]
+        off = ~masks[bm, pm, None, :kmax]
+        hi[bm, pm] = vals.masked_fill(off, -torch.inf).amax(dim=2)
+        lo[bm, pm] = vals.masked_fill(off, torch.inf).amin(dim=2)
+    fq = Approx(Fq.mid[rows[:, None], xs], Fq.rad, Fq.mag)
+    ub = ops.upper(ops.add(fq, ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
+    lb = ops.lower(ops.add(fq, ops.sum(Approx(lo, F.rad, F.mag), dim=1)))
+    return ub, lb
+
+
+def _step(
+    blk: _Block, local: Tensor, F: Approx, Fq: Approx, total: int, splits: list, ops: Ops
+) -> _Block | None:
+    """Evaluate the non-empty boxes ``local`` of ``blk``; claim the decided ones, split the
+    others into a new block of children (ids from ``total``), or return None."""
+    V, s1 = F.shape[-1], F.shape[1]
+    local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
+    chunk = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * V))
+    to_split, worst, lives = [], [], []
+    for b0 in range(0, local.numel(), chunk):
+        nodes = local[b0 : b0 + chunk]
+        masks, m, live = blk.masks[nodes], blk.m[nodes], blk.live[nodes]
+        A = max(int(live.sum(dim=1).max()), 1)
+        xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
+        valid = live.gather(1, xs)  # [b, A]
+        ub, lb = _bounds(F, Fq, blk.row[nodes], masks, m, xs, ops)
+        ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
+        proven = ub.amax(dim=1) < 0
+        best_lb, wit = lb.max(dim=1)
+        refuted = (best_lb > 0) & ~proven
+        single = (masks.sum(dim=2) == 1).all(dim=1)
+        blk.claim[nodes[proven]] = plan.PROVE
+        blk.claim[nodes[refuted]] = plan.REFUTE
+        blk.witness[nodes[refuted]] = xs.gather(1, wit[:, None])[refuted, 0]
+        und = ~proven & ~refuted
+        blk.claim[nodes[und & single]] = plan.EXACT
+        split = und & ~single
+        to_split.append(nodes[split])
+        worst.append(xs.gather(1, ub.argmax(dim=1, keepdim=True))[split, 0])
+        still = torch.zeros_like(live).scatter_(1, xs, valid & (ub >= 0))
+        lives.append(still[split])
+    nodes = torch.cat(to_split)
+    if nodes.numel() == 0:
+        return None
+    return _split(blk, F, Fq, nodes, torch.cat(worst), torch.cat(lives), total, splits)
+
+
+def _split(
+    blk: _Block,
+    F: Approx,
+    Fq: Approx,
+    nodes: Tensor,
+    xs: Tensor,
+    live: Tensor,
+    total: int,
+    splits: list,
+) -> _Block:
+    """Split each node along the slot where the worst output's terms spread most: the tokens
+    whose term is low enough for that output's bound to become negative go to the first child
+    (or the lower half by rank when that is all or nothing)."""
+    B = nodes.numel()
+    ar = torch.arange(B)
+    masks, rows = blk.masks[nodes], blk.row[nodes]  # [B, slots, V]
+    vals = F.mid[rows, :, xs]  # [B, slots, k]
+    hi = torch.where(masks, vals, -torch.inf).amax(dim=2)
+    lo = torch.where(masks, vals, torch.inf).amin(dim=2)
+    spread = torch.where(masks.sum(dim=2) > 1, hi - lo, -1.0)
+    p = spread.argmax(dim=1)
+    v, mk = vals[ar, p], masks[ar, p]  # [B, k]
+    theta = hi[ar, p] - (hi.sum(dim=1) + Fq.mid[rows, xs])  # the bound at x, without slot p
+    low = mk & (v < theta[:, None])
+    size, nlow = mk.sum(dim=1), low.sum(dim=1)
+    bad = (nlow == 0) | (nlow == size)
+    if bool(bad.any()):
+        vb = torch.where(mk[bad], v[bad], torch.inf)
+        order = vb.argsort(dim=1, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(vb.shape[1]).expand_as(order).contiguous())
+        low[bad] = mk[bad] & (rank < ((size[bad] + 1) // 2)[:, None])
+    lm, rm = masks.clone(), masks.clone()
+    lm[ar, p] = mk & low
+    rm[ar, p] = mk & ~low
+    splits.append((blk.start + nodes, p, low))
+
+    def twice(t: Tensor) -> Tensor:
+        return t[nodes].repeat_interleave(2)
+
+    return _Block(
+        start=total,
+        q=twice(blk.q),
+        m=twice(blk.m),
+        root=twice(blk.root),
+        row=twice(blk.row),
+        masks=torch.stack([lm, rm], 1).reshape(2 * B, *masks.shape[1:]),
+        claim=torch.zeros(2 * B, dtype=torch.int8),
+        witness=torch.zeros(2 * B, dtype=torch.int64),
+        live=live.repeat_interleave(2, dim=0),
+    )

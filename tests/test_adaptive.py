@@ -1,0 +1,322 @@
+"""The adaptive proof: exact per-input verdicts on small models (every input proven correct or
+proven incorrect, matching an independent truth), the anytime (budget) mode never over-claims and
+respects its budget, FLOPs equal the closed form, and a bad certificate only loses coverage or is
+rejected."""
+
+import models
+import pytest
+import torch
+
+from compact_proofs import exact
+from compact_proofs.core.rigorous import Ops
+from compact_proofs.errors import ProofPreconditionError
+from compact_proofs.proofs import adaptive, cubic
+from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher
+
+SMALL = ["trained-V8-K3", "random-V6-K4-sharp", "planted-V8-K4-noisy", "neartie-planted-V7-K4"]
+
+
+def _run(w, cert):
+    ops = Ops()
+    out = checker.run(w, cert, ops)
+    return out, ops.ledger
+
+
+@pytest.mark.parametrize("model_name", list(models.CATALOGUE))
+def test_exact_input_by_input(model_name, soundness_model):
+    """Every input is proven correct or proven incorrect, exactly as the independent truth says;
+    the ledger equals the closed form (plus the exact stage's own charge)."""
+    w, truth = soundness_model(model_name)
+    cert = adaptive.search(w)
+    out, ledger = _run(w, cert)
+    assert out.exact and out.details["exact"]
+    assert out.correct == int(truth.sum())
+    assert out.incorrect == int((~truth).sum())
+    assert torch.equal(out.covered(), truth)
+    assert torch.equal(out.refuted(), ~truth)
+    assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) == cert["predicted"]
+
+
+def test_strategy_verdict_matches_exact_evaluator():
+    """Through the Strategy protocol, against ``exact.correct_mask`` (the brute-force evaluator)."""
+    w = models.trained_weights(10, 4, seed=2, steps=60)
+    verdict = adaptive.STRATEGY.check(w, adaptive.STRATEGY.search(w), Ops())
+    mask = exact.correct_mask(w)
+    assert verdict.correct_count == int(mask.sum())
+    assert torch.equal(verdict.expand(), mask)
+
+
+def test_refines_beyond_the_cubic_proof(soundness_model):
+    w, truth = soundness_model("planted-V8-K4-noisy")
+    out, _ = _run(w, adaptive.search(w))
+    assert out.details["cubic_correct"] < out.correct == int(truth.sum())
+    assert out.details["leaves_proven"] > 0 and out.details["leaves_refuted"] > 0
+
+
+@pytest.mark.parametrize("model_name", SMALL)
+@pytest.mark.parametrize("frac", [0.0, 0.2, 0.6, 1.0])
+def test_budget_never_overclaims_and_fits(model_name, frac, soundness_model):
+    w, truth = soundness_model(model_name)
+    cfg = w.config
+    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    full = adaptive.search(w)["predicted"]
+    budget = base + int(frac * (full - base))
+    cert = searcher.search(w, budget=budget)
+    out, ledger = _run(w, cert)
+    assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) <= budget
+    cov = out.covered()
+    assert int(cov.sum()) == out.correct <= int(truth.sum())
+    assert not bool((cov & ~truth).any())
+    assert out.correct >= out.details["cubic_correct"]
+
+
+def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
+    w, _ = soundness_model("planted-V8-K4-noisy")
+    out, _ = _run(w, searcher.search(w, budget=1))
+    cub = cubic.check(w, {}, Ops()).correct_count
+    assert out.correct == cub == out.details["cubic_correct"]
+
+
+def test_empty_certificate_is_the_cubic_proof(soundness_model):
+    w, _ = soundness_model("trained-V10-K4-partial")
+    out, ledger = _run(w, {})
+    cfg = w.config
+    assert out.correct == cubic.check(w, {}, Ops()).correct_count
+    assert ledger.flop == cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+
+
+def test_budget_names():
+    s = adaptive.strategy_for_name("adaptive-budget-3e7")
+    assert s is not None and s.name == "adaptive-budget-3e7"
+    assert adaptive.strategy_for_name("adaptive-budget-1000").name == "adaptive-budget-1000"
+    assert adaptive.strategy_for_name("adaptive") is adaptive.STRATEGY
+    assert adaptive.strategy_for_name("adaptive-budget-x") is None
+    assert adaptive.strategy_for_name("adaptive-budget-2.5") is None  # not a whole FLOP count
+    assert adaptive.strategy_for_name("adaptive-budget-2.5e6").name == "adaptive-budget-2.5e6"
+    assert {s.name for s in adaptive.BUDGET_STRATEGIES} == {
+        "adaptive-budget-2e7",
+        "adaptive-budget-3e7",
+        "adaptive-budget-1e8",
+    }
+
+
+# ------------------------------------------------------------------ the lemmas, on their own
+def test_box_bound_against_enumeration():
+    """Claims (a) and (b) of ``boxes`` on random boxes of a random model: a proven box holds only
+    correct inputs, a refuted one only incorrect inputs; both fire."""
+    w = models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2)
+    V, n = 7, 4
+    truth = models.truth_mask(w)
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    g = torch.Generator().manual_seed(0)
+    fired = {"prove": 0, "refute": 0}
+    powers = V ** torch.arange(n)
+    for m in range(1, V):
+        qs = torch.arange(m + 1)
+        t = boxes.tables(
+            m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
+        )
+        B = 40
+        rows = torch.randint(0, m + 1, (B,), generator=g)
+        masks = torch.rand(B, n - 1, m + 1, generator=g) < 0.4
+        masks[..., m] = False
+        is_max = torch.rand(B, n - 1, generator=g) < 0.4
+        is_max[rows < m, 0] |= ~is_max[rows < m].any(dim=1)  # q < m needs a max slot
+        masks[is_max] = False
+        masks[is_max, m] = True
+        masks[~is_max, torch.randint(0, m, (1,), generator=g)] |= True  # non-empty
+        wit = torch.randint(0, V - 1, (B,), generator=g)
+        wit = wit + (wit >= m).long()  # x* != m
+        proven = boxes.prove(t, rows, masks, ops)
+        refuted = boxes.refute(t, rows, masks, wit, ops)
+        for b in range(B):
+            sets = [torch.nonzero(masks[b, p], as_tuple=True)[0] for p in range(n - 1)]
+            grid = torch.cartesian_prod(*sets, rows[b : b + 1]).reshape(-1, n)
+            verdicts = truth[(grid * powers).sum(dim=1)]
+            if proven[b]:
+                fired["prove"] += 1
+                assert bool(verdicts.all())
+            if refuted[b]:
+                fired["refute"] += 1
+                assert not bool(verdicts.any())
+    assert fired["prove"] > 0 and fired["refute"] > 0
+
+
+def test_level1_keys_are_sound_for_mixtures(soundness_model):
+    """Every level-1 proven key, combined with the cubic's, covers only correct inputs (the
+    mixture argument), on a model where level 1 proves many keys."""
+    w, truth = soundness_model("planted-V8-K4-noisy")
+    cert = {"l1_keys": adaptive.search(w)["l1_keys"]}
+    assert cert["l1_keys"].shape[0] > 0
+    out, _ = _run(w, cert)
+    cov = out.covered()
+    assert out.correct > out.details["cubic_correct"]
+    assert not bool((cov & ~truth).any())
+
+
+@pytest.mark.parametrize(
+    "model_name", ["trained-V10-K4-partial", "neartie-planted-V7-K4", "trained-V6-K5-partial"]
+)
+def test_count_key_bound_against_enumeration(model_name, soundness_model):
+    """The count-key lemma (``counts``) holds for any split of [0, m) into K and U: with random
+    K sets, every input of a proven count key (q, m, c, i) is correct; some keys are proven."""
+    w, truth = soundness_model(model_name)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    g = torch.Generator().manual_seed(1)
+    ks, ms = torch.arange(V), torch.arange(V)
+    below = ks[None, None, :, None] < ms[None, :, None, None]
+    r = torch.rand(V, V, V, n, generator=g)
+    # K: the cubic's proven tokens with some moved to U, plus some unproven ones.
+    proven = below & torch.where(ck.proven, r < 0.7, r < 0.1)
+    q, m, c, i = torch.meshgrid(*(torch.arange(d) for d in (V, V, n, n)), indexing="ij")
+    cand = torch.stack([x.reshape(-1) for x in (q, m, c, i)], 1)
+    cand = cand[counts.valid(cand, V, n)]
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
+    tops = counts.position_tops(ck.EQKP_s, ops)
+    ok = counts.evaluate(ck, pvnq, tops, proven, cand, ops)
+    won = torch.zeros(V, V, n, n, dtype=torch.bool)
+    won[tuple(cand[ok].T)] = True
+    tok = models.all_tokens(V, n)
+    tq, tm = tok[:, -1], tok.max(dim=1).values
+    nonmax = tok[:, :-1] < tm[:, None]
+    tc = nonmax.sum(dim=1)
+    ti = (nonmax & ~proven[tq[:, None], tm[:, None], tok[:, :-1], tc[:, None]]).sum(dim=1)
+    hit = won[tq, tm, tc, ti] & (ti >= 1)
+    assert int(ok.sum()) > 0 and bool(hit.any())
+    assert bool(truth[hit].all())
+
+
+# ------------------------------------------------------------ untrusted certificates
+def _cert(soundness_model, name="planted-V8-K4-noisy"):
+    w, truth = soundness_model(name)
+    return w, truth, adaptive.search(w)
+
+
+def test_false_claims_are_not_counted(soundness_model):
+    """Claim 'prove' on every leaf (and 'exact' on the singles): still sound, just not exact."""
+    w, truth, cert = _cert(soundness_model)
+    bad = dict(cert)
+    claim = cert["claim"].clone()
+    claim[claim == plan.REFUTE] = plan.PROVE
+    bad["claim"] = claim
+    out, _ = _run(w, bad)
+    assert out.correct == int(truth.sum())  # refuted boxes never re-check as proven
+    claim2 = cert["claim"].clone()
+    claim2[claim2 != plan.NONE] = plan.REFUTE
+    bad["claim"] = claim2
+    bad["witness"] = (_node_max(w, cert) + 1) % w.config.d_vocab  # some other output
+    out, _ = _run(w, bad)
+    assert not bool((out.refuted() & truth).any())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_trees_are_sound(seed, soundness_model):
+    """Random splits and claims over the search's roots: whatever the tree, covered inputs are
+    correct and refuted ones incorrect."""
+    w, truth, cert = _cert(soundness_model, "random-V6-K4-sharp")
+    g = torch.Generator().manual_seed(seed)
+    R = cert["roots"].shape[0]
+    V, n = w.config.d_vocab, w.config.n_ctx
+    T = 3 * R
+    parent = torch.empty(T, dtype=torch.int64)
+    free = list(range(R))
+    for i in range(T):
+        j = int(torch.randint(0, len(free), (1,), generator=g))
+        parent[i] = free.pop(j)
+        free += [R + 2 * i, R + 2 * i + 1]
+    rnd = {
+        "l1_keys": cert["l1_keys"],
+        "roots": cert["roots"],
+        "split_parent": parent,
+        "split_slot": torch.randint(0, n - 1, (T,), generator=g),
+        "split_mask": torch.rand(T, V, generator=g) < 0.5,
+        "claim": torch.zeros(R + 2 * T, dtype=torch.int8),
+        "witness": torch.randint(0, V, (R + 2 * T,), generator=g),
+    }
+    leaves = torch.tensor(free)
+    rnd["claim"][leaves] = torch.randint(1, 4, (leaves.numel(),), generator=g).to(torch.int8)
+    m_of = torch.cat([cert["roots"][:, 1], torch.zeros(2 * T, dtype=torch.int64)])
+    rnd["witness"] = torch.where(rnd["witness"] == m_of, (rnd["witness"] + 1) % V, rnd["witness"])
+    try:
+        out, _ = _run(w, rnd)
+    except ProofPreconditionError as e:  # only a witness equal to a child's m may be rejected
+        assert "witness" in str(e)
+        return
+    assert not bool((out.covered() & ~truth).any())
+    assert not bool((out.refuted() & truth).any())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["roots"].__setitem__(-1, c["roots"][0]), "duplicate roots"),
+        (lambda c: c["roots"].__setitem__((0, 1), 99), "out of range"),
+        (lambda c: c["split_parent"].__setitem__(0, 10**6), "does not exist"),
+        (lambda c: c["split_parent"].__setitem__(1, int(c["split_parent"][0])), "split twice"),
+        (lambda c: c["claim"].__setitem__(int(c["split_parent"][0]), 1), "carries a claim"),
+        (lambda c: c.update(l1_keys=torch.tensor([[0, 1, 1, 1]])), "not a valid key"),
+        (lambda c: c.update(claim=c["claim"].to(torch.int64)), "must be a 1-d"),
+        (lambda c: c.update(extra=1), "unknown certificate field"),
+        (lambda c: c.update(c0=torch.tensor([[3, 1]])), "c0 entry"),
+        (lambda c: c["split_slot"].__setitem__(0, 7), "slot is out of range"),
+    ],
+)
+def test_malformed_certificates_are_rejected(mutate, message, soundness_model):
+    w, _, cert = _cert(soundness_model)
+    bad = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in cert.items()}
+    mutate(bad)
+    with pytest.raises(ProofPreconditionError, match=message):
+        _run(w, bad)
+
+
+def test_refute_witness_must_differ_from_the_max(soundness_model):
+    w, _, cert = _cert(soundness_model)
+    bad = dict(cert)
+    ref = torch.nonzero(cert["claim"] == plan.REFUTE, as_tuple=True)[0]
+    assert ref.numel()
+    nodes_m = _node_max(w, cert)
+    witness = cert["witness"].clone()
+    witness[ref[0]] = nodes_m[ref[0]]
+    bad["witness"] = witness
+    with pytest.raises(ProofPreconditionError, match="witness"):
+        _run(w, bad)
+
+
+def _node_max(w, cert):
+    proven, istar = _proven(w, cert)
+    return checker.tree.build(
+        cert["roots"], proven, istar, cert["split_parent"], cert["split_slot"], cert["split_mask"]
+    ).m
+
+
+def _proven(w, cert):
+    """The checker's proven keys and counted count-key prefixes, recomputed from its stages."""
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    proven = ck.proven.clone()
+    l1 = cert["l1_keys"]
+    proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]] = True
+    cnt = cert["count_keys"]
+    V, n = w.config.d_vocab, w.config.n_ctx
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
+    tops = counts.position_tops(ck.EQKP_s, ops)
+    ok = counts.evaluate(ck, pvnq, tops, proven, cnt, ops)
+    return proven, counts.prefix(cnt, ok, V, n)
+
+
+@pytest.mark.parametrize("model_name", [*SMALL, "random-V7-K3"])
+def test_count_keys_at_every_n_ctx(model_name, soundness_model, monkeypatch):
+    """Count keys (used by default from n_ctx = 5) forced on small n_ctx: still exact and
+    input-by-input right, and they are used."""
+    monkeypatch.setattr(searcher, "COUNT_FROM", 0)
+    w, truth = soundness_model(model_name)
+    cert = adaptive.search(w)
+    out, ledger = _run(w, cert)
+    assert out.exact and out.correct == int(truth.sum())
+    assert torch.equal(out.covered(), truth) and torch.equal(out.refuted(), ~truth)
+    assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) == cert["predicted"]
+    if model_name == "neartie-planted-V7-K4":
+        assert out.details["count_keys_counted"] > 0
