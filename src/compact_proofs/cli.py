@@ -14,7 +14,8 @@ from compact_proofs import api
 from compact_proofs.errors import UserError
 
 console = Console(stderr=True)
-out = Console()
+# Tables of long strategy names: when piped, print them wide rather than folding every cell.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 @contextmanager
@@ -95,28 +96,31 @@ def cmd_prove(args: argparse.Namespace) -> None:
     strategies = api.resolve_strategies(args.strategy)  # fail fast on unknown names
     weights = api.load(args.model, args.config)
     true_correct = args.true_correct
-    with progress_bar("proving") as update:
-        done = []
+    if args.certificate is not None:
+        from compact_proofs import certificates
 
-        def step(name: str) -> None:
-            update(len(done), len(strategies))
-            done.append(name)
+        if len(strategies) != 1:
+            raise UserError("--certificate stores one proof: name exactly one --strategy")
+        results = [
+            certificates.certify(
+                weights, strategies[0].name, args.certificate, true_correct=true_correct
+            )
+        ]
+    else:
+        with progress_bar("proving") as update:
+            done = []
 
-        results = api.prove(
-            weights, [s.name for s in strategies], true_correct=true_correct, progress=step
-        )
+            def step(name: str) -> None:
+                update(len(done), len(strategies))
+                done.append(name)
+
+            results = api.prove(
+                weights, [s.name for s in strategies], true_correct=true_correct, progress=step
+            )
     table = Table(title=f"proofs for {args.model}")
-    for col in (
-        "strategy",
-        "bound",
-        "normalised",
-        "FLOPs",
-        "unexpl. dim",
-        "complexity",
-        "search s",
-        "check s",
-    ):
-        table.add_column(col, justify="left" if col in ("strategy", "complexity") else "right")
+    for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "search s", "check s"):
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
+    table.add_column("complexity")  # the one column that may wrap
     for r in results:
         norm = "-" if r.normalized_bound is None else f"{r.normalized_bound:.4f}"
         table.add_row(
@@ -125,13 +129,30 @@ def cmd_prove(args: argparse.Namespace) -> None:
             norm,
             f"{r.flops:.3g}",
             f"{r.unexplained_dim:,}",
-            r.complexity,
             f"{r.search_seconds:.3f}",
             f"{r.check_seconds:.3f}",
+            r.complexity,
         )
     out.print(table)
     payload = [r.to_dict() for r in results]
     _write_json(args.json, payload[0] if len(payload) == 1 else payload)
+    if args.certificate is not None:
+        out.print(f"certificate written to {args.certificate}")
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from compact_proofs import certificates
+
+    confirmation = certificates.check_certificate(
+        api.load(args.model, args.config), args.certificate
+    )
+    c = confirmation
+    out.print(
+        f"confirmed: {c.strategy} proves at least {c.correct_count:,} of {c.total:,} inputs "
+        f"correct (accuracy >= {c.accuracy_bound:.6f}; the check proved {c.proven_count:,}, "
+        f"{c.flops:.3g} FLOPs, {c.check_seconds:.3f} s)"
+    )
+    _write_json(args.json, c.to_dict())
 
 
 def cmd_strategies(args: argparse.Namespace) -> None:
@@ -248,7 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--true-correct", type=int, default=None, help="exact correct count, for normalising"
     )
     pr.add_argument("--json", help="also write the result(s) to this JSON file")
+    pr.add_argument(
+        "--certificate",
+        metavar="FILE",
+        help="store the proof's certificate (FILE JSON + tensors beside it) for `check`",
+    )
     pr.set_defaults(func=cmd_prove)
+
+    ck = sub.add_parser("check", help="re-run only the trusted check of a stored certificate")
+    ck.add_argument("model", help=MODEL_HELP)
+    ck.add_argument("certificate", help="certificate JSON written by `prove --certificate`")
+    ck.add_argument("--config", help=CONFIG_HELP)
+    ck.add_argument("--json", help="also write the confirmation to this JSON file")
+    ck.set_defaults(func=cmd_check)
 
     s = sub.add_parser("strategies", help="list the proof strategies")
     s.add_argument("--names", action="store_true", help="print only the names, one per line")
@@ -311,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
