@@ -220,7 +220,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         )
     table = Path(report_dir) / "table1.md"
     if table.is_file():
-        out.print(table.read_text())
+        print(table.read_text())
     out.print(f"report written to {report_dir}")
 
 
