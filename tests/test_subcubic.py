@@ -105,6 +105,68 @@ def test_error_bound_covers_the_residual(mode, seed):
     assert bool((ranges <= eps + 1e-9).all())
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cauchy_schwarz_error_bound_covers_and_tightens(seed):
+    """The recursive modes' Cauchy-Schwarz term alone covers the residual's row ranges (with
+    the search's and with random directions) and, on a model with d_model 16, is tighter than
+    the recursive row-range bound it is combined with."""
+    w = models.random_weights(12, 4, 16, seed=seed, qk_scale=2.0)
+    EQKE, _ = _float_paths(w)
+    cert = search.directions(w)
+    if seed == 1:
+        g = torch.Generator().manual_seed(5)
+        cert = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in cert.items()}
+    ops = Ops()
+    lv = pipeline.common(w, ops).lv
+    em = eqke.embeds(lv, ops)
+    apx = eqke.approximate("max_diff_subproduct_recursive", lv, em, cert, ops)
+    res = EQKE - apx.A.mid
+    ranges = res.amax(1) - res.amin(1)
+    # rebuild the four residual factors in float64 (as eqke.subproduct peels them)
+    E_q, Eb, Q, K = lv.E_q.mid, em.E_bar.mid, lv.Q.mid, lv.K.mid
+
+    def peel(x, d1, d2):
+        x1 = x - d1[:, None] * (d1 @ x)[None]
+        return x1 - d2[:, None] * (d2 @ x1)[None]
+
+    c = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in cert.items()}
+    a2, b2 = peel(E_q, c["qd1"], c["qd2"]), peel(Eb, c["kd1"], c["kd2"])
+    Q2 = Q - c["uQ"][:, None] * (c["uQ"] @ Q)[None]
+    K2 = K - c["uK"][:, None] * (c["uK"] @ K)[None]
+    fs = [ops.exact(t) for t in (a2, Q2, K2.T, b2.T)]
+    for mq, mk in ((False, False), (True, False), (True, True)):
+        cs = eqke._cs_eps(fs, mq, mk, ops)
+        assert bool((ranges <= cs.mid + cs.rad + 1e-9).all())
+    if seed == 0:
+        rr = eqke.rr_bound(fs, [False, False, False], ops)
+        assert bool((eqke._cs_eps(fs, False, False, ops).mid < rr.mid).all())
+
+
+@pytest.mark.parametrize("mode", list(subcubic.variants.EUPU_MODES))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_direct_bound_covers_eupu(mode, seed):
+    """EUPU[q, x] - EUPU[q, m] <= Ldir[m, x] + gap[q, m] for all q, m, x != m, with the
+    search's direction and with a random one."""
+    w = models.random_weights(10, 4, 8, seed=seed, scale=1.5)
+    E, P, Uw = (t.double() for t in (w.W_E, w.W_pos, w.W_U))
+    EU = (E + P[-1]) @ Uw
+    g = torch.Generator().manual_seed(seed)
+    cert = {"eupu_w": search.directions(w)["eupu_w"]}
+    if seed == 1:
+        cert = {"eupu_w": torch.randn(8, generator=g, dtype=torch.float64)}
+    ops = Ops()
+    cm = pipeline.common(w, ops)
+    dr = subcubic.eupu.direct(mode, cm.lv, cm.EUPU, cert, ops)
+    V = EU.shape[0]
+    diff = EU[:, None, :] - EU[:, :, None].expand(V, V, V)  # [q, m, x]
+    bound = dr.gap.mid.expand(V, V)[:, :, None] + dr.gap.rad
+    if dr.Ldir is not None:
+        bound = bound + dr.Ldir.mid[None] + dr.Ldir.rad
+    bound = bound.expand(V, V, V)
+    off = ~torch.eye(V, dtype=torch.bool)[None].expand(V, V, V)
+    assert bool((diff[off] <= bound[off] + 1e-9).all())
+
+
 def _attention_and_logit_truth(w, tokens):
     """Exact-ish float64 attention to the max and max_{x != m} logit(x) - logit(m)."""
     logits = models.naive_last_logits(w, tokens)

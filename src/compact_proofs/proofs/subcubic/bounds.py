@@ -52,7 +52,7 @@ from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs.subcubic.eupu import Direct
-from compact_proofs.proofs.subcubic.prims import cummax, cummin, neg, transpose
+from compact_proofs.proofs.subcubic.prims import cummax, cummin, neg, tighten, transpose
 
 LA, LL, L0 = "subcubic:attn", "subcubic:logit", "subcubic:c0"
 
@@ -113,7 +113,8 @@ class LogitTables:
 
 def logit_tables(EVOU: Approx, PVOU: Approx, dr: Direct, drop: bool, ops: Ops) -> LogitTables:
     """Cost: V^2 n + V^2 (n-1) (PV*), [V^2 (Ldir)], V^2 (R), 2 V (V-1) (R+-),
-    V (2V - 3) + 2 V^2 (leave-one-out), V^2 + V (V-1) (W), [V (V-1) (drop base)]."""
+    V (2V - 3) + 2 V^2 (leave-one-out), V^2 + V (V-1) (W), [V (V-1) (drop base)],
+    3 (2 V^2 - 1) + 2 (2 V - 1) [+ 2 V - 1] (tight magnitudes)."""
     V = EVOU.shape[0]
     idx = torch.arange(V)
     centred = ops.sub(
@@ -132,6 +133,11 @@ def logit_tables(EVOU: Approx, PVOU: Approx, dr: Direct, drop: bool, ops: Ops) -
     W_km = ops.sub(loo, EVOU, label=LL)  # [k, m]
     W_pref = cummax(transpose(W_km), 1, ops, LL)  # [m, k]
     base_drop = ops.amax_excluding(L, 1, ex, label=LL) if drop else None
+    # Tight magnitudes (``tighten``): the a-priori ones are orders of magnitude too large and
+    # would multiply the attention's rounding radius in the logit bound.
+    L, R, R_plus, R_minus, W_pref = (tighten(t, ops, LL) for t in (L, R, R_plus, R_minus, W_pref))
+    if base_drop is not None:
+        base_drop = tighten(base_drop, ops, LL)
     return LogitTables(L, R, R_plus, R_minus, W_pref, dr.gap, base_drop)
 
 

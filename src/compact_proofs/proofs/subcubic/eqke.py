@@ -35,7 +35,13 @@ Proof, per family:
   <= sqrt(2) sigma_1(Res) and sigma_1(Ar Br)^2 = lambda_max(G) with G = (Ar^T Ar)(Br Br^T)
   (same nonzero spectrum as Res^T Res), which is similar to a PSD matrix, so for c > 0
   lambda_max(G) <= (tr((c G)^32))^(1/32) / c (the trace is the sum of the 32nd powers of the
-  non-negative eigenvalues). max_diff_exact: Res materialised, exact row ranges.          QED
+  non-negative eigenvalues). max_diff_exact: Res materialised, exact row ranges.
+  (d) recursive modes: eps = min(recursive rr bound, Cauchy-Schwarz bound). For Res = m0 M m3
+  with M = m1 m2 and any abar in R^d, kbar in R^d: Res[q,i] - Res[q,j] =
+  abar^T M (m3_i - m3_j) + (m0[q] - abar)^T M ((m3_i - kbar) - (m3_j - kbar))
+  <= range(abar^T M m3) + ||m0[q] - abar||_2 sigma_1(M) 2 max_i ||m3_i - kbar||_2, with
+  sigma_1(M)^2 bounded as for svd on the d_head x d_head Gram matrices of m1, m2 (cost
+  O(V d + d^3): no product of a vocabulary-sized factor with a d x d one).               QED
 All arithmetic is counted rounding-sound ``Ops``; ``eps`` is an ``Approx`` like everything else.
 """
 
@@ -51,6 +57,7 @@ from compact_proofs.proofs.subcubic.prims import (
     matvec,
     outer,
     rowrange,
+    sqrt,
     tighten,
     transpose,
     vecmat,
@@ -118,10 +125,13 @@ def rr_bound(fs: list[Approx], means: list[bool], ops: Ops) -> Approx:
     return ops.add(matvec(dev, inner, ops, LBL), head, label=LBL)
 
 
-def _svd_eps(Ar: Approx, Br: Approx, ops: Ops) -> Approx:
-    """sqrt(2) sigma_1(Ar Br) via the trace of the 32nd power of G = (Ar^T Ar)(Br Br^T)."""
-    GA = ops.matmul(transpose(Ar), Ar, label=LBL)  # [d, d]
-    GB = ops.matmul(Br, transpose(Br), label=LBL)  # [d, d]
+def _sigma_sq_up(Ar: Approx, Br: Approx, ops: Ops) -> float:
+    """An upper bound on sigma_1(Ar Br)^2 = lambda_max((Ar^T Ar)(Br Br^T)) via the trace of the
+    32nd power (module docstring). Cost, k = inner size, r, c = outer sizes:
+    k^2 (2r - 1) + k^2 (2c - 1) + k^2 (2k - 1) + (2k^2 - 1) + (k - 1) + 1 + k^2 + (2k^2 - 1)
+    + 4 (k^2 (2k - 1) + 2k^2 - 1) + k^2 + (k^2 - 1) + 1 + 10."""
+    GA = ops.matmul(transpose(Ar), Ar, label=LBL)  # [k, k]
+    GB = ops.matmul(Br, transpose(Br), label=LBL)  # [k, k]
     G = tighten(ops.matmul(GA, GB, label=LBL), ops, LBL)
     d = G.shape[0]
     diag = G.map_layout(lambda m: torch.diagonal(m))
@@ -136,27 +146,65 @@ def _svd_eps(Ar: Approx, Br: Approx, ops: Ops) -> Approx:
     t = ops.sum(prod.map_layout(lambda m: m.reshape(-1)), 0, label=LBL)
     t_up = float(ops.upper(t.map_layout(lambda m: m.reshape(1)), label=LBL)[0])
     t_up = max(t_up, 0.0)
-    # Scalar work (10 flops charged): r >= t_up^(1/32), lam <= min(r / c, tr G), eps >= sqrt(2 lam).
+    # Scalar work (10 flops charged): r^32 >= t_up, lam <= min(r / c, tr G).
     ops.ledger.add(10, label=LBL)
     lam = max(tr_up, 0.0)
     if math.isfinite(t_up):
         r = t_up ** (1.0 / 32.0) if t_up > 0 else 0.0
-        while up_pow(r, 32) < t_up:
+        while down_pow(r, 32) < t_up:  # a LOWER bound on r^32 must reach t_up
             r = math.nextafter(r, math.inf)
         lam = min(lam, up_mul(r, math.nextafter(1.0 / c, math.inf)))
-    eps = math.nextafter(math.sqrt(up_mul(2.0, lam)), math.inf)
+    return lam
+
+
+def _svd_eps(Ar: Approx, Br: Approx, ops: Ops) -> Approx:
+    """sqrt(2) sigma_1(Ar Br) (``_sigma_sq_up``)."""
+    eps = math.nextafter(math.sqrt(up_mul(2.0, _sigma_sq_up(Ar, Br, ops))), math.inf)
     if not math.isfinite(eps):
         eps = 1e300  # nothing is proven with it; keeps every later tensor finite
     return Approx(torch.tensor([eps], dtype=torch.float64), 0.0, eps)
 
 
-def up_pow(x: float, k: int) -> float:
-    """Upper bound on x^k for x >= 0 (k a power of two) by repeated upward squaring."""
+def down_pow(x: float, k: int) -> float:
+    """Lower bound on x^k for x >= 0 (k a power of two) by repeated downward squaring."""
     out = x
     while k > 1:
-        out = up_mul(out, out)
+        out = math.nextafter(out * out, -math.inf)
         k //= 2
-    return out
+    return max(out, 0.0)
+
+
+def _cs_eps(fs: list[Approx], mean_q: bool, mean_k: bool, ops: Ops) -> Approx:
+    """Cauchy-Schwarz row-difference bound for Res = m0 m1 m2 m3 (module docstring, (d)):
+    eps[q] = head + 2 sigma beta ||m0[q] - abar||_2 with sigma >= sigma_1(m1 m2),
+    beta >= max_i ||m3[:, i] - kbar||_2, abar = mean row of m0 (0 unless mean_q), head =
+    rowrange(abar m1 m2 m3) (0 unless mean_q), kbar = mean column of m3 (0 unless mean_k).
+    Never forms a product of a d_vocab-sized factor with a d_model^2 one."""
+    m0, m1, m2, m3 = fs
+    rows, k = m0.shape
+    lam = _sigma_sq_up(m1, m2, ops)
+    X = transpose(m3)  # [V_k, d]
+    if mean_k:
+        kbar = ops.scale(ops.sum(X, 0, label=LBL), 1.0 / X.shape[0], label=LBL)
+        X = ops.sub(X, kbar.map_layout(lambda t: t[None, :]), label=LBL)
+    bsq = ops.sum(ops.mul(X, X, label=LBL), 1, label=LBL)  # [V_k]
+    bsq_up = float(ops.upper(ops.amax(bsq, 0, label=LBL).map_layout(lambda t: t.reshape(1)))[0])
+    ops.ledger.add(4, label=LBL)  # scalar: 4 sigma^2 beta^2, then its square root
+    factor = math.nextafter(math.sqrt(up_mul(4.0, lam, max(bsq_up, 0.0))), math.inf)
+    if not math.isfinite(factor):
+        factor = 1e300
+    head = None
+    if mean_q:
+        abar = ops.scale(ops.sum(m0, 0, label=LBL), 1.0 / rows, label=LBL)
+        v = abar
+        for F in fs[1:]:
+            v = vecmat(v, F, ops, LBL)
+        head = rowrange(v.map_layout(lambda t: t[None, :]), ops, LBL)  # [1]
+        m0 = ops.sub(m0, abar.map_layout(lambda t: t[None, :]), label=LBL)
+    norms = sqrt(ops.sum(ops.mul(m0, m0, label=LBL), 1, label=LBL), ops, LBL)  # [rows]
+    fac = Approx(torch.tensor([factor], dtype=torch.float64), 0.0, factor)
+    eps = ops.mul(norms, fac, label=LBL)
+    return eps if head is None else ops.add(eps, head, label=LBL)
 
 
 def _two_factor_eps(mode: str, L: Approx, R: Approx, ops: Ops) -> Approx:
@@ -253,7 +301,11 @@ def subproduct(mode: str, lv: Leaves, em: Embeds, cert: dict, ops: Ops) -> Appro
             "mean+max_diff_subproduct_recursive": [True, False, False],
             "mean_recursive+max_diff_subproduct_recursive": [True, True, True],
         }[mode]
-        eps = rr_bound([m0, m1, m2, m3], means, ops)
+        eps = ops.minimum(
+            rr_bound([m0, m1, m2, m3], means, ops),
+            _cs_eps([m0, m1, m2, m3], means[0], means[-1], ops),
+            label=LBL,
+        )
     else:
         m23 = ops.matmul(m2, m3, label=LBL)  # [dh, V]
         m123 = ops.matmul(m1, m23, label=LBL)  # [d, V]

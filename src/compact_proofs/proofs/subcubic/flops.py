@@ -39,6 +39,25 @@ def rr_flops(shapes: list[tuple[int, int]], means: list[bool]) -> int:
     return cost + 2 * r * k + r * (2 * k - 1) + r
 
 
+def sigma_sq_flops(k: int, r: int, c: int) -> int:
+    """Cost of ``eqke._sigma_sq_up`` for Ar [r, k], Br [k, c]."""
+    kk = k * k
+    cost = kk * (2 * r - 1) + kk * (2 * c - 1) + _mm(k, k, k) + (2 * kk - 1) + (k - 1) + 1 + kk
+    return cost + (2 * kk - 1) + 4 * (_mm(k, k, k) + 2 * kk - 1) + kk + (kk - 1) + 1 + 10
+
+
+def cs_flops(V: int, d: int, dh: int, mean_q: bool, mean_k: bool) -> int:
+    """Cost of ``eqke._cs_eps`` for factors [V, d], [d, dh], [dh, d], [d, V]."""
+    cost = sigma_sq_flops(dh, d, d)
+    if mean_k:
+        cost += d * (V - 1) + d + V * d
+    cost += V * d + V * (d - 1) + (V - 1) + 1 + 4
+    if mean_q:
+        cost += d * (V - 1) + d + dh * (2 * d - 1) + d * (2 * dh - 1) + V * (2 * d - 1)
+        cost += _rowrange(1, V) + V * d + V
+    return cost + V * d + V * (d - 1) + V + V
+
+
 def eqke_flops(mode: str, V: int, n: int, d: int, dh: int) -> tuple[int, int]:
     """(cost, length of eps) of ``eqke.approximate``."""
     if mode == "exact_EQKE+max_diff_exact":
@@ -48,10 +67,7 @@ def eqke_flops(mode: str, V: int, n: int, d: int, dh: int) -> tuple[int, int]:
         cost += d * (2 * V - 1) + V * (2 * d - 1) + d * (2 * V - 1) + V * (2 * d - 1) + (2 * V - 1)
         cost += 2 * V + 3 * V * V + 4 * V * d
         if mode == "svd":
-            dd = d * d
-            cost += 2 * dd * (2 * V - 1) + _mm(d, d, d) + (2 * dd - 1) + (d - 1) + 1 + dd
-            cost += (2 * dd - 1) + 4 * (_mm(d, d, d) + 2 * dd - 1) + dd + (dd - 1) + 1 + 10
-            return cost, 1
+            return cost + sigma_sq_flops(d, V, V), 1
         if mode == "max_diff_exact":
             return cost + _mm(V, d, V) + _rowrange(V, V), V
         mean = mode.startswith("mean")
@@ -72,7 +88,8 @@ def eqke_flops(mode: str, V: int, n: int, d: int, dh: int) -> tuple[int, int]:
             "mean+max_diff_subproduct_recursive": [True, False, False],
             "mean_recursive+max_diff_subproduct_recursive": [True, True, True],
         }[mode]
-        return cost + rr_flops(shapes, means), V
+        cs = cs_flops(V, d, dh, means[0], means[-1])
+        return cost + rr_flops(shapes, means) + cs + V, V
     mean = mode.startswith("mean")
     cost += _mm(dh, d, V) + _mm(d, dh, V) + _mm(V, d, dh) + _mm(V, dh, d)
     cost += rr_flops([(V, d), (d, V)], [mean]) + rr_flops([(V, dh), (dh, V)], [mean])
@@ -86,6 +103,8 @@ def eupu_flops(mode: str, V: int, d: int) -> int:
     if mode == "global_max_diff_exact":
         return _rowrange(1, V * V)
     cost = _rowrange(d, V)
+    cs = d * (V - 1) + d + 2 * V * d + V * (d - 1) + V + (V - 1) + V + V * d + V * (d - 1) + V
+    cost += cs + 5 * V * V - 1
     if mode == "max_diff":
         return cost + V * d + V * (2 * d - 1)
     w = d * (V - 1) + d if mode == "mean_query+max_diff" else 2 * d - 1
@@ -97,12 +116,14 @@ def variant_flops(v: Variant, V: int, n: int, d: int, dh: int) -> int:
     N = V * V * (n - 1)
     mean = v.attn == "mean_query+diff"
     eq, eps_len = eqke_flops(v.attn_err, V, n, d, dh)
-    attn_tables = V * V + eps_len + 2 * V * (V - 1) + V * (n - 2) + (n - 1) * (16 * n * V + 4 * V)
+    attn_tables = V * V + eps_len + (3 * eps_len - 1) + 2 * V * (V - 1) + V * (n - 2)
+    attn_tables += (n - 1) * (16 * n * V + 4 * V)
     logit = eupu_flops(v.eupu, V, d) + V * V * n + V * V * (n - 1) + V * V
     logit += 2 * V * (V - 1) + V * (2 * V - 3) + 2 * V * V + V * V + V * (V - 1)
     if v.eupu in ("mean_query+max_diff", "svd_query+max_diff"):
         logit += V * V  # Ldir added to PV*
-    logit += 0 if mean else V * (V - 1)
+    logit += 0 if mean else V * (V - 1) + 2 * V - 1
+    logit += 3 * (2 * V * V - 1) + 2 * (2 * V - 1)  # tight magnitudes
     single = 2 * V * (n - 1) + 3 * V * n + _mm(V, n, V) + 2 * V * V + V * (V - 1) + V + 2 * V
     evaluate = 22 * N + (8 * N if mean else 2 * N) + 9 * N + 2 * N
     if mean:

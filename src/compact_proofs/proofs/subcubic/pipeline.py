@@ -9,7 +9,7 @@ from compact_proofs.core import circuits
 from compact_proofs.core.circuits import Leaves
 from compact_proofs.core.rigorous import Approx, Ops, U
 from compact_proofs.proofs.subcubic import bounds, eqke, eupu
-from compact_proofs.proofs.subcubic.prims import transpose
+from compact_proofs.proofs.subcubic.prims import transpose, upper_exact
 from compact_proofs.weights import Weights
 
 LO = "subcubic:ov"
@@ -51,7 +51,8 @@ def common(w: Weights, ops: Ops) -> Common:
 def attn_part(attn_err: str, cm: Common, cert: dict, ops: Ops) -> bounds.AttnTables:
     apx = eqke.approximate(attn_err, cm.lv, cm.em, cert, ops)
     A_s = ops.divide_by_real(apx.A, cm.s, 2 * U, label=bounds.LA)
-    eps_s = ops.divide_by_real(apx.eps, cm.s, 2 * U, label=bounds.LA)
+    # eps only enters as an upper bound: an exact float above it keeps later radii small.
+    eps_s = upper_exact(ops.divide_by_real(apx.eps, cm.s, 2 * U, label=bounds.LA), ops, bounds.LA)
     return bounds.attention_tables(A_s, eps_s, cm.pos_s, ops)
 
 

@@ -3,9 +3,11 @@ ledger with the paper's rules, reference-algorithms §10.2, and each sound for t
 model of ``core/rigorous.py``: mid within rad of the exact value, |mid|, |exact| <= mag).
 """
 
+import math
+
 import torch
 
-from compact_proofs.core.rigorous import Approx, Ops, up_sum
+from compact_proofs.core.rigorous import Approx, Ops, U, up_mul, up_sum
 
 
 def neg(a: Approx) -> Approx:
@@ -74,3 +76,30 @@ def transpose(a: Approx) -> Approx:
 
 def zeros_like(a: Approx) -> Approx:
     return Approx(torch.zeros_like(a.mid), 0.0, 0.0)
+
+
+def sqrt(a: Approx, ops: Ops, label: str) -> Approx:
+    """Elementwise square root of an Approx whose exact values are >= 0.
+    Claim: with m = max(mid, 0), |sqrt(m) - sqrt(exact)| <= sqrt(|m - exact|) <= sqrt(rad)
+    (sqrt is 1/2-Hoelder with constant 1 on [0, inf), and clamping to 0 moves mid towards the
+    non-negative exact value), and fl(sqrt) is correctly rounded (relative error <= u), so
+    rad' = sqrt(rad) + u mag' with mag' = sqrt(mag), all rounded up. Cost: numel."""
+    ops.ledger.add(a.mid.numel(), label=label)
+    mag = math.nextafter(math.sqrt(a.mag), math.inf)
+    r = math.sqrt(a.rad) if a.rad > 0 else 0.0
+    while math.nextafter(r * r, -math.inf) < a.rad:  # a lower bound on r^2 must reach rad
+        r = math.nextafter(r, math.inf)
+    rad = up_sum(r, up_mul(U, mag))
+    return Approx(a.mid.clamp(min=0.0).sqrt(), rad, math.nextafter(mag + rad, math.inf))
+
+
+def upper_exact(a: Approx, ops: Ops, label: str) -> Approx:
+    """For a quantity used only through upper bounds (a bound eps in a claim 'x <= eps'):
+    the float tensor nextafter(mid + rad, +inf) >= exact, read as an exact value (rad 0, tight
+    magnitude). Claim: any claim 'x <= eps' stays true with eps replaced by something larger;
+    the returned numbers are exact floats. Cost: numel (``Ops.upper``) + 2 numel - 1 (the
+    magnitude, as ``Ops.exact``)."""
+    up = ops.upper(a, label=label)
+    numel = up.numel()
+    ops.ledger.add(2 * numel - 1, label=label)
+    return Approx(up, 0.0, float(up.abs().max()) if numel else 0.0)

@@ -7,7 +7,8 @@
    onto the top right singular vector of E_q.
 2. Gaps, per variant, vectorised: the checker's own stages (``pipeline``, ``bounds``) are run on
    a [q, m, c, G] grid of candidate gaps (G chunked), and each key gets the smallest gap the
-   checker proves (1 where none does). For mean_query+diff, a first pass uses, per uniform gap,
+   checker proves; keys none proves get their largest admissible gap (m - q, or m) if the
+   checker proves that, else 1. For mean_query+diff, a first pass uses, per uniform gap,
    the mean attention over queries; the mean attention over queries at the gaps chosen is then
    fixed as the certificate's reference attention and the gaps are chosen again against it, so
    the checker reproduces the search's decisions exactly.
@@ -157,6 +158,22 @@ def _choose(
         best[upd] = first[upd]
         if bool((best > 0).all()):
             break
+    # Keys no candidate proved: try the largest admissible gap (m - q, or m for q = m), which
+    # may exceed MAX_GAP; it still counts (q + 1)^c' inputs (1 when the query is the only
+    # non-max token, whatever the gap).
+    V_ = torch.arange(V)
+    alt = torch.where(V_[:, None] < V_[None, :], V_[None, :] - V_[:, None], V_[None, :])
+    alt = alt.clamp(min=1)[:, :, None, None].expand(V, V, n - 1, 1)
+    at = st.attn_tables(mode)
+    a, na = bounds.attention(at, alt, ops)
+    avg_c, base_c = avg, base
+    if mean and avg is None:
+        avg_c = ops.constant(_mean_attention(a.mid, bounds.valid(alt)))
+        base_c = bounds.base_mean(lt, avg_c, ops)
+    lw = bounds.largest_wrong_logit(lt, a, na, alt, avg_c if mean else None, base_c, ops)
+    ok = (ops.proven_negative(lw) & bounds.valid(alt))[..., 0]
+    upd = ok & (best == 0)
+    best[upd] = alt[..., 0][upd]
     best[best == 0] = 1
     return best
 
