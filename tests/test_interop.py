@@ -177,6 +177,15 @@ def test_unsupported_configs_are_refused(kind, name, overrides, fragment):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("flag", ["tie_word_embeddings", "tied_embeddings"])
+def test_tied_embeddings_are_refused(flag):
+    cfg = {"n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8, "d_vocab": 5, "n_ctx": 3,
+           "attn_only": True, "normalization_type": None, flag: True}  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match="tied embeddings"):
+        interop.validate_tl_config(cfg)
+    interop.validate_tl_config({**cfg, flag: False})  # untied: accepted
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_nonzero_bias_and_nan_are_refused(kind):
     m = make_tl(kind)

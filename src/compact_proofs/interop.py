@@ -72,6 +72,11 @@ _REFUSED_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("is_audio_model", lambda v: not v, "an audio model"),
     ("is_visual_model", lambda v: not v, "a vision model"),
     ("is_stateful", lambda v: not v, "a stateful (recurrent) model"),
+    # Tied embeddings share one parameter between W_E and W_U: checkpoints then store W_U only as
+    # an alias (or not at all) and training updated both roles at once. Refused so that a tied
+    # model is never read with a stale or missing unembedding; untie it (W_U = W_E.T.clone()).
+    ("tie_word_embeddings", lambda v: not v, "tied embeddings (W_U shares W_E's parameter)"),
+    ("tied_embeddings", lambda v: not v, "tied embeddings (W_U shares W_E's parameter)"),
 )
 
 # TransformerBridge state-dict names (3.x/4.x, one head) -> (TransformerLens 2.x name, reshape).
