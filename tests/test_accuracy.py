@@ -3,7 +3,6 @@ sampled estimate, against an independent naive float64 forward pass and exact ar
 
 import decimal
 import math
-from pathlib import Path
 
 import models
 import pytest
@@ -19,8 +18,6 @@ from compact_proofs.core.ledger import FlopLedger
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import UserError
 from compact_proofs.weights import Weights
-
-TRAINED_M4 = Path("/work/runs/m4-50")
 
 
 # ------------------------------------------------------------------------ independent reference
@@ -450,11 +447,8 @@ def test_wilson_matches_textbook_values():
 
 # ------------------------------------------------------------------------- trained (if present)
 @pytest.mark.slow
-@pytest.mark.skipif(not (TRAINED_M4 / "model.safetensors").exists(), reason="no trained K=4 model")
-def test_trained_k4_model_matches_naive_count():
-    from compact_proofs import api
-
-    w = api.load(TRAINED_M4)
+def test_trained_k4_model_matches_naive_count(paper_model):
+    w = paper_model(50)
     res = ex.exact_accuracy(w)
     toks = tokens_of(64, 4)
     count = 0

@@ -67,3 +67,17 @@ def test_report_refuses_a_directory_without_results(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "no results.csv" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sweep_then_report(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--k", "3", "--d-vocab", "6", "--seeds", "50,104", "--strategy",
+            "brute-force,cubic", "--steps", "100", "--d-model", "8", "--out", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    assert "4 proved" in capsys.readouterr().out
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # header + 2 seeds x 2 strategies, each exactly once
+    assert cli.main(args) == 0  # resuming a finished sweep redoes nothing and adds no rows
+    assert (out / "results.csv").read_text().splitlines() == rows
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "report" / "table1.md").is_file()

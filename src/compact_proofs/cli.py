@@ -193,7 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             log=_sweep_log,
         )
     out.print(sweep.describe(summary))
-    if not summary.complete():
+    if not summary.complete:
         raise UserError(
             f"the sweep in {args.out} did not complete cleanly (see above); rerun to retry"
         )
