@@ -19,28 +19,13 @@ subcubic                                                            (none: exact
 
 import re
 
-EUPU_MODES: tuple[str, ...] = (
-    "mean_query+max_diff",
-    "svd_query+max_diff",
-    "max_diff",
-    "max_diff_exact",
-    "global_max_diff_exact",
+from compact_proofs.proofs.subcubic.variants import (
+    ATTN_ERR_MODES,
+    ATTN_MODES,
+    EUPU_MODES,
+    Variant,
+    camel,
 )
-ATTN_MODES: tuple[str, ...] = ("mean_query+diff", "drop_average_query_per_output_logit_reasoning")
-ATTN_ERR_MODES: tuple[str, ...] = (
-    "svd",
-    "max_diff",
-    "max_diff_subproduct",
-    "max_diff_subproduct_recursive",
-    "mean+max_diff",
-    "mean+max_diff_subproduct",
-    "mean+max_diff_subproduct_recursive",
-    "mean_recursive+max_diff_subproduct_recursive",
-    "exact_EQKE+max_diff_exact",
-    "max_diff_exact",
-)
-EXACT_EUPU = frozenset({"max_diff_exact", "global_max_diff_exact"})
-EXACT_ATTN_ERR = frozenset({"max_diff_exact", "exact_EQKE+max_diff_exact"})
 
 BRUTE_FORCE, CUBIC = "brute force", "cubic"
 SUBCUBIC_GROUPS: tuple[str, ...] = (
@@ -62,14 +47,9 @@ PAPER_ROW: dict[str, str] = {
 FAMILY_ORDER: tuple[str, ...] = (BRUTE_FORCE, CUBIC, *SUBCUBIC_GROUPS)
 
 
-def camel(value: str) -> str:
-    """``"mean_query+max_diff"`` -> ``"MeanQueryMaxDiff"`` (split on ``_ - +``, capitalise)."""
-    return "".join(p.capitalize() for p in re.split(r"[_\-+]", value) if p)
-
-
 def subcubic_name(eupu: str, attn: str, attn_err: str) -> str:
     """The paper's short name ``EUPU<X>Attn<Y>AttnErr<Z>``."""
-    return f"EUPU{camel(eupu)}Attn{camel(attn)}AttnErr{camel(attn_err)}"
+    return Variant(eupu, attn, attn_err).name
 
 
 SUBCUBIC_AXES: dict[str, tuple[str, str, str]] = {
@@ -81,15 +61,8 @@ SUBCUBIC_AXES: dict[str, tuple[str, str, str]] = {
 
 
 def group_label(eupu: str, attn_err: str) -> str:
-    """The §8.9 group of a subcubic variant."""
-    parts = []
-    if attn_err.endswith("_recursive"):
-        parts.append("attention-quadratic")
-    elif attn_err not in EXACT_ATTN_ERR:
-        parts.append("attention-vocab-model-squared")
-    if eupu not in EXACT_EUPU:
-        parts.append("direct-quadratic")
-    return "subcubic (" + ", ".join(parts) + ")" if parts else "subcubic"
+    """The §8.9 group of a subcubic variant (it does not depend on the attention handling)."""
+    return Variant(eupu, ATTN_MODES[0], attn_err).group
 
 
 def attn_err_mode(strategy: str) -> str | None:
