@@ -22,20 +22,7 @@ from compact_proofs.weights import Weights
 
 # ------------------------------------------------------------------------ independent reference
 def rand_w(V: int, n: int, *, seed: int, scale: float = 1.0, d: int = 8, dh: int = 4) -> Weights:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
-
-    return Weights(
-        W_E=r(V, d),
-        W_pos=r(n, d),
-        W_Q=r(d, dh),
-        W_K=r(d, dh),
-        W_V=r(d, dh),
-        W_O=r(dh, d),
-        W_U=r(d, V),
-    )
+    return models.random_weights(V, n, d, dh, seed=seed, scale=scale)
 
 
 def tokens_of(V: int, n: int) -> torch.Tensor:

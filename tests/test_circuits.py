@@ -4,6 +4,7 @@ rigorous radii against exact rational arithmetic (python-flint)."""
 import math
 
 import flint
+import models
 import pytest
 import torch
 
@@ -13,20 +14,7 @@ from compact_proofs.weights import Weights
 
 
 def random_weights(V: int, n: int, d: int, dh: int, seed: int, scale: float = 1.0) -> Weights:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
-
-    return Weights(
-        W_E=r(V, d),
-        W_pos=r(n, d),
-        W_Q=r(d, dh),
-        W_K=r(d, dh),
-        W_V=r(d, dh),
-        W_O=r(dh, d),
-        W_U=r(d, V),
-    )
+    return models.random_weights(V, n, d, dh, seed=seed, scale=scale)
 
 
 def naive_last_logits(w: Weights, tokens: torch.Tensor) -> torch.Tensor:
