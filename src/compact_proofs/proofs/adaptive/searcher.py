@@ -37,8 +37,13 @@ MAX_SHAPES = 4096
 MAX_DEPTH = 64
 # At most this many root boxes (fewest free slots first, then the largest), and at most this
 # many tree nodes in all: beyond them the search stops refining (the bound stays sound).
-MAX_ROOTS = 1 << 13
-MAX_NODES = 1 << 17
+# Small contexts (n_ctx <= SMALL_CTX) get the larger limits. Measured on trained d_vocab 64
+# models: at n_ctx = 4 they make Max-of-4 seeds 2345 and 16197 exact (short by 120,461 and
+# 133,728 inputs with the smaller ones; the other 149 paper seeds need fewer roots); at
+# n_ctx = 10 (seed 50) they would cost 2.4x the check FLOPs and 6x the time for +5e-6 bound.
+SMALL_CTX = 5
+MAX_ROOTS = {True: 1 << 15, False: 1 << 13}
+MAX_NODES = {True: 1 << 19, False: 1 << 17}
 # Count keys are tried for i = 1 .. MAX_COUNT unproven tokens, from n_ctx = COUNT_FROM on.
 # Measured on trained d_vocab 64 models: at n_ctx = 4 they cost more check FLOPs than the
 # boxes they replace (seed 123: 3.41e7 with, 3.14e7 without; same exact count), at n_ctx = 10
@@ -138,8 +143,8 @@ def _count_keys(ck, pvnq, proven, ops) -> tuple[Tensor, Tensor]:
 
 def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
     """Root boxes (q, m, placement bits, U bits) of every key (q, m, c) not fully covered, at
-    most ``MAX_ROOTS``: those with the fewest unrestricted slots first (the most likely to be
-    proven), then the largest."""
+    most ``MAX_ROOTS[n <= SMALL_CTX]``: those with the fewest unrestricted slots first (the
+    most likely to be proven), then the largest."""
     s1 = n - 1
     N = keys.key_counts(proven)  # [q, m, c]
     rows, sizes, free = [], [], []
@@ -179,10 +184,11 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
     if not rows:
         return torch.zeros(0, 4, dtype=torch.int64)
     roots, size, fr = torch.cat(rows), torch.cat(sizes), torch.cat(free)
-    if roots.shape[0] > MAX_ROOTS:
+    limit = MAX_ROOTS[n <= SMALL_CTX]
+    if roots.shape[0] > limit:
         order = size.argsort(descending=True, stable=True)
         order = order[fr[order].argsort(stable=True)]
-        roots = roots[order[:MAX_ROOTS]]
+        roots = roots[order[:limit]]
     return roots
 
 
@@ -255,7 +261,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
         _prune_outputs(root_block, local, F, Fq, below, ops)
         for _ in range(MAX_DEPTH):
-            if local.numel() == 0 or total > MAX_NODES:
+            if local.numel() == 0 or total > MAX_NODES[n <= SMALL_CTX]:
                 break
             child = _step(block, local, F, Fq, total, splits, ops)
             if child is None:
