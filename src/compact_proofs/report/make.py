@@ -155,7 +155,7 @@ def _write_index(
     lines = [
         "# compact-proofs report",
         "",
-        f"Sweep: `{sweep.root}` ({n_rows:,} proof rows; configurations: "
+        f"Sweep directory `{Path(sweep.root).name}` ({n_rows:,} proof rows; configurations: "
         + ", ".join(_title(c) for c in sweep.configs())
         + f"). Per-model figures: seed {seed}. Generated in {secs:.1f} s.",
         "",

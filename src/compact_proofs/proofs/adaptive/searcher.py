@@ -197,10 +197,11 @@ def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, 
     uniform radius is the largest of the groups', so decisions are at least as cautious as the
     checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
     (gathering whole rows over k is what the search does most). Also returns
-    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0)."""
+    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
+    are left uninitialised: every reader masks them out (box masks only hold tokens <= m)."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
-    F = torch.zeros(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
+    F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
     Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
     below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
     rad = mag = 0.0
@@ -351,7 +352,10 @@ def _step(
     others into a new block of children (ids from ``total``), or return None."""
     V, s1 = F.shape[-1], F.shape[1]
     local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
-    chunk = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * V))
+    # A chunk gathers [boxes, slots, live outputs, k]: size it by the live outputs (after
+    # pruning, far fewer than V), not by all V outputs.
+    n_live = max(int(blk.live[local].sum(dim=1).max()), 1) if local.numel() else 1
+    chunk = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live))
     to_split, worst, lives = [], [], []
     for b0 in range(0, local.numel(), chunk):
         nodes = local[b0 : b0 + chunk]
