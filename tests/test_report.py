@@ -236,6 +236,14 @@ def test_every_file_is_written(report_dir: Path):
     assert not re.search(r"<script[^>]*\ssrc=", html)  # plotly.js inlined: works offline
 
 
+def test_index_names_the_sweep_directory_not_a_local_path(report_dir: Path, sweep_dir: Path):
+    index = (report_dir / "index.md").read_text()
+    assert f"`{sweep_dir.name}`" in index and str(sweep_dir.parent) not in index
+    for line in index.splitlines():
+        if line.startswith("- ["):
+            assert (report_dir / line.split("](")[1].rstrip(")")).is_file(), line
+
+
 def _row(md: str, label: str) -> list[str]:
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
