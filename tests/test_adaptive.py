@@ -77,6 +77,18 @@ def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
     assert out.correct == cub == out.details["cubic_correct"]
 
 
+def test_budget_at_the_cubic_cost_skips_the_exploration(soundness_model, monkeypatch):
+    w, _ = soundness_model("planted-V8-K4-noisy")
+    cfg = w.config
+    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    explored = searcher.for_budget(cfg, searcher.explore(w), base)
+    monkeypatch.setattr(searcher, "explore", lambda _: pytest.fail("explored"))
+    cert = searcher.search(w, budget=base)
+    out, ledger = _run(w, cert)
+    assert out.correct == _run(w, explored)[0].correct == out.details["cubic_correct"]
+    assert ledger.flop == cert["predicted"] == base and cert["budget"] == base
+
+
 def test_empty_certificate_is_the_cubic_proof(soundness_model):
     w, _ = soundness_model("trained-V10-K4-partial")
     out, ledger = _run(w, {})

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Approx, Ops
+from compact_proofs.proofs import cubic
 from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan, tree
 from compact_proofs.proofs.adaptive import budget as budget_mod
 from compact_proofs.proofs.protocol import Certificate
@@ -71,8 +72,19 @@ class _Tree:
 def search(weights: Weights, budget: int | None = None) -> Certificate:
     """Build a certificate; with ``budget`` (FLOPs of the check), keep only the refinements
     with the most proven inputs per FLOP that fit (the check then costs at most ``budget``
-    FLOPs, apart from the rare exact decisions, unless the cubic stage alone exceeds it)."""
-    return for_budget(weights.config, explore(weights), budget)
+    FLOPs, apart from the rare exact decisions, unless the cubic stage alone exceeds it).
+    When the cubic stage alone uses the whole budget, no refinement can fit: the certificate is
+    the empty one (the cubic proof), without exploring (at d_vocab 128, Max-of-10 the
+    exploration takes minutes)."""
+    cfg = weights.config
+    if budget is not None and budget <= cubic.cubic_flops(
+        cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head
+    ):
+        cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
+        cert["budget"] = int(budget)
+        cert["predicted"] = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+        return cert
+    return for_budget(cfg, explore(weights), budget)
 
 
 def explore(weights: Weights) -> budget_mod.State:
