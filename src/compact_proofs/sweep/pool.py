@@ -10,6 +10,7 @@ import contextlib
 import heapq
 import itertools
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -113,11 +114,15 @@ def _open_pool(jobs: int, dask_address: str | None) -> Iterator[Pool]:
     from joblib.externals.loky import get_reusable_executor
 
     executor = get_reusable_executor(max_workers=n, env=_thread_env(max(1, cores // n)))
-    yield _FuturesPool(
-        lambda call: executor.submit(call[0], *call[1], **call[2]),
-        lambda running: wait(running, return_when=FIRST_COMPLETED).done,
-        lambda: n,
-    )
+    with warnings.catch_warnings():
+        # loky restarts a worker between calls once its memory grew by 300 MB (a proof's large
+        # tensors are kept by the allocator) and warns about a possible leak; no call is lost.
+        warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given")
+        yield _FuturesPool(
+            lambda call: executor.submit(call[0], *call[1], **call[2]),
+            lambda running: wait(running, return_when=FIRST_COMPLETED).done,
+            lambda: n,
+        )
 
 
 @contextlib.contextmanager
