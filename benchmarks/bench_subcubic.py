@@ -81,21 +81,29 @@ def run_model(path: Path) -> dict:
 
 def print_model(res: dict, full: bool) -> None:
     rows = res["rows"]
-    print(f"\n== {res['model']} (K={res['k']}, d_vocab={res['d_vocab']}, "
-          f"true acc {res['true_accuracy']:.6f})")
-    print(f"all 100 variants, search + check: {res['total_seconds']:.1f} s "
-          f"(search {sum(r['search_s'] for r in rows):.1f} s, "
-          f"check {sum(r['check_s'] for r in rows):.2f} s)")
+    print(
+        f"\n== {res['model']} (K={res['k']}, d_vocab={res['d_vocab']}, "
+        f"true acc {res['true_accuracy']:.6f})"
+    )
+    print(
+        f"all 100 variants, search + check: {res['total_seconds']:.1f} s "
+        f"(search {sum(r['search_s'] for r in rows):.1f} s, "
+        f"check {sum(r['check_s'] for r in rows):.2f} s)"
+    )
     checks = sorted(r["check_s"] * 1e3 for r in rows)
-    print(f"check time per variant: median {statistics.median(checks):.1f} ms, "
-          f"max {checks[-1]:.1f} ms")
+    print(
+        f"check time per variant: median {statistics.median(checks):.1f} ms, "
+        f"max {checks[-1]:.1f} ms"
+    )
     fl = [r["flops"] for r in rows]
     print(f"FLOPs per variant: {min(fl):.3g} - {max(fl):.3g} (paper {PAPER_FLOPS})")
     if full:
         print(f"{'strategy':<95} {'norm':>7} {'FLOPs':>9} {'search':>7} {'check':>7} {'ED':>6}")
         for r in sorted(rows, key=lambda r: -r["normalized"]):
-            print(f"{r['strategy']:<95} {r['normalized']:7.4f} {r['flops']:9.3g} "
-                  f"{r['search_s']:7.3f} {r['check_s']:7.3f} {r['unexplained_dim']:6d}")
+            print(
+                f"{r['strategy']:<95} {r['normalized']:7.4f} {r['flops']:9.3g} "
+                f"{r['search_s']:7.3f} {r['check_s']:7.3f} {r['unexplained_dim']:6d}"
+            )
     print("best normalised bound per §8.9 group:")
     for g, (name, val) in sorted(res["best_per_group"].items(), key=lambda x: -x[1][1]):
         print(f"  {val:7.4f}  {g:<60} {name}")
@@ -117,13 +125,17 @@ def main() -> None:
     if len(results) > 1:
         groups = sorted({g for r in results for g in r["best_per_group"]})
         print("\n== summary: best normalised bound per seed")
-        print(f"{'seed':>6} {'K':>3} {'V':>4} {'best':>7} {'secs':>6}  " + "  ".join(
-            f"G{i}" for i in range(len(groups))))
+        print(
+            f"{'seed':>6} {'K':>3} {'V':>4} {'best':>7} {'secs':>6}  "
+            + "  ".join(f"G{i}" for i in range(len(groups)))
+        )
         for r in results:
             bpg = r["best_per_group"]
             cells = "  ".join(f"{bpg.get(g, ('', float('nan')))[1]:.4f}" for g in groups)
-            print(f"{r['seed']:>6} {r['k']:>3} {r['d_vocab']:>4} {r['best']['normalized']:7.4f} "
-                  f"{r['total_seconds']:6.1f}  {cells}")
+            print(
+                f"{r['seed']:>6} {r['k']:>3} {r['d_vocab']:>4} {r['best']['normalized']:7.4f} "
+                f"{r['total_seconds']:6.1f}  {cells}"
+            )
         for i, g in enumerate(groups):
             vals = [r["best_per_group"][g][1] for r in results if g in r["best_per_group"]]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
