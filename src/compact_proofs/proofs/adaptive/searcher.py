@@ -210,15 +210,18 @@ def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, 
     checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
     (gathering whole rows over k is what the search does most). Also returns
     ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
-    are left uninitialised: every reader masks them out (box masks only hold tokens <= m)."""
+    are left uninitialised: every reader masks them out (box masks only hold tokens <= m).
+    ``pairs`` must be sorted by m (the rows of one max token are then one slice)."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
     Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
     below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
     rad = mag = 0.0
-    for m in pairs[:, 1].unique().tolist():
-        sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
+    ms, counts = torch.unique_consecutive(pairs[:, 1], return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    for m, end, count in zip(ms.tolist(), ends, counts.tolist(), strict=True):
+        sel = slice(end - count, end)
         t = boxes.tables(
             m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
         )
@@ -264,7 +267,9 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     blocks = [root_block]
     splits: list[tuple[Tensor, Tensor, Tensor]] = []  # (parent ids, slots, masks)
     ops = Ops()
-    pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
+    # The keys (q, m) of the roots, sorted by m then q (``_stack_tables`` needs them by m).
+    key, inverse = torch.unique(roots[:, 1] * V + roots[:, 0], return_inverse=True)
+    pairs = torch.stack([key % V, key // V], dim=1)
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
@@ -364,13 +369,19 @@ def _step(
     others into a new block of children (ids from ``total``), or return None."""
     V, s1 = F.shape[-1], F.shape[1]
     local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
-    # A chunk gathers [boxes, slots, live outputs, k]: size it by the live outputs (after
-    # pruning, far fewer than V), not by all V outputs.
-    n_live = max(int(blk.live[local].sum(dim=1).max()), 1) if local.numel() else 1
-    chunk = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live))
+    # A chunk gathers [boxes, slots, live outputs (padded to the chunk's most), k]. Most boxes
+    # have one or two live outputs and a few have dozens, so the boxes go in order of their
+    # live count and each chunk is sized by its own largest.
+    n_live = blk.live[local].sum(dim=1).clamp(min=1)
+    order = n_live.argsort(stable=True)
+    local, n_live = local[order], n_live[order].tolist()
     to_split, worst, lives = [], [], []
-    for b0 in range(0, local.numel(), chunk):
-        nodes = local[b0 : b0 + chunk]
+    b0 = 0
+    while b0 < local.numel():
+        size = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[b0]))
+        size = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[min(b0 + size, len(n_live)) - 1]))
+        nodes = local[b0 : b0 + size]
+        b0 += size
         masks, m, live = blk.masks[nodes], blk.m[nodes], blk.live[nodes]
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
