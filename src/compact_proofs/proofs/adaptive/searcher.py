@@ -210,18 +210,15 @@ def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, 
     checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
     (gathering whole rows over k is what the search does most). Also returns
     ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
-    are left uninitialised: every reader masks them out (box masks only hold tokens <= m).
-    ``pairs`` must be sorted by m (the rows of one max token are then one slice)."""
+    are left uninitialised: every reader masks them out (box masks only hold tokens <= m)."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
     Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
     below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
     rad = mag = 0.0
-    ms, counts = torch.unique_consecutive(pairs[:, 1], return_counts=True)
-    ends = torch.cumsum(counts, 0).tolist()
-    for m, end, count in zip(ms.tolist(), ends, counts.tolist(), strict=True):
-        sel = slice(end - count, end)
+    for m in pairs[:, 1].unique().tolist():
+        sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
         t = boxes.tables(
             m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
         )
@@ -267,9 +264,9 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     blocks = [root_block]
     splits: list[tuple[Tensor, Tensor, Tensor]] = []  # (parent ids, slots, masks)
     ops = Ops()
-    # The keys (q, m) of the roots, sorted by m then q (``_stack_tables`` needs them by m).
-    key, inverse = torch.unique(roots[:, 1] * V + roots[:, 0], return_inverse=True)
-    pairs = torch.stack([key % V, key // V], dim=1)
+    # The keys (q, m) of the roots, in (q, m) order. The order decides which keys share a batch
+    # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
+    pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
