@@ -77,13 +77,10 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     the empty one (the cubic proof), without exploring (at d_vocab 128, Max-of-10 the
     exploration takes minutes)."""
     cfg = weights.config
-    if budget is not None and budget <= cubic.cubic_flops(
-        cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head
-    ):
+    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    if budget is not None and budget <= base:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
-        cert["budget"] = int(budget)
-        cert["predicted"] = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
-        return cert
+        return {**cert, "budget": int(budget), "predicted": base}
     return for_budget(cfg, explore(weights), budget)
 
 
