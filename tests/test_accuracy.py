@@ -105,19 +105,8 @@ def test_chunk_equals_dense_float32_reference(boost):
     # Max-like tables: the prefix's max a_j wins in P, and C[k] favours every x >= k, x = k most.
     P = torch.randn(R, V, generator=g) + boost * (x == a[:, None])
     C = torch.randn(V, V, generator=g) + boost * (x >= x[:, None]) + boost / 2 * (x == x[:, None])
-    top1C, arg1C, top2C = scr.row_top2(C)
-    Qt = scr.QueryTables(
-        P=P,
-        C=C,
-        CT=C.t().contiguous(),
-        dC=C.diagonal(),
-        top1C=top1C,
-        arg1C=arg1C,
-        top2C=top2C,
-        CexDiag=torch.where(arg1C == torch.arange(V), top2C, top1C),
-        thr_p=torch.rand(R, generator=g) * 0.05,
-        thr_c=torch.rand(V, generator=g) * 0.05,
-        flops=0,
+    Qt = scr.QueryTables.from_terms(
+        P, C, torch.rand(R, generator=g) * 0.05, torch.rand(V, generator=g) * 0.05, flops=0
     )
     ch = scr.screen_chunk(Qt, pm, q, 0, R)
     T = P[:, None, :] + C[None, :, :]  # [j, k, x]

@@ -60,6 +60,24 @@ class QueryTables:
     thr_c: Tensor  # [V] K1 Zc
     flops: int
 
+    @classmethod
+    def from_terms(cls, P: Tensor, C: Tensor, thr_p: Tensor, thr_c: Tensor, flops: int):
+        """The tables of P, C and the thresholds, with C's derived maxima (``row_top2``)."""
+        top1C, arg1C, top2C = row_top2(C)
+        return cls(
+            P=P,
+            C=C,
+            CT=C.t().contiguous(),
+            dC=C.diagonal(),
+            top1C=top1C,
+            arg1C=arg1C,
+            top2C=top2C,
+            CexDiag=torch.where(arg1C == torch.arange(C.shape[0]), top2C, top1C),
+            thr_p=thr_p,
+            thr_c=thr_c,
+            flops=flops,
+        )
+
 
 def row_top2(X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Row-wise (max, an argmax, max over the other columns); cost rows * (3 V - 1)."""
@@ -84,25 +102,10 @@ def query_tables(t: at.Tables, q: int, consts: at.ScreenConstants, headroom: flo
         P = (P[:, None, :] + B[p][None, :, :]).reshape(-1, V)
         Zp = (Zp[:, None] + w32[p][None, :]).reshape(-1)
         flops += P.numel() + Zp.numel()
-    C = B[n - 2]
-    top1C, arg1C, top2C = row_top2(C)
-    CexDiag = torch.where(arg1C == kk, top2C, top1C)
     thr_p = Zp * consts.K1 + consts.K0
     thr_c = w32[n - 2] * consts.K1
-    flops += V * (3 * V - 1) + 2 * V + 2 * P.shape[0] + V
-    return QueryTables(
-        P=P,
-        C=C,
-        CT=C.t().contiguous(),
-        dC=C.diagonal(),
-        top1C=top1C,
-        arg1C=arg1C,
-        top2C=top2C,
-        CexDiag=CexDiag,
-        thr_p=thr_p,
-        thr_c=thr_c,
-        flops=flops,
-    )
+    flops += V * (3 * V - 1) + 2 * V + 2 * P.shape[0] + V  # row_top2, CexDiag, thresholds
+    return QueryTables.from_terms(P, B[n - 2], thr_p, thr_c, flops)
 
 
 @dataclass
