@@ -23,11 +23,9 @@ only loosens the bound or is rejected) gives the claim. Nothing else in the file
 the digests and the version only turn corrupted or foreign files into clear refusals.      QED
 """
 
-import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,6 +40,7 @@ from compact_proofs.core.result import ProofResult
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs.protocol import Certificate, Strategy
+from compact_proofs.storage import atomic_write, file_sha256
 from compact_proofs.weights import Weights
 
 FORMAT = "compact-proofs-certificate"
@@ -124,39 +123,29 @@ def save_certificate(
     entries = _encode(dict(certificate), tensors, "")
     p = Path(path)
     tpath = tensor_path(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp_t = _tmp_name(tpath)
-    try:
-        save_file(tensors, str(tmp_t), metadata={"format": FORMAT})
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "strategy": strategy_name,
-            "model_sha256": sha,
-            "d_vocab": weights.config.d_vocab,
-            "n_ctx": weights.config.n_ctx,
-            "correct_count": int(result.correct_count),
-            "total": int(result.total),
-            "accuracy_bound": result.correct_count / result.total,
-            "entries": entries,
-            "tensor_file": tpath.name,
-            "tensors_sha256": _file_sha256(tmp_t),
-            "informative": {
-                "flops": int(result.flops),
-                "version": result.version,
-                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            },
-        }
-        text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
-        tmp_j = _tmp_name(p)
-        try:
-            tmp_j.write_text(text, encoding="utf-8")
-            os.replace(tmp_t, tpath)
-            os.replace(tmp_j, p)
-        finally:
-            tmp_j.unlink(missing_ok=True)
-    finally:
-        tmp_t.unlink(missing_ok=True)
+    # Tensors first: a JSON file names the digest of the tensor file beside it.
+    atomic_write(tpath, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "strategy": strategy_name,
+        "model_sha256": sha,
+        "d_vocab": weights.config.d_vocab,
+        "n_ctx": weights.config.n_ctx,
+        "correct_count": int(result.correct_count),
+        "total": int(result.total),
+        "accuracy_bound": result.correct_count / result.total,
+        "entries": entries,
+        "tensor_file": tpath.name,
+        "tensors_sha256": file_sha256(tpath),
+        "informative": {
+            "flops": int(result.flops),
+            "version": result.version,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+    text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
+    atomic_write(p, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return p
 
 
@@ -180,20 +169,6 @@ def certify(
     result = api.prove_one(w, replace(strategy, search=search), **prove_kwargs)
     save_certificate(path, strategy_name, captured[0], result, w)
     return result
-
-
-def _tmp_name(p: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{p.name}.tmp-", dir=p.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _file_sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _encode(value: Any, tensors: dict[str, Tensor], where: str) -> Any:
@@ -276,7 +251,7 @@ def read_certificate(path: str | os.PathLike) -> tuple[dict[str, Any], Certifica
     tpath = p.with_name(tname)
     if not tpath.is_file():
         raise CertificateError(f"the certificate's tensor file {tpath} is missing")
-    digest = _file_sha256(tpath)
+    digest = file_sha256(tpath)
     if digest != meta["tensors_sha256"]:
         raise CertificateError(
             f"the tensor file {tpath.name} does not match the certificate (sha256 {digest[:12]}... "

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -50,6 +51,25 @@ def package_version() -> str:
         return importlib_metadata.version("compact-proofs")
     except importlib_metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0+unknown"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Create ``path`` by ``write(tmp)`` on a hidden temporary sibling ``.NAME.*.tmp``, fsync
+    and ``os.replace``: readers see the old file or the complete new one, never a partial one.
+    A failed write removes its temporary; a killed one leaves it (sweeps remove those)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:

@@ -32,6 +32,7 @@ from compact_proofs.analysis import ablation as ablation_mod
 from compact_proofs.analysis import noise as noise_mod
 from compact_proofs.analysis import paths as paths_mod
 from compact_proofs.errors import UserError
+from compact_proofs.storage import atomic_write
 from compact_proofs.weights import Weights
 
 __all__ = ["analysis_key", "analyze_model", "load_analysis", "save_analysis"]
@@ -102,12 +103,6 @@ def analyze_model(
     return info, tensors
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def save_analysis(
     out_dir: str | os.PathLike, key: str, info: dict[str, Any], tensors: dict[str, Tensor]
 ) -> Path:
@@ -116,9 +111,9 @@ def save_analysis(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().to("cpu", torch.float64).contiguous() for k, v in tensors.items()}
-    _atomic_write(out / f"{key}.safetensors", lambda p: save_file(flat, str(p)))
+    atomic_write(out / f"{key}.safetensors", lambda p: save_file(flat, str(p)))
     text = json.dumps(info, indent=1, allow_nan=True) + "\n"
-    _atomic_write(out / f"{key}.json", lambda p: p.write_text(text))
+    atomic_write(out / f"{key}.json", lambda p: p.write_text(text))
     return out / f"{key}.json"
 
 

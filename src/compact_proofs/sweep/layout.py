@@ -7,16 +7,15 @@ Nothing here trains or proves; the job functions in ``jobs`` use these helpers.
 import contextlib
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from compact_proofs.errors import UserError
+from compact_proofs.storage import atomic_write
 
 MODELS_DIR = "models"
 RESULTS_DIR = "results"
@@ -86,21 +85,8 @@ def jsonable(x: Any) -> Any:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a hidden temporary file in the same directory, fsync and
-    ``os.replace``: readers see the old file or the complete new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (``storage.atomic_write``)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
