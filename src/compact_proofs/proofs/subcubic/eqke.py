@@ -62,6 +62,7 @@ from compact_proofs.proofs.subcubic.prims import (
     transpose,
     vecmat,
 )
+from compact_proofs.proofs.subcubic.variants import RECURSIVE_MEANS
 
 LBL = "subcubic:eqke"
 
@@ -296,11 +297,7 @@ def subproduct(mode: str, lv: Leaves, em: Embeds, cert: dict, ops: Ops) -> Appro
         A = ops.add(A, p, label=LBL)
     m0, m1, m2, m3 = a2, Q2, transpose(K2), transpose(b2)
     if mode.endswith("_recursive"):
-        means = {
-            "max_diff_subproduct_recursive": [False, False, False],
-            "mean+max_diff_subproduct_recursive": [True, False, False],
-            "mean_recursive+max_diff_subproduct_recursive": [True, True, True],
-        }[mode]
+        means = RECURSIVE_MEANS[mode]
         eps = ops.minimum(
             rr_bound([m0, m1, m2, m3], means, ops),
             _cs_eps([m0, m1, m2, m3], means[0], means[-1], ops),

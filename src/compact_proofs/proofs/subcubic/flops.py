@@ -3,7 +3,7 @@ the cost lines in the docstrings of ``eqke``, ``eupu``, ``bounds`` and ``pipelin
 control flow of the check does not depend on the weights or the certificate, so the count is a
 function of the shapes and the variant only."""
 
-from compact_proofs.proofs.subcubic.variants import FACTORED_ATTN_ERR, Variant
+from compact_proofs.proofs.subcubic.variants import FACTORED_ATTN_ERR, RECURSIVE_MEANS, Variant
 
 
 def _mm(r: int, k: int, c: int) -> int:
@@ -83,11 +83,7 @@ def eqke_flops(mode: str, V: int, n: int, d: int, dh: int) -> tuple[int, int]:
     cost += 11 * V * V
     shapes = [(V, d), (d, dh), (dh, d), (d, V)]
     if mode.endswith("_recursive"):
-        means = {
-            "max_diff_subproduct_recursive": [False, False, False],
-            "mean+max_diff_subproduct_recursive": [True, False, False],
-            "mean_recursive+max_diff_subproduct_recursive": [True, True, True],
-        }[mode]
+        means = RECURSIVE_MEANS[mode]
         cs = cs_flops(V, d, dh, means[0], means[-1])
         return cost + rr_flops(shapes, means) + cs + V, V
     mean = mode.startswith("mean")

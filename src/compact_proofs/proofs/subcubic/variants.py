@@ -32,6 +32,13 @@ EXACT_EUPU = frozenset({"max_diff_exact", "global_max_diff_exact"})
 EXACT_ATTN_ERR = frozenset({"max_diff_exact", "exact_EQKE+max_diff_exact"})
 FACTORED_ATTN_ERR = frozenset({"svd", "max_diff", "mean+max_diff", "max_diff_exact"})
 SUBPRODUCT_ATTN_ERR = frozenset(m for m in ATTN_ERR_MODES if "subproduct" in m)
+# The recursive attention-error modes: at which levels of the four-factor product the
+# row-range bound uses the mean trick (``eqke.rr_bound``'s ``means``).
+RECURSIVE_MEANS: dict[str, list[bool]] = {
+    "max_diff_subproduct_recursive": [False, False, False],
+    "mean+max_diff_subproduct_recursive": [True, False, False],
+    "mean_recursive+max_diff_subproduct_recursive": [True, True, True],
+}
 
 
 def camel(value: str) -> str:
