@@ -120,25 +120,26 @@ def homogeneous_chunk(
     diag = torch.nonzero(qi == mi, as_tuple=True)[0]
     if groups is not None and T:
         n_c = groups.shape[1]
+        # Layout [group, c, r, (cls,) triple]: the long triple axis innermost, so every step is
+        # a vectorised pass, and the reductions over groups, r and cls run across rows.
+        g = groups.map_layout(lambda t: t.permute(1, 2, 3, 0).contiguous())[..., qi]
 
-        def per_triple(a: Approx) -> Approx:  # [T] -> [T, n_c, 2]
-            return a.map_layout(lambda t: t[:, None, None].expand(T, n_c, 2))
+        def per_triple(a: Approx) -> Approx:  # [T] -> [n_c, r, T]
+            return a.map_layout(lambda t: t.expand(n_c, 2, T))
 
-        g = groups[qi]  # [T, n_c, 2, 2]
-        a_max = ops.add(per_triple(EQKE_s[qi, mi]), g[..., 0], label="cubic:attn")
-        a_k = ops.add(per_triple(EQKE_s[qi, ki]), g[..., 1], label="cubic:attn")
-        # Group axis first: reductions over it are elementwise passes over contiguous slices.
-        logw = Ops.stack([a_max, a_k, per_triple(z[qi])], dim=0)  # [group, T, n_c, r]
+        a_max = ops.add(per_triple(EQKE_s[qi, mi]), g[:, :, 0], label="cubic:attn")
+        a_k = ops.add(per_triple(EQKE_s[qi, ki]), g[:, :, 1], label="cubic:attn")
+        logw = Ops.stack([a_max, a_k, per_triple(z[qi])], dim=0)  # [group, n_c, r, T]
         alpha = ops.softmax(logw, dim=0, label="cubic:attn")
-        vals_g = vals.map_layout(lambda t: t.permute(2, 0, 1)[:, :, None, None, :])
+        vals_g = vals.map_layout(lambda t: t.permute(2, 1, 0).contiguous()[:, None, None])
         weighted = ops.mul(
-            alpha.map_layout(lambda t: t[..., None]),  # [group, T, n_c, r, 1]
-            vals_g,  # [group, T, 1, 1, cls]
+            alpha.map_layout(lambda t: t[:, :, :, None, :]),  # [group, n_c, r, 1, T]
+            vals_g,  # [group, 1, 1, cls, T]
             label="cubic:lw",
         )
-        bound = ops.sum(weighted, dim=0, label="cubic:lw")  # [T, n_c, r, cls]
-        worst = ops.amax(bound.map_layout(lambda t: t.flatten(2)), dim=-1, label="cubic:lw")
-        proven = ops.proven_negative(worst, label="cubic:decide")  # [T, n_c]
+        bound = ops.sum(weighted, dim=0, label="cubic:lw")  # [n_c, r, cls, T]
+        worst = ops.amax(bound.map_layout(lambda t: t.flatten(1, 2)), dim=1, label="cubic:lw")
+        proven = ops.proven_negative(worst, label="cubic:decide").T  # [T, n_c]
     else:
         proven = torch.zeros(T, 0, dtype=torch.bool)
     proven_last = torch.zeros(0, dtype=torch.bool)
