@@ -1,8 +1,8 @@
-"""Adaptive proof, stage 3: product boxes of inputs with exact positions.
+"""Adaptive proof, stage 4: product boxes of inputs with exact positions.
 
 Shape glossary (``core/circuits.py``): ``d_vocab_k`` key token, ``d_vocab_out`` output x,
-``slots`` = n_ctx - 1 non-query positions, ``boxes`` a batch of boxes, ``queries`` the query
-tokens of one max-token group.
+``slots`` = n_ctx - 1 non-query positions, ``boxes`` a batch of boxes, ``pairs`` a batch of keys
+(q, m).
 
 A BOX is (q, m, S_0, ..., S_{n-2}): the inputs with query t[n-1] = q and t_p in S_p for every
 non-query position p, where every S_p is either {m} (a max slot) or a subset of [0, m) (a
