@@ -161,9 +161,10 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
     )
     ops.ledger.add(boxes.tables_flops(pairs, n, V), label=boxes.LABEL)
     step = max(1, boxes.TABLE_ELEMENTS // ((n - 1) * V * V))
-    c = ck.circ
+    circ = ck.circ
+    terms = (ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU)
     for p0 in range(0, pairs.shape[0], step):
-        t = boxes.tables(pairs[p0 : p0 + step], ck.EQKE_s, ck.EQKP_s, ck.z, c.EUPU, c.EVOU, c.PVOU)
+        t = boxes.tables(pairs[p0 : p0 + step], *terms)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         sel, rows = idx[in_batch], inverse[in_batch] - p0
         masks = nodes.masks[sel]

@@ -203,8 +203,8 @@ def _stack_tables(ck: keys.CubicKeys, pairs: Tensor) -> tuple[Approx, Approx, Te
     """The checker's box tables of the keys ``pairs`` (q, m) (same floats, same radius:
     ``boxes.tables``), F as [pair, slot, x, k]; also ``below[pair, slot, x] = max_{k < m} F``
     (-inf when m = 0)."""
-    c = ck.circ
-    t = boxes.tables(pairs, ck.EQKE_s, ck.EQKP_s, ck.z, c.EUPU, c.EVOU, c.PVOU)
+    circ = ck.circ
+    t = boxes.tables(pairs, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU)
     below = torch.full(t.F.shape[:3], -torch.inf, dtype=torch.float64)
     for m in pairs[:, 1].unique().tolist():  # one slice per max token (reads only k < m)
         if m:
