@@ -85,6 +85,16 @@ def _float_paths(w):
     return Eq @ Q @ K.T @ (E + Pbar).T, Eq @ Q @ K.T @ (P - Pbar).T
 
 
+def _directions(w, wrong_seed: int | None) -> dict:
+    """The search's singular directions, or (with ``wrong_seed``) random wrong ones of the same
+    shapes: the error bounds must hold for any directions."""
+    cert = search.directions(w)
+    if wrong_seed is None:
+        return cert
+    g = torch.Generator().manual_seed(wrong_seed)
+    return {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in cert.items()}
+
+
 @pytest.mark.parametrize("mode", list(subcubic.variants.ATTN_ERR_MODES))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_error_bound_covers_the_residual(mode, seed):
@@ -92,10 +102,7 @@ def test_error_bound_covers_the_residual(mode, seed):
     and with random (wrong) directions."""
     w = models.random_weights(9, 4, 6, seed=seed, qk_scale=2.0)
     EQKE, _ = _float_paths(w)
-    cert = search.directions(w)
-    if seed == 1:
-        g = torch.Generator().manual_seed(7)
-        cert = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in cert.items()}
+    cert = _directions(w, wrong_seed=7 if seed == 1 else None)
     ops = Ops()
     lv = pipeline.common(w, ops).lv
     apx = eqke.approximate(mode, lv, eqke.embeds(lv, ops), cert, ops)
@@ -112,10 +119,7 @@ def test_cauchy_schwarz_error_bound_covers_and_tightens(seed):
     the recursive row-range bound it is combined with."""
     w = models.random_weights(12, 4, 16, seed=seed, qk_scale=2.0)
     EQKE, _ = _float_paths(w)
-    cert = search.directions(w)
-    if seed == 1:
-        g = torch.Generator().manual_seed(5)
-        cert = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in cert.items()}
+    cert = _directions(w, wrong_seed=5 if seed == 1 else None)
     ops = Ops()
     lv = pipeline.common(w, ops).lv
     em = eqke.embeds(lv, ops)
