@@ -85,13 +85,8 @@ def test_add_sub_mul(case, rad):
     ops = Ops()
     assert_contains(ops.add(a, b), [s + t for s, t in zip(ea, eb, strict=True)])
     assert_contains(ops.sub(a, b), [s - t for s, t in zip(ea, eb, strict=True)])
-    product = ops.mul(a, b)
-    assert_contains(product, [s * t for s, t in zip(ea, eb, strict=True)])
+    assert_contains(ops.mul(a, b), [s * t for s, t in zip(ea, eb, strict=True)])
     assert ops.ledger.flop == 3 * x.numel()
-    a_copy = Approx(a.mid.clone(), a.rad, a.mag)
-    in_place = ops.mul(a_copy, b, inplace=True)
-    assert in_place.mid is a_copy.mid and torch.equal(in_place.mid, product.mid)
-    assert (in_place.rad, in_place.mag) == (product.rad, product.mag)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -141,10 +141,8 @@ class Ops:
     def sub(self, a: Approx, b: Approx, label: str = "sub") -> Approx:
         return self.add(a, Approx(-b.mid, b.rad, b.mag), label=label)
 
-    def mul(self, a: Approx, b: Approx, label: str = "mul", inplace: bool = False) -> Approx:
-        """``a * b``; with ``inplace`` the product overwrites ``a.mid`` (for a temporary of the
-        full result shape: saves allocating a large tensor). Same bounds either way."""
-        mid = a.mid.mul_(b.mid) if inplace else a.mid * b.mid
+    def mul(self, a: Approx, b: Approx, label: str = "mul") -> Approx:
+        mid = a.mid * b.mid
         self.ledger.add(mid.numel(), label=label)
         mag = up_mul(a.mag, b.mag)
         rad = up_sum(

@@ -144,30 +144,22 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
 
 
 def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
-    """Re-check the prove / refute claims of non-empty leaves, a batch of keys (q, m) at a time
-    (``boxes.TABLE_ELEMENTS`` table entries per batch)."""
-    V, n = nodes.masks.shape[2], nodes.masks.shape[1] + 1
+    """Re-check the prove / refute claims of non-empty leaves, grouped by max token."""
+    circ = ck.circ
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
     if not bool(want.any()):
         return
     rq = (claim == plan.REFUTE) & want
     if bool((witness[rq] == nodes.m[rq]).any()) or bool(
-        ((witness[rq] < 0) | (witness[rq] >= V)).any()
+        ((witness[rq] < 0) | (witness[rq] >= circ.EVOU.shape[1])).any()
     ):
         raise ProofPreconditionError("a refute claim needs a witness output x != m in range")
     idx = torch.nonzero(want, as_tuple=True)[0]
-    pairs, inverse = torch.unique(
-        torch.stack([nodes.q[idx], nodes.m[idx]], 1), dim=0, return_inverse=True
-    )
-    ops.ledger.add(boxes.tables_flops(pairs, n, V), label=boxes.LABEL)
-    step = max(1, boxes.TABLE_ELEMENTS // ((n - 1) * V * V))
-    circ = ck.circ
-    terms = (ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU)
-    for p0 in range(0, pairs.shape[0], step):
-        t = boxes.tables(pairs[p0 : p0 + step], *terms)
-        in_batch = (inverse >= p0) & (inverse < p0 + step)
-        sel, rows = idx[in_batch], inverse[in_batch] - p0
-        masks = nodes.masks[sel]
+    for m in nodes.m[idx].unique().tolist():
+        sel = idx[nodes.m[idx] == m]
+        qs, rows = nodes.q[sel].unique(return_inverse=True)
+        t = boxes.tables(m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
+        masks = nodes.masks[sel, :, : m + 1]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)

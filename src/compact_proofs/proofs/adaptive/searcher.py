@@ -28,6 +28,8 @@ from compact_proofs.proofs.adaptive import budget as budget_mod
 from compact_proofs.proofs.protocol import Certificate
 from compact_proofs.weights import Weights
 
+# Stacked box tables (float64 elements) per branch-and-bound batch of keys (q, m): 128 MB.
+TABLE_ELEMENTS = 1 << 24
 # Refinement of a key (q, m, c) is skipped when it has more placements than this.
 MAX_PLACEMENTS = 512
 # ... and a group of keys (q, m, c) with i* = w when it has more (placement, U positions) root
@@ -199,18 +201,30 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
     return roots
 
 
-def _stack_tables(ck: keys.CubicKeys, pairs: Tensor) -> tuple[Approx, Approx, Tensor]:
-    """The checker's box tables of the keys ``pairs`` (q, m) (same floats, same radius:
-    ``boxes.tables``), F as [pair, slot, x, k]; also ``below[pair, slot, x] = max_{k < m} F``
-    (-inf when m = 0)."""
+def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, Approx, Tensor]:
+    """Box tables of the keys ``pairs`` (q, m), padded to d_vocab key tokens and stacked; the
+    uniform radius is the largest of the groups', so decisions are at least as cautious as the
+    checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
+    (gathering whole rows over k is what the search does most). Also returns
+    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
+    are left uninitialised: every reader masks them out (box masks only hold tokens <= m)."""
     circ = ck.circ
-    t = boxes.tables(pairs, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU)
-    below = torch.full(t.F.shape[:3], -torch.inf, dtype=torch.float64)
-    for m in pairs[:, 1].unique().tolist():  # one slice per max token (reads only k < m)
+    V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
+    F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
+    Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
+    below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
+    rad = mag = 0.0
+    for m in pairs[:, 1].unique().tolist():
+        sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
+        t = boxes.tables(
+            m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
+        )
+        F[sel, :, :, : m + 1] = t.F.mid.transpose(2, 3)
+        Fq[sel] = t.Fq.mid
         if m:
-            sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
-            below[sel] = t.F.mid[sel, :, :, :m].amax(dim=3)
-    return t.F, t.Fq, below
+            below[sel] = t.F.mid[:, :, :m].amax(dim=2)
+        rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
+    return Approx(F, rad, mag), Approx(Fq, rad, mag), below
 
 
 @dataclass
@@ -250,10 +264,10 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     # The keys (q, m) of the roots, in (q, m) order. The order decides which keys share a batch
     # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
     pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
-    step = max(1, boxes.TABLE_ELEMENTS // ((n - 1) * V * V))
+    step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step])
+        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step], ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
