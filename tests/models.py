@@ -98,6 +98,29 @@ def planted_weights(
     return Weights(**{k: t.float() for k, t in zip(NAMES, mats, strict=True)})
 
 
+def random_small_model(seed: int) -> Weights:
+    """A small random model drawn from a seed: Gaussian (plain or sharp attention, several scales
+    and positional strengths) or a noisy planted Max-of-K model; d_vocab 2..9, n_ctx 2..5."""
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=g))]
+
+    V, n = pick(range(2, 10)), pick(range(2, 6))
+    while V**n > 40_000:
+        n -= 1
+    kind = pick(["random", "sharp", "planted"])
+    if kind == "planted":
+        return planted_weights(
+            V, n, noise=pick([0.02, 0.1, 0.3]), pos_noise=pick([0.0, 0.3, 1.0]),
+            gap=pick([0.5, 2.0, 4.0]), seed=seed,
+        )  # fmt: skip
+    return random_weights(
+        V, n, pick([4, 8]), seed=seed, qk_scale=4.0 if kind == "sharp" else 1.0,
+        pos_scale=pick([0.1, 1.0, 3.0]), scale=pick([0.5, 1.0, 2.0]),
+    )  # fmt: skip
+
+
 def trained_weights(V: int, n: int, *, seed: int, d: int = 16, steps: int = 400) -> Weights:
     """A quickly trained tiny model (the paper's recipe with a larger learning rate)."""
     from compact_proofs import train

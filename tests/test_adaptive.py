@@ -261,6 +261,48 @@ def test_random_trees_are_sound(seed, soundness_model):
     assert not bool((out.refuted() & truth).any())
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(12))
+def test_mutated_certificates_never_overclaim(seed):
+    """The search's certificate on a random small model, mutated at random (claims and witnesses
+    re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, all still
+    well-formed): the checker counts only truly correct inputs as correct and truly incorrect
+    ones as incorrect, and its counts equal its covered and refuted sets."""
+    w = models.random_small_model(1000 + seed)
+    truth = models.truth_mask(w)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    base = adaptive.search(w)
+    leaves = torch.ones(base["claim"].shape[0], dtype=torch.bool)
+    leaves[base["split_parent"]] = False
+    leaves = torch.nonzero(leaves, as_tuple=True)[0]
+    node_m = _node_max(w, base)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(6):
+        cert = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in base.items()}
+        if leaves.numel():  # claims stay on leaves, witnesses differ from m: mostly accepted
+            idx = leaves[
+                torch.randint(0, leaves.numel(), (max(1, leaves.numel() // 2),), generator=g)
+            ]
+            cert["claim"][idx] = torch.randint(1, 4, idx.shape, generator=g).to(torch.int8)
+            shift = torch.randint(1, V, idx.shape, generator=g)
+            cert["witness"][idx] = (node_m[idx] + shift) % V
+        if cert["split_mask"].shape[0] and bool(torch.rand(1, generator=g) < 0.5):
+            cert["split_mask"] = torch.rand(cert["split_mask"].shape, generator=g) < 0.5
+        qm = torch.triu_indices(V, V).T
+        cert["c0"] = qm[torch.rand(qm.shape[0], generator=g) < 0.5].contiguous()
+        m = torch.randint(1, V, (20,), generator=g)  # valid keys (q <= m, k < m, c in range)
+        k = (torch.rand(20, generator=g) * m).long()
+        q = (torch.rand(20, generator=g) * (m + 1)).long()
+        c_max = torch.where(q == m, n - 1, n - 2)
+        c = 1 + (torch.rand(20, generator=g) * c_max).long()
+        extra = torch.stack([q, m, k, c], 1)[c_max >= 1]
+        cert["l1_keys"] = torch.cat([cert["l1_keys"], extra]).contiguous()
+        out, _ = _run(w, cert)
+        covered, refuted = out.covered(), out.refuted()
+        assert not bool((covered & ~truth).any()) and not bool((refuted & truth).any())
+        assert out.correct == int(covered.sum()) and out.incorrect == int(refuted.sum())
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
