@@ -279,7 +279,7 @@ def test_mutated_certificates_never_overclaim(seed):
     g = torch.Generator().manual_seed(seed)
     for _ in range(6):
         cert = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in base.items()}
-        if leaves.numel():  # claims stay on leaves, witnesses differ from m: mostly accepted
+        if leaves.numel():  # claims stay on leaves and witnesses differ from m: well-formed
             idx = leaves[
                 torch.randint(0, leaves.numel(), (max(1, leaves.numel() // 2),), generator=g)
             ]
