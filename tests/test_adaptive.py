@@ -57,8 +57,7 @@ def test_refines_beyond_the_cubic_proof(soundness_model):
 @pytest.mark.parametrize("frac", [0.0, 0.2, 0.6, 1.0])
 def test_budget_never_overclaims_and_fits(model_name, frac, soundness_model):
     w, truth = soundness_model(model_name)
-    cfg = w.config
-    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    base = keys.cubic_keys(w, Ops()).flops
     full = adaptive.search(w)["predicted"]
     budget = base + int(frac * (full - base))
     cert = searcher.search(w, budget=budget)
@@ -80,7 +79,7 @@ def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
 def test_budget_at_the_cubic_cost_skips_the_exploration(soundness_model, monkeypatch):
     w, _ = soundness_model("planted-V8-K4-noisy")
     cfg = w.config
-    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    base = keys.cubic_keys(w, Ops()).flops
     explored = searcher.for_budget(cfg, searcher.explore(w), base)
     monkeypatch.setattr(searcher, "explore", lambda _: pytest.fail("explored"))
     cert = searcher.search(w, budget=base)
@@ -94,7 +93,10 @@ def test_empty_certificate_is_the_cubic_proof(soundness_model):
     out, ledger = _run(w, {})
     cfg = w.config
     assert out.correct == cubic.check(w, {}, Ops()).correct_count
-    assert ledger.flop == cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
+    v = cubic.check(w, {}, Ops())
+    assert ledger.flop == cubic.cubic_flops(
+        cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head, v.details["per_c"], v.details["rechecked"]
+    )
 
 
 def test_budget_names():

@@ -186,6 +186,36 @@ def test_excluding_and_leave_one_out():
     assert ops.ledger.flop == 5 * (2 * 7 - 4) + 2 * 35
 
 
+def test_top_k_and_first_not_excluded():
+    x = _close_pairs(3)
+    x[1, 4] = x[1, 0]  # an exact tie at the top of some row
+    a, ea = ball(x, 1e-12, 9)
+    A = reshape(ea, (5, 7))
+    ops = Ops()
+    top, idx = ops.top_k(a, 3)
+    assert ops.ledger.flop == 5 * (3 * 6 - 3)
+    ex = torch.tensor([[idx[0, 0], idx[0, 1]], [6, 6], [idx[2, 0], 1], [0, 2], [idx[4, 1], 5]])
+    out = ops.first_not_excluded(top, idx, ex)
+    want = [max(A(i, j) for j in range(7) if j not in ex[i].tolist()) for i in range(5)]
+    assert_contains(out, want)
+    assert ops.ledger.flop == 5 * (3 * 6 - 3) + 5 and ops.ledger.int_op == 5 * 3 * 2
+    # rows gathered per output (as the cubic proof uses them), with one index left out first
+    ops = Ops()
+    drop = torch.tensor([2, 0, 6, 3, 1])
+    top, idx = ops.top_k(a, 2, exclude=drop)
+    assert ops.ledger.flop == 5 * (2 * 5 - 1)
+    rows = torch.tensor([0, 0, 3, 4, 4, 2])
+    ex = torch.tensor([[1], [4], [5], [0], [6], [2]])
+    out = ops.first_not_excluded(top[rows], idx[rows], ex)
+    want = [
+        max(A(int(i), j) for j in range(7) if j not in (int(drop[i]), int(e)))
+        for i, e in zip(rows, ex[:, 0], strict=True)
+    ]
+    assert_contains(out, want)
+    with pytest.raises(ValueError):
+        ops.first_not_excluded(top, idx, torch.zeros(5, 2, dtype=torch.int64))
+
+
 def test_layout_ops_are_free_and_keep_bounds():
     a, ea = ball(rand((3, 4), 1), 1e-9, 1)
     b, eb = ball(rand((3, 4), 2, 100.0), 1e-6, 2)
@@ -255,6 +285,31 @@ def test_logsumexp(case, rad):
         exact.append(sum(e[1:], e[0]).log())
     assert_contains(out, exact)
     assert ops.ledger.flop == 2 * r * (c - 1) + 2 * r * c + 2 * r
+
+
+@pytest.mark.parametrize("case", list(SCORES))
+@pytest.mark.parametrize("rad", [0.0, 1e-10])
+def test_exp_shifted(case, rad):
+    x = SCORES[case]()
+    r, c = x.shape
+    a, ea = ball(x, rad, 13)
+    A = reshape(ea, (r, c))
+    ops = Ops()
+    out = ops.exp_shifted(a, dim=1)
+    top = x.amax(dim=1).tolist()  # the shift is the max of the float midpoints
+    exact = [(to_arb(A(i, j)) - to_arb(q(top[i]))).exp() for i in range(r) for j in range(c)]
+    assert_contains(out, exact)
+    assert ops.ledger.flop == r * (c - 1) + 2 * r * c
+    assert out.mid.amax(dim=1).eq(1.0).all()
+
+
+def test_upper_exact():
+    a, ea = ball(rand((4, 5), 5, 1e3), 1e-9, 5)
+    ops = Ops()
+    up = ops.upper_exact(a)
+    assert up.rad == 0.0 and ops.ledger.flop == 20
+    for u, e in zip(up.mid.flatten().tolist(), ea, strict=True):
+        assert to_arb(e) <= to_arb(q(u)) and abs(u) <= up.mag
 
 
 def test_softmax_bound_is_not_vacuous():

@@ -283,6 +283,50 @@ class Ops:
             self.ledger.add(kept * (2 * n - 4) + 2 * mid.numel(), label=label)
         return Approx(mid, a.rad, a.mag)
 
+    def top_k(
+        self, a: Approx, k: int, exclude: Tensor | None = None, label: str = "max"
+    ) -> tuple[Approx, Tensor]:
+        """The ``k`` largest entries of each row (last dim) in descending order, and their indices.
+
+        The optional ``exclude`` (one index per row, broadcastable to the kept shape) is left
+        out. The values are ``mid`` entries permuted, so the uniform bounds are unchanged; use
+        ``first_not_excluded`` to turn them into maxima over index subsets. Cost: k passes of a
+        max search, kept (k (n' - 1) - k (k - 1) / 2) with n' = n minus the exclusion. Requires
+        n' >= k.
+        """
+        n = a.mid.shape[-1]
+        mid = a.mid
+        if exclude is not None:
+            idx = exclude.to(torch.int64).expand(mid.shape[:-1]).unsqueeze(-1)
+            mid = mid.scatter(-1, idx, -_INF)
+            n -= 1
+        if n < k:
+            raise ValueError("top_k needs at least k remaining entries per row")
+        top = mid.topk(k, dim=-1)
+        kept = mid.numel() // max(a.mid.shape[-1], 1)
+        self.ledger.add(kept * (k * (n - 1) - k * (k - 1) // 2), label=label)
+        return Approx(top.values, a.rad, a.mag), top.indices
+
+    def first_not_excluded(
+        self, top: Approx, indices: Tensor, exclude: Tensor, label: str = "max"
+    ) -> Approx:
+        """Per row, the max over the indices not in ``exclude``, from ``top_k``'s output.
+
+        ``top``/``indices`` are ``[..., k]`` (descending), ``exclude`` is ``[..., e]`` with
+        e < k. The first candidate whose index is not excluded is that max: every earlier
+        candidate is excluded, and every later candidate and every entry outside the top k is no
+        larger. It is a float ``mid`` entry of the same index set, hence within ``rad`` of the
+        exact max. Cost: one selection per row (FLOP) and k e index comparisons (integer ops).
+        """
+        k, e = top.mid.shape[-1], exclude.shape[-1]
+        if e >= k:
+            raise ValueError("first_not_excluded needs more candidates than exclusions")
+        hit = (indices[..., :, None] == exclude[..., None, :]).any(-1)  # [..., k]
+        first = (~hit).to(torch.int8).argmax(-1, keepdim=True)  # a free candidate exists
+        mid = top.mid.gather(-1, first).squeeze(-1)
+        self.ledger.add(mid.numel(), int_op=mid.numel() * k * e, label=label)
+        return Approx(mid, top.rad, top.mag)
+
     def where(self, cond: Tensor, a: Approx, b: Approx, label: str = "where") -> Approx:
         """Elementwise selection by a boolean tensor fixed by the checker's control flow.
 
@@ -387,11 +431,44 @@ class Ops:
         rad = up_sum(rel_in, rel_fp, up_mul(2.0, TAU))
         return Approx(mid, rad, _grow(1.0, rad))
 
+    def exp_shifted(self, scores: Approx, dim: int, label: str = "softmax") -> Approx:
+        """``w_j = exp(s_j - M)`` along ``dim``, M = max_j of the float ``mid`` (a fixed float).
+
+        The exact target is exp(s_ex_j - M) = exp(s_ex_j) / exp(M): softmax weights without the
+        division, up to a positive factor per row, so the sign of sum_j w_j v_j is the sign of
+        sum_j exp(s_j) v_j. Values lie in (0, 1] (up to rad), so products with them keep small
+        radii.
+        Claim: if |s_mid - s_ex| <= r entrywise, |w_j - exp(s_ex_j - M)| <= rad.
+        Proof: d_j = fl(s_j - M) <= 0 (the exact difference is <= 0 and rounding keeps the sign),
+        |d_j - (s_j - M)| <= u |s_j - M| <= 2 u mag =: eps. w_j = exp(d_j)(1 + x_j) + t_j with
+        |x_j| <= 4u, |t_j| <= TAU. The exact exponent is d_j + delta, |delta| <= r + eps, so
+        |w_j - exp(d_j + delta)| <= exp(d_j) |1 + x_j - e^delta| + TAU
+        <= expm1(r + eps) + 4u + TAU, using exp(d_j) <= 1 and 1 - e^-y <= e^y - 1. Both values
+        are <= 1 + rad.                                                                      QED
+        Cost (paper rules): max-reduce, subtract, exp: kept (n - 1) + 2 numel.
+        """
+        n = scores.mid.shape[dim]
+        top = scores.mid.amax(dim, keepdim=True)
+        mid = torch.exp(scores.mid - top)
+        kept = mid.numel() // max(n, 1)
+        self.ledger.add(kept * (n - 1) + 2 * mid.numel(), label=label)
+        eps = up_mul(2.0, U, scores.mag)
+        rad = up_sum(_expm1_up(up_sum(scores.rad, eps)), EXP_REL_ERR, TAU)
+        return Approx(mid, rad, _grow(1.0, rad))
+
     # -- decisions ------------------------------------------------------------------------------
     def upper(self, a: Approx, label: str = "decide") -> Tensor:
         """Rigorous upper bounds on the exact values: nextafter(mid + rad, +inf). NaN stays NaN."""
         self.ledger.add(a.mid.numel(), label=label)
         return torch.nextafter(a.mid + a.rad, torch.tensor(_INF, dtype=torch.float64))
+
+    def upper_exact(self, a: Approx, label: str = "decide") -> Approx:
+        """``upper(a)`` as an exactly known Approx (rad 0): floats that bound the exact values
+        from above, to be used where an upper bound suffices (e.g. a positive weight times a
+        value). |upper| <= (mag + rad)(1 + 2u) + ETA covers the rounding of mid + rad and the
+        one-ulp step. Cost: as ``upper``."""
+        up = self.upper(a, label=label)
+        return Approx(up, 0.0, up_sum(_grow(up_sum(a.mag, a.rad), 2 * U), ETA))
 
     def lower(self, a: Approx, label: str = "decide") -> Tensor:
         self.ledger.add(a.mid.numel(), label=label)

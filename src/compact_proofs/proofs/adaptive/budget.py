@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from compact_proofs.config import ModelConfig
-from compact_proofs.proofs import cubic
 from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan
 from compact_proofs.proofs.protocol import Certificate
 
@@ -74,7 +73,7 @@ def certificate(
 def fit(cfg: ModelConfig, st: State, budget: int) -> Certificate:
     """The greedy certificate (gain per FLOP) whose check costs at most ``budget`` FLOPs."""
     V, n = cfg.d_vocab, cfg.n_ctx
-    base = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head)
+    base = st.ck.flops
     items = _items(cfg, st)
     picked: list = []  # item ids in pick order (dependencies first)
     have: set = set()

@@ -21,9 +21,10 @@ Proof:
   (4) The sets counted in (1)-(3) are pairwise disjoint (the keys partition the inputs; (2) is
       c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
       refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
-Cost: stage 1 ``cubic.cubic_flops``; stage 2 ``keys.level1_flops``; stage 3 ``singles``; stage 4
-``boxes.table_flops`` per (max token, queries) group plus ``prove_flops`` / ``refute_flops`` per
-leaf. Reading, indexing and the bool set work of rebuilding the trees are free (paper rules).
+Cost: stage 1 ``CubicKeys.flops`` (``cubic.cubic_flops``); stage 2 ``keys.level1_flops``; stage 3
+``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group plus ``prove_flops`` /
+``refute_flops`` per leaf. Reading, indexing and the bool set work of rebuilding the trees are free
+(paper rules).
 """
 
 import math

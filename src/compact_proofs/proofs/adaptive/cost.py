@@ -1,6 +1,6 @@
 """Adaptive proof: the closed-form FLOP count of the check for a given certificate.
 
-``predict`` adds up the stage costs (``cubic.cubic_flops``, ``keys.level1_flops``,
+``predict`` adds up the stage costs (stage 1 ``CubicKeys.flops``, ``keys.level1_flops``,
 ``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``prove_flops`` /
 ``refute_flops``); it equals the checker's ledger total except for the exact (python-flint)
 decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they happen
@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from compact_proofs.config import ModelConfig
-from compact_proofs.proofs import cubic
 from compact_proofs.proofs.adaptive import boxes, counts, keys, plan, singles, tree
 from compact_proofs.proofs.protocol import Certificate
 
@@ -23,7 +22,7 @@ def predict(
     stages 2 and 2b (the search knows them)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
-    total = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head)
+    total = ck.flops
     l1, cnt = pl.l1_keys, pl.count_keys
     if l1.shape[0] or cnt.shape[0]:
         total += keys.pvnq_flops(V, n)

@@ -36,9 +36,9 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.core import circuits as circuits_mod
-from compact_proofs.core.rigorous import Approx, Ops, U
+from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
-from compact_proofs.proofs.cubic import cases, count, pessimize
+from compact_proofs.proofs.cubic import count
 from compact_proofs.weights import Weights
 
 LABEL = "adaptive:level1"
@@ -52,6 +52,8 @@ class CubicKeys:
 
     ``proven[q, m, k, c]`` (c >= 1) is True iff the homogeneous key is proven; it is False on
     invalid keys. ``proven0[q, m]`` is the verdict of the single c = 0 input (m, ..., m, q).
+    ``flops`` is the stage's own ledger total (it depends on the weights through the cubic's
+    ``rechecked`` keys).
     """
 
     circ: circuits_mod.Circuits
@@ -62,54 +64,31 @@ class CubicKeys:
     lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
     proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]
     proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
+    flops: int
 
 
 def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
-    """Stage 1: the cubic checker's steps (1)-(6), keeping every key's verdict.
+    """Stage 1: the cubic checker's steps (1)-(6) (``cubic.decide_keys``), keeping every key's
+    verdict.
 
-    Cost: exactly ``cubic.cubic_flops`` plus the cubic's integer tally (the same operations, in
-    the same order and chunking, as ``cubic.check``).
+    Cost: exactly ``cubic.cubic_flops`` with the stage's ``per_c`` and ``rechecked``, plus the
+    cubic's integer tally (the same operations as ``cubic.check``).
     """
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
-    s = math.sqrt(cfg.d_head)  # correctly rounded: exact scale within a relative 2u
-    m_chunk = max(1, cubic.CHUNK_ELEMENTS // V**2)
-    circ = circuits_mod.circuits(weights, ops)
-    eqke = ops.divide_by_real(circ.EQKE, s, 2 * U, label="cubic:attn")
-    eqkp = ops.divide_by_real(circ.EQKP, s, 2 * U, label="cubic:attn")
-    st = pessimize.slot_tables(circ.EUPU, circ.EVOU, circ.PVOU, ops, m_chunk)
-    z = pessimize.query_scores(eqke, eqkp, ops)
-    groups = pessimize.placement_log_weights(eqkp, ops)
-    lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")
-    proven0 = cases.single_inputs(
-        eqke,
-        eqkp,
-        circ.EVOU,
-        circ.PVOU,
-        circ.EUPU,
-        ops,
-        pair_chunk=max(1, cubic.CHUNK_ELEMENTS // V),
-    )
     covered = count.Covered(V, n)  # dense [q, m, k, c] verdicts
-    max_triples = max(1, cubic.CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
-    for m0 in range(0, V, m_chunk):
-        m1 = min(V, m0 + m_chunk)
-        rt = pessimize.range_tables(st, m0, m1, ops) if V >= 3 else None
-        qi, mi, ki = cases.triples(m0, m1, V)
-        for t0 in range(0, qi.numel(), max_triples):
-            q, m, k = (x[t0 : t0 + max_triples] for x in (qi, mi, ki))
-            vals = pessimize.triple_values(st, rt, q, m, k, ops)
-            covered.add(cases.homogeneous_chunk(q, m, k, vals, eqke, z, groups, lse_all, ops))
+    stage = cubic.decide_keys(weights, ops, covered.add)
     count.tally_int_ops(ops.ledger, V, n)
     return CubicKeys(
-        circ=circ,
-        EQKE_s=eqke,
-        EQKP_s=eqkp,
-        z=z,
-        groups=groups,
-        lse_all=lse_all,
+        circ=stage.circ,
+        EQKE_s=stage.EQKE_s,
+        EQKP_s=stage.EQKP_s,
+        z=stage.z,
+        groups=stage.groups,
+        lse_all=stage.lse_all,
         proven=covered.proven,
-        proven0=proven0,
+        proven0=stage.proven0,
+        flops=cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, stage.per_c, stage.rechecked),
     )
 
 

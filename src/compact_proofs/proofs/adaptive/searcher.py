@@ -22,7 +22,6 @@ from torch import Tensor
 
 from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Approx, Ops
-from compact_proofs.proofs import cubic
 from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan, tree
 from compact_proofs.proofs.adaptive import budget as budget_mod
 from compact_proofs.proofs.protocol import Certificate
@@ -77,19 +76,21 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     the empty one (the cubic proof), without exploring (at d_vocab 128, Max-of-10 the
     exploration takes minutes)."""
     cfg = weights.config
-    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
-    if budget is not None and budget <= base:
+    ops = Ops()  # scratch: nothing here is counted
+    ck = keys.cubic_keys(weights, ops)
+    if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
-        return {**cert, "budget": int(budget), "predicted": base}
-    return for_budget(cfg, explore(weights), budget)
+        return {**cert, "budget": int(budget), "predicted": ck.flops}
+    return for_budget(cfg, explore(weights, ck), budget)
 
 
-def explore(weights: Weights) -> budget_mod.State:
-    """Every refinement the search finds (the expensive part; budget-independent)."""
+def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.State:
+    """Every refinement the search finds (the expensive part; budget-independent); ``ck`` is
+    stage 1's result if already computed."""
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     ops = Ops()  # scratch: nothing here is counted
-    ck = keys.cubic_keys(weights, ops)
+    ck = ck if ck is not None else keys.cubic_keys(weights, ops)
     proven = ck.proven.clone()
     pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
     cand = _candidate_keys(proven, V, n)

@@ -52,8 +52,16 @@ Proof:
       F_x < 0 for every x and pi once each class bound B = sum_g alpha_g max_x H_g is < 0 at
       both extremes; proven[q, m, k, c] iff so. For c = n-1 (q = m) there is no max slot
       outside the query and no placement freedom: groups (non-max, query).
-  (6) c = 0: the key is one input; its logits are evaluated exactly with (1) (no ablation) and
-      proven0[q, m] iff max_{x != m} logit(x) - logit(m) < 0.
+      Tests in three tiers decide this (``cases``): a one-shot test bounds every placement and
+      both classes at once (each group's log-weight at the end of its range that is worst for
+      the sign of its class-maximal value), first over every c, then per c for the triples
+      that fail; only keys still unproven go to the per-placement test. The one-shot bounds
+      are never below the per-placement one, so the verdicts are the per-placement test's;
+      all tests take signs of sum_g e^{L_g} H_g after dividing by a positive e^{max L}, not
+      the normalised softmax.
+  (6) c = 0: the key is one input; its logits are evaluated exactly with (1) (no ablation;
+      the n-1 slots holding m share one positional mixture per query) and proven0[q, m] iff
+      max_{x != m} logit(x) - logit(m) < 0.
   (7) Counting: the keys partition all V^n inputs (sum_c C(n-1,c) m^c = (m+1)^{n-1} for q = m,
       minus m^{n-1} for q < m; summed over q <= m and m this is V^n). Counts are exact Python
       ints. Every comparison in (5)-(6) is ``Ops.proven_negative`` of a value computed with
@@ -64,20 +72,27 @@ query slot uses its true position, the other slots the worst non-query position 
 max_x EUPU + sum_p a_p max_x (EVOU + max over all positions of PVOU)); (5) the output logit x = k
 is bounded separately from the others (the copy of k is the dominant wrong logit; the paper
 takes one max over all x per slot), and the group log-sum-exps give O(1) work per
-(q, m, k, c, r) instead of an n-slot softmax; (6) the c = 0 inputs are evaluated exactly; only
-valid keys are computed; every decision carries a rigorous rounding margin. On the paper's
+(q, m, k, c, r) instead of an n-slot softmax, and one test covers both placements and classes
+for most keys; (6) the c = 0 inputs are evaluated exactly; only valid keys are computed; every
+decision carries a rigorous rounding margin. On the paper's
 Max-of-4 seeds 50 and 104 the normalised bound rises from 0.946 / 0.960 (the paper's rule) to
 0.983 / 0.990.
-Cost: ``cubic_flops(V, n, d, dh)`` (asserted equal to the ledger in tests/test_cubic.py).
+Cost: ``cubic_flops(V, n, d, dh, per_c, rechecked)`` with the counts of triples and keys the
+one-shot tests leave to the next test (``details``; asserted equal to the ledger in
+tests/test_cubic.py), and ``cubic_int_ops``.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from jaxtyping import Bool
+from torch import Tensor
 
 from compact_proofs.config import ModelConfig
 from compact_proofs.core import circuits as circuits_mod
-from compact_proofs.core.rigorous import Ops, U
+from compact_proofs.core.rigorous import Approx, Ops, U
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs.cubic import cases, count, pessimize
 from compact_proofs.proofs.protocol import Certificate, Strategy, Verdict
@@ -94,10 +109,24 @@ def search(weights: Weights) -> Certificate:
     return {}
 
 
-def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
-    """Trusted checker (see the module docstring for Claim / Proof / Cost)."""
-    if certificate:
-        raise ProofPreconditionError("the cubic proof takes an empty certificate")
+@dataclass(frozen=True)
+class Stage:
+    """What every key's decision shares, kept for callers that refine the cubic proof."""
+
+    circ: circuits_mod.Circuits
+    EQKE_s: Approx  # [d_vocab_q, d_vocab_k] = EQKE / sqrt(d_head)
+    EQKP_s: Approx  # [d_vocab_q, n_ctx]
+    z: Approx  # [d_vocab_q] query slot score
+    groups: Approx | None  # [d_vocab_q, n_ctx - 2, placement, 2] log-weights (max, non-max)
+    lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
+    proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
+    per_c: int  # triples the all-c one-shot test left to the per-c one
+    rechecked: int  # (triple, c) pairs the one-shot tests left to the per-placement test
+
+
+def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], None]) -> Stage:
+    """Steps (1)-(6): decide every key, handing each chunk of homogeneous keys to ``on_chunk``.
+    Cost: ``cubic_flops(..., per_c, rechecked)`` minus the integer tally of step (7)."""
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     # math.sqrt is correctly rounded: s = sqrt(d_head)(1 + e), |e| <= u, so the exact scale is
@@ -108,27 +137,65 @@ def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
     eqke = ops.divide_by_real(circ.EQKE, s, 2 * U, label="cubic:attn")
     eqkp = ops.divide_by_real(circ.EQKP, s, 2 * U, label="cubic:attn")
     st = pessimize.slot_tables(circ.EUPU, circ.EVOU, circ.PVOU, ops, m_chunk)  # (2)
+    rows = pessimize.row_tops(st, ops) if V >= 3 else None
     z = pessimize.query_scores(eqke, eqkp, ops)  # (5) [q]
     groups = pessimize.placement_log_weights(eqkp, ops)  # (5) [q, n_c, 2, 2] or None
-    lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")  # (5) c = n-1
+    every_c = pessimize.every_c_ranges(groups, ops)  # (5) [q, lo/hi, group] or None
+    lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")  # (5), (6)
     proven0 = cases.single_inputs(  # (6)
-        eqke, eqkp, circ.EVOU, circ.PVOU, circ.EUPU, ops, pair_chunk=max(1, CHUNK_ELEMENTS // V)
+        eqke,
+        eqkp,
+        lse_all,
+        z,
+        circ.EVOU,
+        circ.PVOU,
+        circ.EUPU,
+        ops,
+        pair_chunk=max(1, CHUNK_ELEMENTS // V),
     )
-    keys = count.KeyCounts(V, n)
-    covered = count.Covered(V, n) if V**n <= EXPAND_LIMIT else None
+    per_c, rechecked = 0, 0
     max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
     for m0 in range(0, V, m_chunk):
         m1 = min(V, m0 + m_chunk)
-        rt = pessimize.range_tables(st, m0, m1, ops) if V >= 3 else None  # (2)
+        tops = (rows, pessimize.max_slot_tops(st, m0, m1, ops)) if rows is not None else None
         qi, mi, ki = cases.triples(m0, m1, V)
         for t0 in range(0, qi.numel(), max_triples):
             q, m, k = (x[t0 : t0 + max_triples] for x in (qi, mi, ki))
-            vals = pessimize.triple_values(st, rt, q, m, k, ops)  # (2) [T, cls, group]
-            chunk = cases.homogeneous_chunk(q, m, k, vals, eqke, z, groups, lse_all, ops)  # (5)
-            keys.add(chunk)
-            if covered is not None:
-                covered.add(chunk)
-    correct = keys.total(proven0)  # (7)
+            vals = pessimize.triple_values(st, tops, q, m, k, ops)  # (2) [T, cls, group]
+            chunk = cases.homogeneous_chunk(
+                q, m, k, vals, eqke, z, groups, every_c, lse_all, ops
+            )  # (5)
+            per_c += chunk.per_c
+            rechecked += chunk.rechecked
+            on_chunk(chunk)
+    return Stage(
+        circ=circ,
+        EQKE_s=eqke,
+        EQKP_s=eqkp,
+        z=z,
+        groups=groups,
+        lse_all=lse_all,
+        proven0=proven0,
+        per_c=per_c,
+        rechecked=rechecked,
+    )
+
+
+def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
+    """Trusted checker (see the module docstring for Claim / Proof / Cost)."""
+    if certificate:
+        raise ProofPreconditionError("the cubic proof takes an empty certificate")
+    V, n = weights.config.d_vocab, weights.config.n_ctx
+    keys = count.KeyCounts(V, n)
+    covered = count.Covered(V, n) if V**n <= EXPAND_LIMIT else None
+
+    def on_chunk(chunk: cases.Chunk) -> None:
+        keys.add(chunk)
+        if covered is not None:
+            covered.add(chunk)
+
+    stage = decide_keys(weights, ops, on_chunk)
+    correct = keys.total(stage.proven0)  # (7)
     count.tally_int_ops(ops.ledger, V, n)
 
     def expand() -> torch.Tensor:
@@ -136,18 +203,22 @@ def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
             raise ProofPreconditionError(
                 f"d_vocab**n_ctx = {V**n} inputs is too many to expand (limit {EXPAND_LIMIT})"
             )
-        return covered.mask(proven0)
+        return covered.mask(stage.proven0)
 
     details = {
-        "proven_c0": int(proven0.sum()),
+        "proven_c0": int(stage.proven0.sum()),
         "proven_keys": int((keys.N > 0).sum()),
         "proven_homogeneous": int(keys.N.sum()),
+        "per_c": stage.per_c,
+        "rechecked": stage.rechecked,
     }
     return Verdict(correct_count=correct, details=details, expand=expand)
 
 
-def cubic_flops(V: int, n: int, d: int, dh: int) -> int:
-    """Closed form of the checker's ledger total (independent of the weights and of chunking)."""
+def cubic_flops(V: int, n: int, d: int, dh: int, per_c: int, rechecked: int) -> int:
+    """Closed form of the checker's ledger total (independent of chunking) when ``per_c``
+    triples fail the all-c one-shot test and ``rechecked`` (triple, c) pairs the per-c one
+    (``details["per_c"]``, ``details["rechecked"]``)."""
     return (
         circuits_mod.circuits_flops(V, n, d, dh)
         + V * V
@@ -155,8 +226,14 @@ def cubic_flops(V: int, n: int, d: int, dh: int) -> int:
         + pessimize.pessimize_flops(V, n)
         + 4 * V * (n - 1)  # log-sum-exp over all non-query slots
         + cases.single_inputs_flops(V, n)
-        + cases.homogeneous_flops(V, n)
+        + cases.homogeneous_flops(V, n, per_c, rechecked)
     )
+
+
+def cubic_int_ops(V: int, n: int) -> int:
+    """Integer work: the counting tally plus the index comparisons of the class-1 maxima."""
+    selections = pessimize.TRIPLE_INT_OPS * cases.n_triples(V) if V >= 3 else 0
+    return count.cubic_int_ops(V, n) + selections
 
 
 def unexplained_dim(cfg: ModelConfig) -> int:

@@ -20,7 +20,9 @@ class Chunk:
     """Proof status of the homogeneous keys of one chunk of triples.
 
     ``proven[t, c-1]`` for c = 1 .. n-2 (all triples), ``proven_last[i]`` for c = n-1 on the
-    triples with q = m (``last_idx`` indexes them).
+    triples with q = m (``last_idx`` indexes them); ``per_c`` counts the triples the all-c
+    one-shot test left to the per-c one, ``rechecked`` the (triple, c) pairs left to the
+    per-placement test.
     """
 
     q: Int[Tensor, " triples"]
@@ -29,11 +31,15 @@ class Chunk:
     proven: Bool[Tensor, "triples n_c"]
     last_idx: Int[Tensor, " diag"]
     proven_last: Bool[Tensor, " diag"]
+    per_c: int
+    rechecked: int
 
 
 def single_inputs(
     EQKE_s: Approx,
     EQKP_s: Approx,
+    lse_nq: Approx,
+    z: Approx,
     EVOU: Approx,
     PVOU: Approx,
     EUPU: Approx,
@@ -43,29 +49,37 @@ def single_inputs(
     """Step (6): c = 0. The key (q, m), q <= m, is the single input (m, ..., m, q).
 
     Its logits are evaluated exactly along the path decomposition (true attention, true
-    positional terms): logit(x) = EUPU[q, x] + sum_p a_p PVOU[p, x] + a_max EVOU[m, x]
-    + a_q EVOU[q, x] with a = softmax of the input's scores, a_max = sum of the non-query slots.
+    positional terms). All n-1 non-query slots hold m, so their weights are a_max pi_q[p] with
+    pi_q = softmax_{p < n-1}(EQKP_s[q, p]) independent of m, and a_max, a_q the softmax of the
+    two groups' log-weights (EQKE_s[q, m] + lse_nq[q], z[q]) (lse_nq = log-sum-exp of the
+    non-query positional scores). Hence
+        logit(x) = EUPU[q, x] + a_max (EVOU[m, x] + Pbar[q, x]) + a_q R[q, x],
+    Pbar = pi @ PVOU[:n-1], R = EVOU + PVOU[n-1] (row q: the query slot's token and position).
     Proven iff max_{x != m} logit(x) - logit(m) < 0 rigorously. Entries with q > m are False.
-    Cost per pair (P = V(V+1)/2 pairs): n (scores) + softmax 2 (n-1) + 3n, matmul V (2n-1),
-    n - 2 (a_max), 5V (two products, three sums), V - 1 (max), 1 (difference), 2 (decision).
+    Cost: per query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R); per pair
+    (P = V(V+1)/2 pairs) 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 2 (decision).
     """
     V, n = EQKE_s.shape[0], EQKP_s.shape[1]
+    pi = ops.softmax(EQKP_s[:, : n - 1], dim=1, label="cubic:c0")  # [q, p]
+    pbar = ops.matmul(pi, PVOU[: n - 1], label="cubic:c0")  # [q, x]
+    R = ops.add(EVOU, PVOU[n - 1 :], label="cubic:c0")  # [q, x]
     qi_all, mi_all = torch.triu_indices(V, V)  # q <= m
     out = torch.zeros(V, V, dtype=torch.bool)
     for start in range(0, qi_all.numel(), pair_chunk):
         qi = qi_all[start : start + pair_chunk]
         mi = mi_all[start : start + pair_chunk]
-        keys = torch.cat([mi[:, None].expand(-1, n - 1), qi[:, None]], dim=1)  # [P, n] tokens
-        scores = ops.add(EQKE_s[qi[:, None], keys], EQKP_s[qi], label="cubic:c0")
-        alpha = ops.softmax(scores, dim=1, label="cubic:c0")  # [P, n]
-        pos = ops.matmul(alpha, PVOU, label="cubic:c0")  # [P, x]
-        a_max = ops.sum(alpha[:, : n - 1], dim=1, label="cubic:c0")  # [P]
-        a_q = alpha[:, n - 1]
+        logw = Ops.stack(
+            [ops.add(EQKE_s[qi, mi], lse_nq[qi], label="cubic:c0"), z[qi]], dim=1
+        )  # [P, 2]
+        alpha = ops.softmax(logw, dim=1, label="cubic:c0")  # [P, (max group, query)]
+        a_max = alpha[:, 0].map_layout(lambda t: t[:, None])
+        a_q = alpha[:, 1].map_layout(lambda t: t[:, None])
+        own = ops.add(EVOU[mi], pbar[qi], label="cubic:c0")  # [P, x]
         logits = ops.add(
-            ops.add(EUPU[qi], pos, label="cubic:c0"),
+            EUPU[qi],
             ops.add(
-                ops.mul(a_max.map_layout(lambda t: t[:, None]), EVOU[mi], label="cubic:c0"),
-                ops.mul(a_q.map_layout(lambda t: t[:, None]), EVOU[qi], label="cubic:c0"),
+                ops.mul(a_max, own, label="cubic:c0"),
+                ops.mul(a_q, R[qi], label="cubic:c0"),
                 label="cubic:c0",
             ),
             label="cubic:c0",
@@ -78,7 +92,8 @@ def single_inputs(
 
 def single_inputs_flops(V: int, n: int) -> int:
     P = V * (V + 1) // 2
-    return P * (n + 2 * (n - 1) + 3 * n + V * (2 * n - 1) + (n - 2) + 5 * V + (V - 1) + 1 + 2)
+    per_query = V * (2 * (n - 2) + 3 * (n - 1)) + V * V * (2 * (n - 1) - 1) + V * V
+    return per_query + P * (1 + 8 + 5 * V + (V - 1) + 1 + 2)
 
 
 def triples(m0: int, m1: int, V: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -103,43 +118,46 @@ def homogeneous_chunk(
     EQKE_s: Approx,
     z: Approx,
     groups: Approx | None,
+    every_c: Approx | None,
     lse_all: Approx,
     ops: Ops,
 ) -> Chunk:
     """Step (5): decide the homogeneous keys (q, m, k, c) of one chunk of triples.
 
-    ``vals[t, cls, group]`` are the step-(2) bounds (``pessimize.triple_values``). For
-    c = 1 .. n-2 and each extreme placement r, the group attention is the softmax of the
-    log-weights (EQKE_s[q, m] + G[q, c, r, 0], EQKE_s[q, k] + G[q, c, r, 1], z[q]) and the bound
-    of class cls is B = sum_group alpha_group vals[cls, group]; proven iff the max over r and
-    cls is < 0 rigorously. For c = n-1 (q = m only) there is no max slot outside the query:
-    groups (EQKE_s[m, k] + lse_all[m], z[m]) with the non-max and query values.
-    Cost: 55 per (triple, c) and 18 per q = m triple (``homogeneous_flops``).
+    ``vals[t, cls, group]`` are the step-(2) bounds (``pessimize.triple_values``). Keys with
+    c = 1 .. n-2 are decided by ``one_shot`` for every c at once (log-weight ranges
+    ``every_c``, when there are two or more such c), then per c for the triples that fail,
+    then ``per_placement`` for the keys still unproven. Keys with c = n-1 (q = m only) have no
+    max slot outside the query: groups (EQKE_s[m, k] + lse_all[m], z[m]) with the non-max and
+    query values.
+    Cost: ``homogeneous_flops``.
     """
     T = qi.numel()
     diag = torch.nonzero(qi == mi, as_tuple=True)[0]
+    per_c, rechecked = 0, 0
     if groups is not None and T:
         n_c = groups.shape[1]
-        # Layout [group, c, r, (cls,) triple]: the long triple axis innermost, so every step is
-        # a vectorised pass, and the reductions over groups, r and cls run across rows.
-        g = groups.map_layout(lambda t: t.permute(1, 2, 3, 0).contiguous())[..., qi]
-
-        def per_triple(a: Approx) -> Approx:  # [T] -> [n_c, r, T]
-            return a.map_layout(lambda t: t.expand(n_c, 2, T))
-
-        a_max = ops.add(per_triple(EQKE_s[qi, mi]), g[:, :, 0], label="cubic:attn")
-        a_k = ops.add(per_triple(EQKE_s[qi, ki]), g[:, :, 1], label="cubic:attn")
-        logw = Ops.stack([a_max, a_k, per_triple(z[qi])], dim=0)  # [group, n_c, r, T]
-        alpha = ops.softmax(logw, dim=0, label="cubic:attn")
-        vals_g = vals.map_layout(lambda t: t.permute(2, 1, 0).contiguous()[:, None, None])
-        weighted = ops.mul(
-            alpha.map_layout(lambda t: t[:, :, :, None, :]),  # [group, n_c, r, 1, T]
-            vals_g,  # [group, 1, 1, cls, T]
-            label="cubic:lw",
-        )
-        bound = ops.sum(weighted, dim=0, label="cubic:lw")  # [n_c, r, cls, T]
-        worst = ops.amax(bound.map_layout(lambda t: t.flatten(1, 2)), dim=1, label="cubic:lw")
-        proven = ops.proven_negative(worst, label="cubic:decide").T  # [T, n_c]
+        v = ops.maximum(vals[:, 0], vals[:, 1], label="cubic:lw")  # [T, group]
+        u = ops.upper_exact(v, label="cubic:lw")  # float upper bounds, exact as reals
+        eq_m, eq_k, zq = EQKE_s[qi, mi], EQKE_s[qi, ki], z[qi]
+        proven = torch.zeros(n_c, T, dtype=torch.bool)
+        todo = torch.arange(T)
+        if every_c is not None:
+            rng = every_c.map_layout(lambda t: t[qi].permute(1, 2, 0)[:, :, None])  # [2, 2, 1, T]
+            all_c = one_shot(eq_m, eq_k, zq, u, rng, ops)[0]
+            proven[:, all_c] = True
+            todo = torch.nonzero(~all_c, as_tuple=True)[0]
+        per_c = todo.numel()
+        if per_c:
+            rng = groups.map_layout(lambda t: _ranges_per_c(t[qi[todo]]))  # [2, 2, n_c, T']
+            proven[:, todo] = one_shot(eq_m[todo], eq_k[todo], zq[todo], u[todo], rng, ops)
+        ci, ti = torch.nonzero(~proven, as_tuple=True)
+        rechecked = ti.numel()
+        if rechecked:
+            proven[ci, ti] = per_placement(
+                qi[ti], mi[ti], ki[ti], ci, vals[ti], EQKE_s, z, groups, ops
+            )
+        proven = proven.T  # [T, n_c]
     else:
         proven = torch.zeros(T, 0, dtype=torch.bool)
     proven_last = torch.zeros(0, dtype=torch.bool)
@@ -148,19 +166,129 @@ def homogeneous_chunk(
         logw = Ops.stack(
             [ops.add(EQKE_s[m, k], lse_all[m], label="cubic:attn"), z[m]], dim=-1
         )  # [D, 2]
-        alpha = ops.softmax(logw, dim=-1, label="cubic:attn")
+        w = ops.exp_shifted(logw, dim=-1, label="cubic:attn")
         weighted = ops.mul(
-            alpha.map_layout(lambda t: t[:, None, :]),  # [D, 1, group]
+            w.map_layout(lambda t: t[:, None, :]),  # [D, 1, group]
             vals[diag].map_layout(lambda t: t[:, :, 1:]),  # [D, cls, (non-max, query)]
             label="cubic:lw",
         )
         bound = ops.sum(weighted, dim=-1, label="cubic:lw")  # [D, cls]
         worst = ops.amax(bound, dim=-1, label="cubic:lw")
         proven_last = ops.proven_negative(worst, label="cubic:decide")
-    return Chunk(q=qi, m=mi, k=ki, proven=proven, last_idx=diag, proven_last=proven_last)
+    return Chunk(
+        q=qi,
+        m=mi,
+        k=ki,
+        proven=proven,
+        last_idx=diag,
+        proven_last=proven_last,
+        per_c=per_c,
+        rechecked=rechecked,
+    )
 
 
-def homogeneous_flops(V: int, n: int) -> int:
-    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over all triples."""
-    per_triple = 5 if V < 3 else 9
-    return n_triples(V) * (per_triple + max(n - 2, 0) * 55) + (V * (V - 1) // 2) * 18
+def _ranges_per_c(g: Tensor) -> Tensor:
+    """[T, n_c, r, group] log-weights -> [lo/hi, group, n_c, T]: the max group is lowest with
+    the max tokens on the lowest positional scores (r = 0), the non-max group with r = 1."""
+    lo = torch.stack([g[:, :, 0, 0], g[:, :, 1, 1]])  # [group, T, n_c]
+    hi = torch.stack([g[:, :, 1, 0], g[:, :, 0, 1]])
+    return torch.stack([lo, hi]).transpose(2, 3)
+
+
+def one_shot(
+    eq_m: Approx,
+    eq_k: Approx,
+    zq: Approx,
+    u: Approx,
+    ranges: Approx,
+    ops: Ops,
+) -> Bool[Tensor, "n_cases triples"]:
+    """Step (5), one test for a range of placements (and counts c) and both classes of outputs.
+
+    Per triple (q, m, k): ``eq_m`` = EQKE_s[q, m], ``eq_k`` = EQKE_s[q, k], ``zq`` = z[q];
+    ``u[t, group]`` exact floats >= max_cls vals[cls, group]; ``ranges[lo/hi, group, case, t]``
+    bound the group log-sum-exps log S(pi) (max group) and log(T - S(pi)) (non-max group) over
+    the placements of each case (one c: between the extreme placements; all c: over them all).
+    Claim: if proven[case, t], every key (q, m, k, c) of the case has F_x(pi) < 0 for every
+    placement pi and every x != m.
+    Proof: F_x(pi) = sum_g e^{L_g(pi)} H_g(x) <= sum_g e^{L_g(pi)} u_g with L_max = eq_m +
+    log S(pi), L_k = eq_k + log(T - S(pi)), L_query = zq. Each term e^{L_g} u_g is largest at
+    the low end of L_g's range if u_g < 0 and at the high end otherwise; with those ends L*_g,
+    F_x(pi) <= sum_g e^{L*_g} u_g, whose sign is that of sum_g exp_shifted(L*)_g u_g. Proven
+    iff that is < 0 rigorously. The bound is never below the per-placement bound of the same
+    key, so it proves a subset of that test's keys.                                       QED
+    Cost: 19 per (case, triple).
+    """
+    C, T = ranges.shape[2], u.shape[0]
+    neg = (u.mid < 0).T[:, None, :].expand(3, C, T)  # [group, case, T]
+
+    def end(group: int) -> Approx:  # the low end where u < 0, else the high end
+        return ops.where(neg[group], ranges[0, group], ranges[1, group], label="cubic:attn")
+
+    def per_triple(a: Approx) -> Approx:  # [T] -> [case, T]
+        return a.map_layout(lambda t: t.expand(C, T))
+
+    L = Ops.stack(
+        [
+            ops.add(per_triple(eq_m), end(0), label="cubic:attn"),
+            ops.add(per_triple(eq_k), end(1), label="cubic:attn"),
+            per_triple(zq),
+        ],
+        dim=0,
+    )  # [group, case, T]
+    w = ops.exp_shifted(L, dim=0, label="cubic:attn")
+    F = ops.sum(ops.mul(w, u.map_layout(lambda t: t.T[:, None, :]), label="cubic:lw"), dim=0)
+    return ops.proven_negative(F, label="cubic:decide")
+
+
+def per_placement(
+    qi: Tensor,
+    mi: Tensor,
+    ki: Tensor,
+    ci: Tensor,
+    vals: Approx,
+    EQKE_s: Approx,
+    z: Approx,
+    groups: Approx,
+    ops: Ops,
+) -> Bool[Tensor, " pairs"]:
+    """Step (5) as in the package docstring, for a flat list of (triple, c - 1) pairs: at each
+    extreme placement r the log-weights (EQKE_s[q, m] + G[q, c, r, 0], EQKE_s[q, k] +
+    G[q, c, r, 1], z[q]), and per class B = sum_g w_g vals[cls, g] with w = exp_shifted of the
+    log-weights (a positive multiple of the softmax); proven iff the max over r and cls is < 0
+    rigorously. Cost: 45 per pair."""
+    P = qi.numel()
+    g = groups.map_layout(lambda t: t[qi, ci].permute(2, 1, 0))  # [2 (group), r, P]
+    a_max = ops.add(EQKE_s[qi, mi].map_layout(lambda t: t.expand(2, P)), g[0], label="cubic:attn")
+    a_k = ops.add(EQKE_s[qi, ki].map_layout(lambda t: t.expand(2, P)), g[1], label="cubic:attn")
+    logw = Ops.stack([a_max, a_k, z[qi].map_layout(lambda t: t.expand(2, P))], dim=0)
+    w = ops.exp_shifted(logw, dim=0, label="cubic:attn")  # [group, r, P]
+    weighted = ops.mul(
+        w.map_layout(lambda t: t[:, :, None, :]),  # [group, r, 1, P]
+        vals.map_layout(lambda t: t.permute(2, 1, 0)[:, None]),  # [group, 1, cls, P]
+        label="cubic:lw",
+    )
+    bound = ops.sum(weighted, dim=0, label="cubic:lw")  # [r, cls, P]
+    worst = ops.amax(bound.map_layout(lambda t: t.flatten(0, 1)), dim=0, label="cubic:lw")
+    return ops.proven_negative(worst, label="cubic:decide")
+
+
+UPPER_PER_TRIPLE = 6  # class max and upper bound of the values
+ONE_SHOT = 19
+PER_PLACEMENT = 45
+
+
+def homogeneous_flops(V: int, n: int, per_c: int, rechecked: int) -> int:
+    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over all triples, when
+    ``per_c`` triples go to the per-c one-shot test (all of them if n = 3) and ``rechecked``
+    (triple, c) pairs to the per-placement test."""
+    per_triple = 5 if V < 3 else 12
+    n_c = max(n - 2, 0)
+    if n_c:
+        per_triple += UPPER_PER_TRIPLE + (ONE_SHOT if n_c >= 2 else 0)
+    return (
+        n_triples(V) * per_triple
+        + per_c * ONE_SHOT * n_c
+        + rechecked * PER_PLACEMENT
+        + (V * (V - 1) // 2) * 15
+    )

@@ -70,42 +70,57 @@ def slot_tables(EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops, m_chunk: int
     return SlotTables(EUPU=EUPU, own=own, base=base, W=W, Ck=Ck, ev_nk=ev_nk)
 
 
+# Index comparisons per triple of ``triple_values`` (``first_not_excluded``: 2 x 1 + 3 x 2 x 2).
+TRIPLE_INT_OPS = 14
+
+
 @dataclass(frozen=True)
-class RangeTables:
-    """Leave-one-out maxima for the max tokens m0 <= m < m1 (``[q, m - m0, k]``): the max over
-    x not in {m, k} of EUPU[q, x] + own[m, x], of W[q, x], and of EUPU[q, x]."""
+class RowTops:
+    """Top entries of the rows the class-1 maxima (x not in {m, k}) are taken over.
+
+    ``W``/``direct``: the 3 largest of W[q, :] and EUPU[q, :] per query q (two exclusions m, k
+    leave at least one). Built once.
+    """
+
+    W: Approx  # [d_vocab_q, 3]
+    W_idx: Tensor  # [d_vocab_q, 3]
+    direct: Approx  # [d_vocab_q, 3]
+    direct_idx: Tensor  # [d_vocab_q, 3]
+
+
+def row_tops(st: SlotTables, ops: Ops) -> RowTops:
+    """Cost: 2 V (3 (V - 1) - 3)."""
+    W, W_idx = ops.top_k(st.W, 3, label="cubic:ov")
+    direct, direct_idx = ops.top_k(st.EUPU, 3, label="cubic:ov")
+    return RowTops(W=W, W_idx=W_idx, direct=direct, direct_idx=direct_idx)
+
+
+@dataclass(frozen=True)
+class MaxSlotTops:
+    """For the max tokens m0 <= m < m1: the 2 largest over x != m of EUPU[q, x] + own[m, x]
+    (``[q, m - m0, 2]``), so that one more exclusion (x = k) leaves one."""
 
     m0: int
-    max_slot: Approx
-    query_slot: Approx
-    direct: Approx
+    top: Approx
+    idx: Tensor
 
 
-def range_tables(st: SlotTables, m0: int, m1: int, ops: Ops) -> RangeTables:
-    """Cost for mc = m1 - m0: V mc V (sum) + 3 (V mc (2V - 4) + 2 V mc V)."""
+def max_slot_tops(st: SlotTables, m0: int, m1: int, ops: Ops) -> MaxSlotTops:
+    """Cost for mc = m1 - m0: V mc V (sum) + V mc (2 (V - 2) - 1) (top two of V - 1)."""
     V = st.EUPU.shape[0]
-    mc = m1 - m0
-    ms = torch.arange(m0, m1)[None, :]  # excluded x = m, broadcast over q
-
-    def expand(a: Approx) -> Approx:  # [q, x] -> [q, mc, x]
-        return a.map_layout(lambda t: t[:, None, :].expand(V, mc, V))
-
     s = ops.add(
         st.EUPU.map_layout(lambda t: t[:, None, :]),
         st.own[m0:m1].map_layout(lambda t: t[None]),
         label="cubic:ov",
     )  # [q, mc, x]
-    return RangeTables(
-        m0=m0,
-        max_slot=ops.amax_leave_one_out(s, dim=2, exclude=ms, label="cubic:ov"),
-        query_slot=ops.amax_leave_one_out(expand(st.W), dim=2, exclude=ms, label="cubic:ov"),
-        direct=ops.amax_leave_one_out(expand(st.EUPU), dim=2, exclude=ms, label="cubic:ov"),
-    )
+    ms = torch.arange(m0, m1)[None, :].expand(V, m1 - m0)
+    top, idx = ops.top_k(s, 2, exclude=ms, label="cubic:ov")
+    return MaxSlotTops(m0=m0, top=top, idx=idx)
 
 
 def triple_values(
     st: SlotTables,
-    rt: RangeTables | None,
+    tops: tuple[RowTops, MaxSlotTops] | None,
     q: Int[Tensor, " triples"],
     m: Int[Tensor, " triples"],
     k: Int[Tensor, " triples"],
@@ -115,21 +130,27 @@ def triple_values(
 
     cls 0 (x = k): Dmax[q,m,k], Dk[q,m,k,k], Dz[q,m,k] (exact values).
     cls 1 (x not in {m, k}): max_x Dmax, max_x EUPU-part + max_x EVOU/PVnq-part (>= max_x Dk),
-    max_x Dz. ``rt`` is None when d_vocab = 2 (class 1 is empty; class 0 is repeated).
-    Cost per triple: 5 (class 0) + 4 (class 1).
+    max_x Dz, each max read from the row tops (``first_not_excluded``). ``tops`` is None when
+    d_vocab = 2 (class 1 is empty; class 0 is repeated).
+    Cost per triple: 5 (class 0) + 4 + 3 selections (class 1), and 14 integer comparisons.
     """
     eu_q_m = st.EUPU[q, m]
     d_max = ops.sub(ops.add(st.EUPU[q, k], st.own[m, k], label="cubic:lw"), st.base[q, m])
     d_k = ops.add(ops.sub(st.EUPU[q, k], eu_q_m, label="cubic:lw"), st.Ck[m, k], label="cubic:lw")
     d_z = ops.sub(st.W[q, k], st.W[q, m], label="cubic:lw")
     cls0 = Ops.stack([d_max, d_k, d_z], dim=-1)
-    if rt is None:
+    if tops is None:
         return Ops.stack([cls0, cls0], dim=1)
-    j = m - rt.m0
-    v_max = ops.sub(rt.max_slot[q, j, k], st.base[q, m], label="cubic:lw")
-    eu_nk = ops.sub(rt.direct[q, j, k], eu_q_m, label="cubic:lw")
+    rows, ms = tops
+    j = m - ms.m0
+    mk = torch.stack([m, k], dim=-1)  # [T, 2]
+    max_slot = ops.first_not_excluded(ms.top[q, j], ms.idx[q, j], k[:, None], label="cubic:ov")
+    query_slot = ops.first_not_excluded(rows.W[q], rows.W_idx[q], mk, label="cubic:ov")
+    direct = ops.first_not_excluded(rows.direct[q], rows.direct_idx[q], mk, label="cubic:ov")
+    v_max = ops.sub(max_slot, st.base[q, m], label="cubic:lw")
+    eu_nk = ops.sub(direct, eu_q_m, label="cubic:lw")
     v_k = ops.add(eu_nk, st.ev_nk[m, k], label="cubic:lw")
-    v_z = ops.sub(rt.query_slot[q, j, k], st.W[q, m], label="cubic:lw")
+    v_z = ops.sub(query_slot, st.W[q, m], label="cubic:lw")
     return Ops.stack([cls0, Ops.stack([v_max, v_k, v_z], dim=-1)], dim=1)  # [T, 2, 3]
 
 
@@ -169,13 +190,28 @@ def placement_log_weights(EQKP_s: Approx, ops: Ops) -> Approx | None:
     return Ops.stack(per_c, dim=1)  # [q, n_c, 2, 2]
 
 
+def every_c_ranges(groups: Approx | None, ops: Ops) -> Approx | None:
+    """``R[q, lo/hi, group]``: the min and max over every c = 1 .. n-2 and both extreme
+    placements of the group log-weights ``groups[q, c-1, r, group]``. Every placement's
+    log S(pi) and log(T - S(pi)) lie between the extremes of its c, hence in these ranges.
+    None unless there are two or more such c. Cost: 4 V (2 (n - 2) - 1)."""
+    if groups is None or groups.shape[1] < 2:
+        return None
+    flat = groups.map_layout(lambda t: t.flatten(1, 2))  # [q, (c, r), group]
+    lo = ops.amin(flat, dim=1, label="cubic:attn")
+    hi = ops.amax(flat, dim=1, label="cubic:attn")
+    return Ops.stack([lo, hi], dim=1)
+
+
 def pessimize_flops(V: int, n: int) -> int:
-    """Closed form of the ledger total of ``slot_tables``, all ``range_tables`` (V >= 3),
-    ``query_scores`` and ``placement_log_weights``."""
+    """Closed form of the ledger total of ``slot_tables``, ``row_tops`` and all
+    ``max_slot_tops`` (V >= 3), ``query_scores``, ``placement_log_weights`` and
+    ``every_c_ranges``."""
     V2, V3 = V * V, V**3
     tables = (n - 1) * V2 + V2 * (n - 2) + V2 + V2 + 2 * V2 + 2 * V2
     tables += 0 if V < 3 else V3 + V2 * (V - 1) + V2
-    ranges = 0 if V < 3 else V3 + 3 * (V2 * (2 * V - 4) + 2 * V3)
+    tops = 0 if V < 3 else 2 * V * (3 * (V - 1) - 3) + V3 + V2 * (2 * (V - 2) - 1)
     z = V
     groups = 0 if n < 3 else V * (n - 2) + (n - 2) * 8 * V * (n - 1)
-    return tables + ranges + z + groups
+    ranges = 0 if n < 4 else 4 * V * (2 * (n - 2) - 1)
+    return tables + tops + z + groups + ranges
