@@ -96,10 +96,10 @@ def part1(root: Path, runs: int, train: bool) -> None:
 def budget_curve(w, budgets_extra: list[int]) -> tuple[list[tuple[int, int, float]], float, int]:
     """[(budget, FLOPs of the check, bound)], the cubic bound and the cubic stage's FLOPs."""
     cfg = w.config
-    base = cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head)
     t0 = time.perf_counter()
     state = searcher.explore(w)
     print(f"  search (once): {time.perf_counter() - t0:.1f} s")
+    base = state.ck.flops
     full = searcher.for_budget(cfg, state, None)["predicted"]
     budgets = sorted({int(base * f) for f in BUDGET_FACTORS} | set(budgets_extra) | {full})
     rows = []

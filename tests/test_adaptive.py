@@ -12,6 +12,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs import adaptive, cubic
 from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher
+from compact_proofs.proofs.cubic import cases
 
 SMALL = ["trained-V8-K3", "random-V6-K4-sharp", "planted-V8-K4-noisy", "neartie-planted-V7-K4"]
 
@@ -92,11 +93,10 @@ def test_empty_certificate_is_the_cubic_proof(soundness_model):
     w, _ = soundness_model("trained-V10-K4-partial")
     out, ledger = _run(w, {})
     cfg = w.config
-    assert out.correct == cubic.check(w, {}, Ops()).correct_count
     v = cubic.check(w, {}, Ops())
-    assert ledger.flop == cubic.cubic_flops(
-        cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head, v.details["per_c"], v.details["rechecked"]
-    )
+    assert out.correct == v.correct_count
+    tiers = cases.Tiers.from_details(v.details)
+    assert ledger.flop == cubic.cubic_flops(cfg.d_vocab, cfg.n_ctx, cfg.d_model, cfg.d_head, tiers)
 
 
 def test_budget_names():

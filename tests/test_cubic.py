@@ -164,9 +164,7 @@ def test_counting_partitions_all_inputs(V, n):
 def test_flops_equal_closed_form(V, n, d, dh):
     ops = Ops()
     v = cubic.check(models.random_weights(V, n, d, dh, seed=V * n), {}, ops)
-    assert ops.ledger.flop == cubic.cubic_flops(
-        V, n, d, dh, v.details["per_c"], v.details["rechecked"]
-    )
+    assert ops.ledger.flop == cubic.cubic_flops(V, n, d, dh, cases.Tiers.from_details(v.details))
     assert ops.ledger.int_op == cubic.cubic_int_ops(V, n)
     assert ops.ledger.branch == count_mod.cubic_branches(V, n)
     assert 0 <= v.correct_count <= V**n
@@ -174,7 +172,8 @@ def test_flops_equal_closed_form(V, n, d, dh):
 
 def test_paper_shape_flops_are_below_the_papers():
     T = cases.n_triples(64)  # even if the one-shot tests proved nothing
-    assert cubic.cubic_flops(64, 4, 32, 32, T, 2 * T) < 35_181_664  # reference-algorithms §12
+    worst = cases.Tiers(per_c=T, rechecked=2 * T, exact_c0=64 * 65 // 2)
+    assert cubic.cubic_flops(64, 4, 32, 32, worst) < 35_181_664  # reference-algorithms §12
 
 
 def test_chunking_changes_nothing(monkeypatch):
@@ -222,7 +221,5 @@ def test_paper_models_beat_the_papers_cubic(seed, paper_model):
 def test_runs_at_paper_scale(V, n):
     ops = Ops()
     v = cubic.check(models.random_weights(V, n, 32, seed=1, scale=0.14), {}, ops)
-    assert ops.ledger.flop == cubic.cubic_flops(
-        V, n, 32, 32, v.details["per_c"], v.details["rechecked"]
-    )
+    assert ops.ledger.flop == cubic.cubic_flops(V, n, 32, 32, cases.Tiers.from_details(v.details))
     assert 0 <= v.correct_count <= V**n

@@ -71,7 +71,7 @@ def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
     """Stage 1: the cubic checker's steps (1)-(6) (``cubic.decide_keys``), keeping every key's
     verdict.
 
-    Cost: exactly ``cubic.cubic_flops`` with the stage's ``per_c`` and ``rechecked``, plus the
+    Cost: exactly ``cubic.cubic_flops`` with the stage's ``tiers``, plus the
     cubic's integer tally (the same operations as ``cubic.check``).
     """
     cfg = weights.config
@@ -88,7 +88,7 @@ def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
         lse_all=stage.lse_all,
         proven=covered.proven,
         proven0=stage.proven0,
-        flops=cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, stage.per_c, stage.rechecked),
+        flops=cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, stage.tiers),
     )
 
 

@@ -59,9 +59,10 @@ Proof:
       are never below the per-placement one, so the verdicts are the per-placement test's;
       all tests take signs of sum_g e^{L_g} H_g after dividing by a positive e^{max L}, not
       the normalised softmax.
-  (6) c = 0: the key is one input; its logits are evaluated exactly with (1) (no ablation;
-      the n-1 slots holding m share one positional mixture per query) and proven0[q, m] iff
-      max_{x != m} logit(x) - logit(m) < 0.
+  (6) c = 0: the key is one input. A one-shot test as in (5) (two groups: the n-1 slots
+      holding m, and the query) proves most; the others are evaluated exactly with (1) (no
+      ablation; the n-1 slots holding m share one positional mixture per query), proven0[q, m]
+      iff max_{x != m} logit(x) - logit(m) < 0.
   (7) Counting: the keys partition all V^n inputs (sum_c C(n-1,c) m^c = (m+1)^{n-1} for q = m,
       minus m^{n-1} for q < m; summed over q <= m and m this is V^n). Counts are exact Python
       ints. Every comparison in (5)-(6) is ``Ops.proven_negative`` of a value computed with
@@ -77,9 +78,9 @@ for most keys; (6) the c = 0 inputs are evaluated exactly; only valid keys are c
 decision carries a rigorous rounding margin. On the paper's
 Max-of-4 seeds 50 and 104 the normalised bound rises from 0.946 / 0.960 (the paper's rule) to
 0.983 / 0.990.
-Cost: ``cubic_flops(V, n, d, dh, per_c, rechecked)`` with the counts of triples and keys the
-one-shot tests leave to the next test (``details``; asserted equal to the ledger in
-tests/test_cubic.py), and ``cubic_int_ops``.
+Cost: ``cubic_flops(V, n, d, dh, tiers)`` with the counts of keys the one-shot tests leave to
+the next test (``details``; asserted equal to the ledger in tests/test_cubic.py), and
+``cubic_int_ops``.
 """
 
 import math
@@ -120,13 +121,12 @@ class Stage:
     groups: Approx | None  # [d_vocab_q, n_ctx - 2, placement, 2] log-weights (max, non-max)
     lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
     proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
-    per_c: int  # triples the all-c one-shot test left to the per-c one
-    rechecked: int  # (triple, c) pairs the one-shot tests left to the per-placement test
+    tiers: cases.Tiers  # what each cheaper test left to the next (the FLOPs depend on it)
 
 
 def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], None]) -> Stage:
     """Steps (1)-(6): decide every key, handing each chunk of homogeneous keys to ``on_chunk``.
-    Cost: ``cubic_flops(..., per_c, rechecked)`` minus the integer tally of step (7)."""
+    Cost: ``cubic_flops(..., tiers)`` minus the integer tally of step (7)."""
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     # math.sqrt is correctly rounded: s = sqrt(d_head)(1 + e), |e| <= u, so the exact scale is
@@ -142,7 +142,33 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
     groups = pessimize.placement_log_weights(eqkp, ops)  # (5) [q, n_c, 2, 2] or None
     every_c = pessimize.every_c_ranges(groups, ops)  # (5) [q, lo/hi, group] or None
     lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")  # (5), (6)
-    proven0 = cases.single_inputs(  # (6)
+    tiers = cases.Tiers()
+    c0_q, c0_m, c0_ok = [], [], []  # c = 0 pairs (q <= m) and their one-shot verdicts
+    max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
+    for m0 in range(0, V, m_chunk):
+        m1 = min(V, m0 + m_chunk)
+        tops = (rows, pessimize.max_slot_tops(st, m0, m1, ops)) if rows is not None else None
+        q0, m_ = _pairs(m0, m1, V)
+        c0_q.append(q0)
+        c0_m.append(m_)
+        if tops is not None:  # (6) one-shot
+            c0_ok.append(cases.single_one_shot(q0, m_, st, tops, eqke, lse_all, z, ops))
+        else:
+            c0_ok.append(torch.zeros(q0.numel(), dtype=torch.bool))
+        qi, mi, ki = cases.triples(m0, m1, V)
+        for t0 in range(0, qi.numel(), max_triples):
+            q, m, k = (x[t0 : t0 + max_triples] for x in (qi, mi, ki))
+            vals = pessimize.triple_values(st, tops, q, m, k, ops)  # (2) [T, cls, group]
+            chunk = cases.homogeneous_chunk(
+                q, m, k, vals, eqke, z, groups, every_c, lse_all, ops
+            )  # (5)
+            tiers += chunk.tiers
+            on_chunk(chunk)
+    q0, m_, ok = torch.cat(c0_q), torch.cat(c0_m), torch.cat(c0_ok)
+    left = ~ok
+    ok[left] = cases.single_inputs(  # (6) exactly
+        q0[left],
+        m_[left],
         eqke,
         eqkp,
         lse_all,
@@ -153,21 +179,8 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         ops,
         pair_chunk=max(1, CHUNK_ELEMENTS // V),
     )
-    per_c, rechecked = 0, 0
-    max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
-    for m0 in range(0, V, m_chunk):
-        m1 = min(V, m0 + m_chunk)
-        tops = (rows, pessimize.max_slot_tops(st, m0, m1, ops)) if rows is not None else None
-        qi, mi, ki = cases.triples(m0, m1, V)
-        for t0 in range(0, qi.numel(), max_triples):
-            q, m, k = (x[t0 : t0 + max_triples] for x in (qi, mi, ki))
-            vals = pessimize.triple_values(st, tops, q, m, k, ops)  # (2) [T, cls, group]
-            chunk = cases.homogeneous_chunk(
-                q, m, k, vals, eqke, z, groups, every_c, lse_all, ops
-            )  # (5)
-            per_c += chunk.per_c
-            rechecked += chunk.rechecked
-            on_chunk(chunk)
+    proven0 = torch.zeros(V, V, dtype=torch.bool)
+    proven0[q0, m_] = ok
     return Stage(
         circ=circ,
         EQKE_s=eqke,
@@ -176,9 +189,14 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         groups=groups,
         lse_all=lse_all,
         proven0=proven0,
-        per_c=per_c,
-        rechecked=rechecked,
+        tiers=tiers + cases.Tiers(exact_c0=int(left.sum())),
     )
+
+
+def _pairs(m0: int, m1: int, V: int) -> tuple[Tensor, Tensor]:
+    """All (q, m) with m0 <= m < m1 and q <= m."""
+    m, q = torch.nonzero(torch.arange(V)[None, :] <= torch.arange(m0, m1)[:, None], as_tuple=True)
+    return q, m + m0
 
 
 def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
@@ -209,30 +227,31 @@ def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
         "proven_c0": int(stage.proven0.sum()),
         "proven_keys": int((keys.N > 0).sum()),
         "proven_homogeneous": int(keys.N.sum()),
-        "per_c": stage.per_c,
-        "rechecked": stage.rechecked,
+        "per_c": stage.tiers.per_c,
+        "rechecked": stage.tiers.rechecked,
+        "exact_c0": stage.tiers.exact_c0,
     }
     return Verdict(correct_count=correct, details=details, expand=expand)
 
 
-def cubic_flops(V: int, n: int, d: int, dh: int, per_c: int, rechecked: int) -> int:
-    """Closed form of the checker's ledger total (independent of chunking) when ``per_c``
-    triples fail the all-c one-shot test and ``rechecked`` (triple, c) pairs the per-c one
-    (``details["per_c"]``, ``details["rechecked"]``)."""
+def cubic_flops(V: int, n: int, d: int, dh: int, tiers: cases.Tiers) -> int:
+    """Closed form of the checker's ledger total (independent of chunking) when the cheaper
+    tests leave ``tiers`` to the next ones (``details`` per_c, rechecked, exact_c0)."""
     return (
         circuits_mod.circuits_flops(V, n, d, dh)
         + V * V
         + V * n  # divide EQKE, EQKP by s
         + pessimize.pessimize_flops(V, n)
         + 4 * V * (n - 1)  # log-sum-exp over all non-query slots
-        + cases.single_inputs_flops(V, n)
-        + cases.homogeneous_flops(V, n, per_c, rechecked)
+        + cases.single_inputs_flops(V, n, tiers.exact_c0)
+        + cases.homogeneous_flops(V, n, tiers.per_c, tiers.rechecked)
     )
 
 
 def cubic_int_ops(V: int, n: int) -> int:
     """Integer work: the counting tally plus the index comparisons of the class-1 maxima."""
-    selections = pessimize.TRIPLE_INT_OPS * cases.n_triples(V) if V >= 3 else 0
+    pairs = V * (V + 1) // 2
+    selections = pessimize.TRIPLE_INT_OPS * cases.n_triples(V) + 3 * pairs if V >= 3 else 0
     return count.cubic_int_ops(V, n) + selections
 
 

@@ -13,6 +13,28 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
+from compact_proofs.proofs.cubic import pessimize
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """How many keys each cheaper test left to the next one (the cubic's FLOPs depend on it)."""
+
+    per_c: int = 0  # triples the all-c one-shot test left to the per-c one
+    rechecked: int = 0  # (triple, c) pairs the one-shot tests left to the per-placement test
+    exact_c0: int = 0  # c = 0 inputs the one-shot test left to the exact evaluation
+
+    @classmethod
+    def from_details(cls, details: dict) -> "Tiers":
+        """The counts the cubic checker reports in its verdict's details."""
+        return cls(details["per_c"], details["rechecked"], details["exact_c0"])
+
+    def __add__(self, other: "Tiers") -> "Tiers":
+        return Tiers(
+            self.per_c + other.per_c,
+            self.rechecked + other.rechecked,
+            self.exact_c0 + other.exact_c0,
+        )
 
 
 @dataclass(frozen=True)
@@ -20,9 +42,7 @@ class Chunk:
     """Proof status of the homogeneous keys of one chunk of triples.
 
     ``proven[t, c-1]`` for c = 1 .. n-2 (all triples), ``proven_last[i]`` for c = n-1 on the
-    triples with q = m (``last_idx`` indexes them); ``per_c`` counts the triples the all-c
-    one-shot test left to the per-c one, ``rechecked`` the (triple, c) pairs left to the
-    per-placement test.
+    triples with q = m (``last_idx`` indexes them).
     """
 
     q: Int[Tensor, " triples"]
@@ -31,11 +51,48 @@ class Chunk:
     proven: Bool[Tensor, "triples n_c"]
     last_idx: Int[Tensor, " diag"]
     proven_last: Bool[Tensor, " diag"]
-    per_c: int
-    rechecked: int
+    tiers: Tiers
+
+
+def single_one_shot(
+    q: Int[Tensor, " pairs"],
+    m: Int[Tensor, " pairs"],
+    st: pessimize.SlotTables,
+    tops: tuple[pessimize.RowTops, pessimize.MaxSlotTops],
+    EQKE_s: Approx,
+    lse_nq: Approx,
+    z: Approx,
+    ops: Ops,
+) -> Bool[Tensor, " pairs"]:
+    """Step (6), a sufficient test for the c = 0 input (m, ..., m, q) of each pair (max tokens
+    m in the range of ``tops``).
+
+    From the row tops: max_slot = max_{x != m} (EUPU[q, x] + own[m, x]) (the first of the
+    max-slot tops, which leave out x = m) and query_slot = max_{x != m} W[q, x].
+    Claim: if proven, logit(x) < logit(m) for every x != m.
+    Proof: by steps (2)-(3), logit(x) - logit(m) has the sign of sum_p w_p D_p(x); the n-1
+    non-query slots hold m, with D_p(x) <= Dmax[q, m, x] <= u_max := max_slot - base, and
+    weights summing to e^{EQKE_s[q, m] + lse_nq[q]}; the query slot has D = Dz[q, m, x] <= u_q
+    := query_slot - W[q, m] and weight e^{z[q]}. So the sum is <= e^{L_0} u_max + e^{z} u_q
+    (u as float upper bounds), whose sign is that of the exp-shifted sum.                 QED
+    Cost per pair: 1 (selection) + 2 (u) + 2 (upper bounds) + 1 (L_0) + 5 (exp_shifted) + 3
+    + 2 (decision); 3 integer comparisons.
+    """
+    rows, ms = tops
+    max_slot = ms.top[q, m - ms.m0, 0]
+    query_slot = ops.first_not_excluded(rows.W[q], rows.W_idx[q], m[:, None], label="cubic:c0")
+    u_max = ops.sub(max_slot, st.base[q, m], label="cubic:c0")
+    u_q = ops.sub(query_slot, st.W[q, m], label="cubic:c0")
+    u = ops.upper_exact(Ops.stack([u_max, u_q], dim=1), label="cubic:c0")  # [P, 2]
+    L = Ops.stack([ops.add(EQKE_s[q, m], lse_nq[q], label="cubic:c0"), z[q]], dim=1)
+    w = ops.exp_shifted(L, dim=1, label="cubic:c0")
+    F = ops.sum(ops.mul(w, u, label="cubic:c0"), dim=1, label="cubic:c0")
+    return ops.proven_negative(F, label="cubic:c0")
 
 
 def single_inputs(
+    qs: Int[Tensor, " pairs"],
+    ms: Int[Tensor, " pairs"],
     EQKE_s: Approx,
     EQKP_s: Approx,
     lse_nq: Approx,
@@ -45,8 +102,8 @@ def single_inputs(
     EUPU: Approx,
     ops: Ops,
     pair_chunk: int,
-) -> Bool[Tensor, "d_vocab_q d_vocab_max"]:
-    """Step (6): c = 0. The key (q, m), q <= m, is the single input (m, ..., m, q).
+) -> Bool[Tensor, " pairs"]:
+    """Step (6): c = 0, exactly. The key (q, m), q <= m, is the single input (m, ..., m, q).
 
     Its logits are evaluated exactly along the path decomposition (true attention, true
     positional terms). All n-1 non-query slots hold m, so their weights are a_max pi_q[p] with
@@ -55,19 +112,19 @@ def single_inputs(
     non-query positional scores). Hence
         logit(x) = EUPU[q, x] + a_max (EVOU[m, x] + Pbar[q, x]) + a_q R[q, x],
     Pbar = pi @ PVOU[:n-1], R = EVOU + PVOU[n-1] (row q: the query slot's token and position).
-    Proven iff max_{x != m} logit(x) - logit(m) < 0 rigorously. Entries with q > m are False.
-    Cost: per query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R); per pair
-    (P = V(V+1)/2 pairs) 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 2 (decision).
+    Proven iff max_{x != m} logit(x) - logit(m) < 0 rigorously.
+    Cost: ``single_inputs_flops``.
     """
-    V, n = EQKE_s.shape[0], EQKP_s.shape[1]
+    n = EQKP_s.shape[1]
+    out = torch.zeros(qs.numel(), dtype=torch.bool)
+    if qs.numel() == 0:
+        return out
     pi = ops.softmax(EQKP_s[:, : n - 1], dim=1, label="cubic:c0")  # [q, p]
     pbar = ops.matmul(pi, PVOU[: n - 1], label="cubic:c0")  # [q, x]
     R = ops.add(EVOU, PVOU[n - 1 :], label="cubic:c0")  # [q, x]
-    qi_all, mi_all = torch.triu_indices(V, V)  # q <= m
-    out = torch.zeros(V, V, dtype=torch.bool)
-    for start in range(0, qi_all.numel(), pair_chunk):
-        qi = qi_all[start : start + pair_chunk]
-        mi = mi_all[start : start + pair_chunk]
+    for start in range(0, qs.numel(), pair_chunk):
+        qi = qs[start : start + pair_chunk]
+        mi = ms[start : start + pair_chunk]
         logw = Ops.stack(
             [ops.add(EQKE_s[qi, mi], lse_nq[qi], label="cubic:c0"), z[qi]], dim=1
         )  # [P, 2]
@@ -86,14 +143,23 @@ def single_inputs(
         )  # [P, x]
         worst = ops.amax_excluding(logits, dim=1, exclude=mi[:, None], label="cubic:c0")
         diff = ops.sub(worst, logits[torch.arange(qi.numel()), mi], label="cubic:c0")
-        out[qi, mi] = ops.proven_negative(diff, label="cubic:c0")
+        out[start : start + pair_chunk] = ops.proven_negative(diff, label="cubic:c0")
     return out
 
 
-def single_inputs_flops(V: int, n: int) -> int:
+SINGLE_ONE_SHOT = 16  # FLOPs per pair, and 3 integer comparisons
+
+
+def single_inputs_flops(V: int, n: int, exact: int) -> int:
+    """The one-shot test on every c = 0 pair (when d_vocab >= 3) and the exact evaluation of
+    ``exact`` pairs: per query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R) once,
+    then per pair 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 2 (decision)."""
     P = V * (V + 1) // 2
+    one_shot = P * SINGLE_ONE_SHOT if V >= 3 else 0
+    if exact == 0:
+        return one_shot
     per_query = V * (2 * (n - 2) + 3 * (n - 1)) + V * V * (2 * (n - 1) - 1) + V * V
-    return per_query + P * (1 + 8 + 5 * V + (V - 1) + 1 + 2)
+    return one_shot + per_query + exact * (1 + 8 + 5 * V + (V - 1) + 1 + 2)
 
 
 def triples(m0: int, m1: int, V: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -182,8 +248,7 @@ def homogeneous_chunk(
         proven=proven,
         last_idx=diag,
         proven_last=proven_last,
-        per_c=per_c,
-        rechecked=rechecked,
+        tiers=Tiers(per_c=per_c, rechecked=rechecked),
     )
 
 
@@ -237,7 +302,8 @@ def one_shot(
         dim=0,
     )  # [group, case, T]
     w = ops.exp_shifted(L, dim=0, label="cubic:attn")
-    F = ops.sum(ops.mul(w, u.map_layout(lambda t: t.T[:, None, :]), label="cubic:lw"), dim=0)
+    weighted = ops.mul(w, u.map_layout(lambda t: t.T[:, None, :]), label="cubic:lw")
+    F = ops.sum(weighted, dim=0, label="cubic:lw")
     return ops.proven_negative(F, label="cubic:decide")
 
 

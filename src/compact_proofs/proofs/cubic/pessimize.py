@@ -135,7 +135,9 @@ def triple_values(
     Cost per triple: 5 (class 0) + 4 + 3 selections (class 1), and 14 integer comparisons.
     """
     eu_q_m = st.EUPU[q, m]
-    d_max = ops.sub(ops.add(st.EUPU[q, k], st.own[m, k], label="cubic:lw"), st.base[q, m])
+    d_max = ops.sub(
+        ops.add(st.EUPU[q, k], st.own[m, k], label="cubic:lw"), st.base[q, m], label="cubic:lw"
+    )
     d_k = ops.add(ops.sub(st.EUPU[q, k], eu_q_m, label="cubic:lw"), st.Ck[m, k], label="cubic:lw")
     d_z = ops.sub(st.W[q, k], st.W[q, m], label="cubic:lw")
     cls0 = Ops.stack([d_max, d_k, d_z], dim=-1)
