@@ -35,7 +35,6 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from compact_proofs.core import circuits as circuits_mod
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
 from compact_proofs.proofs.cubic import count
@@ -47,23 +46,15 @@ KEY_CHUNK = 1 << 13
 
 
 @dataclass(frozen=True)
-class CubicKeys:
-    """The cubic proof's per-key verdicts and the shared tables later stages reuse.
+class CubicKeys(cubic.Stage):
+    """The cubic proof's per-key verdicts, with the shared tables later stages reuse.
 
     ``proven[q, m, k, c]`` (c >= 1) is True iff the homogeneous key is proven; it is False on
     invalid keys. ``proven0[q, m]`` is the verdict of the single c = 0 input (m, ..., m, q).
-    ``flops`` is the stage's own ledger total (it depends on the weights through the cubic's
-    ``rechecked`` keys).
+    ``flops`` is the stage's own ledger total (it depends on the weights through ``tiers``).
     """
 
-    circ: circuits_mod.Circuits
-    EQKE_s: Approx  # [d_vocab_q, d_vocab_k] = EQKE / sqrt(d_head)
-    EQKP_s: Approx  # [d_vocab_q, n_ctx]
-    z: Approx  # [d_vocab_q] query slot score
-    groups: Approx | None  # [d_vocab_q, n_ctx - 2, placement, 2] log-weights (max, non-max)
-    lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
     proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]
-    proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
     flops: int
 
 
@@ -71,8 +62,8 @@ def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
     """Stage 1: the cubic checker's steps (1)-(6) (``cubic.decide_keys``), keeping every key's
     verdict.
 
-    Cost: exactly ``cubic.cubic_flops`` with the stage's ``tiers``, plus the
-    cubic's integer tally (the same operations as ``cubic.check``).
+    Cost: exactly ``cubic.cubic_flops`` with the stage's ``tiers``, plus the cubic's integer
+    tally (the same operations as ``cubic.check``).
     """
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
@@ -80,14 +71,8 @@ def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
     stage = cubic.decide_keys(weights, ops, covered.add)
     count.tally_int_ops(ops.ledger, V, n)
     return CubicKeys(
-        circ=stage.circ,
-        EQKE_s=stage.EQKE_s,
-        EQKP_s=stage.EQKP_s,
-        z=stage.z,
-        groups=stage.groups,
-        lse_all=stage.lse_all,
+        **vars(stage),
         proven=covered.proven,
-        proven0=stage.proven0,
         flops=cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, stage.tiers),
     )
 
