@@ -142,7 +142,7 @@ def test_box_bound_against_enumeration():
         masks[~is_max, torch.randint(0, m, (1,), generator=g)] |= True  # non-empty
         wit = torch.randint(0, V - 1, (B,), generator=g)
         wit = wit + (wit >= m).long()  # x* != m
-        proven = boxes.prove(t, rows, masks, ops)
+        proven = boxes.prove(t, rows, masks, boxes.live_outputs(t, ops), ops)
         refuted = boxes.refute(t, rows, masks, wit, ops)
         for b in range(B):
             sets = [torch.nonzero(masks[b, p], as_tuple=True)[0] for p in range(n - 1)]
@@ -155,6 +155,39 @@ def test_box_bound_against_enumeration():
                 fired["refute"] += 1
                 assert not bool(verdicts.any())
     assert fired["prove"] > 0 and fired["refute"] > 0
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2),
+        models.random_weights(6, 4, seed=3, qk_scale=2.0),
+        models.random_small_model(11),
+    ],
+)
+def test_dead_outputs_never_reach_the_max_logit(w):
+    """Claim (c) of ``boxes``: an output that is not live for the key (q, m) is below m's logit
+    on every input of the key (checked on every input, float64 logits with a 1e-9 margin), and
+    the bound is not vacuous (some outputs are dead)."""
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    tokens = models.all_tokens(V, n)
+    logits = models.naive_last_logits(w, tokens).double()  # [inputs, x]
+    q, m = tokens[:, -1], tokens.max(dim=1).values
+    dead = 0
+    for mv in range(V):
+        qs = torch.arange(mv + 1)
+        t = boxes.tables(
+            mv, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
+        )
+        live = boxes.live_outputs(t, ops)  # [q, x]
+        dead += int((~live).sum()) - (mv + 1)  # x = m is never live and never counts
+        sel = m == mv
+        beats = logits[sel] >= logits[sel, mv][:, None] - 1e-9  # [inputs, x]
+        beats[:, mv] = False
+        assert not bool((beats & ~live[q[sel]]).any())
+    assert dead > 0
 
 
 def test_level1_keys_are_sound_for_mixtures(soundness_model):

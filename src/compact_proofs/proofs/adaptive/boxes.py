@@ -23,11 +23,17 @@ A_p(t_p, m)) = G_x(t) Z / sum_p w_p(t_p), a positive multiple of G_x(t). (2) G_x
 one term per position, each depending only on that position's token, so over a product box its
 maximum is the sum of the per-position maxima (and likewise for the minimum). (a) G_x(t) <= UB_x
 < 0 for every x != m; (b) G_x*(t) >= LB > 0.                                            QED
+  (c) Key-level outputs: with M[p, x] >= max_{k <= m} F[p, k, x], every input of the key (q, m)
+      (some non-query slot holds m when q < m) has G_x(t) <= KB_x := Fq[x] + sum_p M[p, x]
+      + max_p (F[p, m, x] - M[p, x]) (for q = m without the last term). If KB_x < 0, output x
+      is below m on every box of the key, so (a) need only take its max over the other
+      ("live") outputs.
+      Proof: the slot p* holding m contributes F[p*, m, x], every other slot at most M[p, x].
 The common factor: the weights are a softmax over all (p, k <= m) scores of the key (q, m) and
 the query score (entries for k > m are replaced by a copy of the score of k = m: they only change
 Z), so they are well scaled for every input of the key.
-Cost: ``table_flops`` per max-token group; per box, the reductions over S_p count
-(|S_p| - 1) per output (paper rule), ``prove_flops`` / ``refute_flops``.
+Cost: ``table_flops`` per max-token group (tables and live outputs); per box, the reductions over
+S_p count (|S_p| - 1) per live output (paper rule), ``prove_flops`` / ``refute_flops``.
 """
 
 import math
@@ -117,6 +123,26 @@ def table_flops(m: int, Q: int, n: int, V: int) -> int:
     )
 
 
+def live_outputs(t: Tables, ops: Ops) -> Bool[Tensor, "queries d_vocab_out"]:
+    """Claim (c): the outputs x != m whose key-level bound KB_x is not proven negative, per query
+    of ``t``. Cost: ``live_flops``."""
+    Q, s1, K, V = t.F.shape
+    M = ops.amax(t.F, dim=2, label=LABEL)  # [Q, slots, x]: max over k <= m
+    kb = ops.add(t.Fq, ops.sum(M, dim=1, label=LABEL), label=LABEL)  # [Q, x]
+    gap = ops.sub(t.F[:, :, t.m], M, label=LABEL)  # [Q, slots, x]: F[p, m, x] - M[p, x]
+    with_max = ops.add(kb, ops.amax(gap, dim=1, label=LABEL), label=LABEL)
+    kb = ops.where((t.qs < t.m)[:, None].expand(Q, V), with_max, kb, label=LABEL)
+    live = ~ops.proven_negative(kb, label=LABEL)
+    live[:, t.m] = False
+    return live
+
+
+def live_flops(m: int, Q: int, n: int, V: int) -> int:
+    """Ledger total of ``live_outputs`` for max token m and Q queries."""
+    s1, K = n - 1, m + 1
+    return Q * (s1 * V * (K - 1) + V * (s1 - 1) + V + s1 * V + V * (s1 - 1) + V + V + 2 * V)
+
+
 def _extreme(
     F: Approx, rows: Tensor, masks: Bool[Tensor, "boxes slots k"], largest: bool, ops: Ops
 ) -> Approx:
@@ -147,30 +173,48 @@ def _extreme(
 
 
 def prove(
-    t: Tables, rows: Int[Tensor, " boxes"], masks: Bool[Tensor, "boxes slots k"], ops: Ops
+    t: Tables,
+    rows: Int[Tensor, " boxes"],
+    masks: Bool[Tensor, "boxes slots k"],
+    live: Bool[Tensor, "queries d_vocab_out"],
+    ops: Ops,
 ) -> Bool[Tensor, " boxes"]:
-    """Claim (a) for each box (rows index ``t.qs``; masks over k <= m). Cost: ``prove_flops``."""
+    """Claims (a) and (c) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0 for
+    every live output x of the box's key (``live_outputs``); the other outputs are below m on
+    the whole key. Boxes are evaluated in groups with the same number of live outputs.
+    Cost: ``prove_flops``."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
-    if B == 0:
-        return out
-    s1, K, V = t.F.shape[1], t.F.shape[2], t.F.shape[3]
-    step = max(1, CHUNK_ELEMENTS // (s1 * K * V))
-    for b0 in range(0, B, step):
-        r, mk = rows[b0 : b0 + step], masks[b0 : b0 + step]
-        per_slot = _extreme(t.F, r, mk, True, ops)  # [b, slots, x]
-        ub = ops.add(t.Fq[r], ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)  # [b, x]
-        ex = torch.full((r.numel(), 1), t.m, dtype=torch.int64)
-        worst = ops.amax_excluding(ub, dim=1, exclude=ex, label=LABEL)
-        out[b0 : b0 + step] = ops.proven_negative(worst, label=LABEL)
+    n_live = live[rows].sum(dim=1)
+    out[n_live == 0] = True  # every output is below m on the whole key
+    s1, K = t.F.shape[1], t.F.shape[2]
+    for L in n_live[n_live > 0].unique().tolist():
+        group = torch.nonzero(n_live == L, as_tuple=True)[0]
+        step = max(1, CHUNK_ELEMENTS // (s1 * K * L))
+        for b0 in range(0, group.numel(), step):
+            idx = group[b0 : b0 + step]
+            r = rows[idx]
+            # The L live outputs of each box's key.
+            xs = live[r].to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :L]
+            # Gathering keeps the uniform bounds (as Approx indexing does).
+            Fx = Approx(t.F.mid[r[:, None], :, :, xs].permute(0, 2, 3, 1), t.F.rad, t.F.mag)
+            per_slot = _extreme(Fx, torch.arange(idx.numel()), masks[idx], True, ops)
+            fq = Approx(t.Fq.mid[r[:, None], xs], t.Fq.rad, t.Fq.mag)  # [b, L]
+            ub = ops.add(fq, ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
+            worst = ops.amax(ub, dim=1, label=LABEL)
+            out[idx] = ops.proven_negative(worst, label=LABEL)
     return out
 
 
-def prove_flops(sizes: Int[Tensor, "boxes slots"], V: int) -> int:
-    """Ledger total of ``prove`` for boxes with slot set sizes ``sizes``."""
-    B, s1 = sizes.shape
-    reduce = int((sizes - 1).clamp(min=0).sum()) * V
-    return reduce + B * ((s1 - 1) * V + V + (V - 1) + 2)
+def prove_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> int:
+    """Ledger total of ``prove`` for boxes with slot set sizes ``sizes`` whose keys have
+    ``n_live`` live outputs."""
+    s1 = sizes.shape[1]
+    L = n_live.to(torch.int64)
+    has = L > 0
+    reduce = int(((sizes - 1).clamp(min=0).sum(dim=1) * L).sum())
+    per_box = (s1 - 1) * L + L + (L - 1) + 2
+    return reduce + int(per_box[has].sum())
 
 
 def refute(

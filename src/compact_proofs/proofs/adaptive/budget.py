@@ -93,7 +93,7 @@ def fit(cfg: ModelConfig, st: State, budget: int) -> Certificate:
     while True:
         cert = _assemble(st, items, picked)
         cert["budget"] = int(budget)
-        cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar)
+        cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
         if cert["predicted"] <= budget or not picked:
             return cert
         picked.pop()
@@ -150,7 +150,9 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         ix = it["rows"]
         it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
         it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
-        it["cost"] = boxes.table_flops(m, 1, n, V) + boxes.prove_flops(sizes[ix], V)
+        n_live = tr.live[q, m].expand(len(ix))
+        tables = boxes.table_flops(m, 1, n, V) + boxes.live_flops(m, 1, n, V)
+        it["cost"] = tables + boxes.prove_flops(sizes[ix], n_live)
     return items
 
 

@@ -1,10 +1,10 @@
 """Adaptive proof: the closed-form FLOP count of the check for a given certificate.
 
 ``predict`` adds up the stage costs (stage 1 ``CubicKeys.flops``, ``keys.level1_flops``,
-``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``prove_flops`` /
-``refute_flops``); it equals the checker's ledger total except for the exact (python-flint)
-decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they happen
-(tests/test_adaptive.py asserts the equality).
+``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``live_flops`` /
+``prove_flops`` / ``refute_flops``); it equals the checker's ledger total except for the exact
+(python-flint) decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they
+happen (tests/test_adaptive.py asserts the equality).
 """
 
 import torch
@@ -16,10 +16,15 @@ from compact_proofs.proofs.protocol import Certificate
 
 
 def predict(
-    cfg: ModelConfig, cert: Certificate, ck: keys.CubicKeys, proven: Tensor, istar: Tensor
+    cfg: ModelConfig,
+    cert: Certificate,
+    ck: keys.CubicKeys,
+    proven: Tensor,
+    istar: Tensor,
+    n_live: Tensor,
 ) -> int:
-    """FLOPs of checking ``cert``; ``proven`` and ``istar`` are what the checker will find after
-    stages 2 and 2b (the search knows them)."""
+    """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (live outputs per key
+    (q, m), ``boxes.live_outputs``) are what the checker will find (the search knows them)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
@@ -51,8 +56,12 @@ def predict(
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
     for mv in nodes.m[want].unique().tolist():
         sel = want & (nodes.m == mv)
-        total += boxes.table_flops(mv, int(nodes.q[sel].unique().numel()), n, V)
-        total += boxes.prove_flops(sizes[sel & (claim == plan.PROVE)], V)
+        Q = int(nodes.q[sel].unique().numel())
+        total += boxes.table_flops(mv, Q, n, V)
+        pr = sel & (claim == plan.PROVE)
+        if bool(pr.any()):
+            total += boxes.live_flops(mv, Q, n, V)
+            total += boxes.prove_flops(sizes[pr], n_live[nodes.q[pr], mv])
         total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)

@@ -66,6 +66,7 @@ class _Tree:
     parent: list
     slot: list
     split_mask: list
+    live: Tensor  # [d_vocab_q, d_vocab_max] live outputs of each key (boxes.live_outputs)
 
 
 def search(weights: Weights, budget: int | None = None) -> Certificate:
@@ -113,7 +114,7 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     st = state
     cert = budget_mod.certificate(st.tr, st.l1, st.cnt, st.c0, st.roots, keep)
     cert["budget"] = -1 if budget is None else int(budget)
-    cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar)
+    cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
     if budget is None or cert["predicted"] <= budget:  # everything fits: the full refinement
         return cert
     return budget_mod.fit(cfg, state, budget)
@@ -202,13 +203,16 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
     return roots
 
 
-def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, Approx, Tensor]:
+def _stack_tables(
+    ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops
+) -> tuple[Approx, Approx, Tensor]:
     """Box tables of the keys ``pairs`` (q, m), padded to d_vocab key tokens and stacked; the
     uniform radius is the largest of the groups', so decisions are at least as cautious as the
     checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
     (gathering whole rows over k is what the search does most). Also returns
     ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
-    are left uninitialised: every reader masks them out (box masks only hold tokens <= m)."""
+    are left uninitialised: every reader masks them out (box masks only hold tokens <= m).
+    Records each key's number of live outputs (as the checker will find them) in ``live``."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
@@ -220,6 +224,7 @@ def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, ops: Ops) -> tuple[Approx, 
         t = boxes.tables(
             m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
         )
+        live[pairs[sel, 0], m] = boxes.live_outputs(t, ops).sum(dim=1)
         F[sel, :, :, : m + 1] = t.F.mid.transpose(2, 3)
         Fq[sel] = t.Fq.mid
         if m:
@@ -265,10 +270,11 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     # The keys (q, m) of the roots, in (q, m) order. The order decides which keys share a batch
     # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
     pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
+    live = torch.full((V, V), -1, dtype=torch.int64)
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step], ops)
+        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
@@ -282,7 +288,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
             blocks.append(child)
             total += child.q.numel()
             block, local = child, torch.arange(child.q.numel())
-    return _flatten(blocks, splits, V)
+    return _flatten(blocks, splits, V, live)
 
 
 def _prune_outputs(
@@ -302,7 +308,7 @@ def _prune_outputs(
     blk.live[local] &= ub >= 0
 
 
-def _flatten(blocks: list[_Block], splits: list, V: int) -> _Tree:
+def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
     def cat(name: str) -> Tensor:
         return torch.cat([getattr(b, name) for b in blocks])
 
@@ -320,6 +326,7 @@ def _flatten(blocks: list[_Block], splits: list, V: int) -> _Tree:
         parent=parent,
         slot=slot,
         split_mask=smask,
+        live=live,
     )
 
 
