@@ -142,7 +142,12 @@ def test_box_bound_against_enumeration():
         masks[~is_max, torch.randint(0, m, (1,), generator=g)] |= True  # non-empty
         wit = torch.randint(0, V - 1, (B,), generator=g)
         wit = wit + (wit >= m).long()  # x* != m
-        proven = boxes.prove(t, rows, masks, boxes.live_outputs(t, ops), ops)
+        live = boxes.live_outputs(t, rows, masks.sum(dim=2), ops)
+        proven = boxes.prove(t, rows, masks, live, ops)
+        # The key-level bound on every query (as used for the keys with many boxes).
+        pruned = boxes.prove(t, rows, masks, boxes.key_bound_live(t, ops), ops)
+        assert bool((pruned | ~proven).all())  # pruning never loses a proof
+        proven |= pruned
         refuted = boxes.refute(t, rows, masks, wit, ops)
         for b in range(B):
             sets = [torch.nonzero(masks[b, p], as_tuple=True)[0] for p in range(n - 1)]
@@ -181,7 +186,7 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         t = boxes.tables(
             mv, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
         )
-        live = boxes.live_outputs(t, ops)  # [q, x]
+        live = boxes.key_bound_live(t, ops)  # [q, x]
         dead += int((~live).sum()) - (mv + 1)  # x = m is never live and never counts
         sel = m == mv
         beats = logits[sel] >= logits[sel, mv][:, None] - 1e-9  # [inputs, x]

@@ -23,7 +23,7 @@ A_p(t_p, m)) = G_x(t) Z / sum_p w_p(t_p), a positive multiple of G_x(t). (2) G_x
 one term per position, each depending only on that position's token, so over a product box its
 maximum is the sum of the per-position maxima (and likewise for the minimum). (a) G_x(t) <= UB_x
 < 0 for every x != m; (b) G_x*(t) >= LB > 0.                                            QED
-  (c) Key-level outputs: with M[p, x] >= max_{k <= m} F[p, k, x], every input of the key (q, m)
+  (c) Key-level outputs: with M[p, x] = max_{k <= m} F[p, k, x], every input of the key (q, m)
       (some non-query slot holds m when q < m) has G_x(t) <= KB_x := Fq[x] + sum_p M[p, x]
       + max_p (F[p, m, x] - M[p, x]) (for q = m without the last term). If KB_x < 0, output x
       is below m on every box of the key, so (a) need only take its max over the other
@@ -123,9 +123,37 @@ def table_flops(m: int, Q: int, n: int, V: int) -> int:
     )
 
 
-def live_outputs(t: Tables, ops: Ops) -> Bool[Tensor, "queries d_vocab_out"]:
-    """Claim (c): the outputs x != m whose key-level bound KB_x is not proven negative, per query
-    of ``t``. Cost: ``live_flops``."""
+def live_outputs(
+    t: Tables, rows: Int[Tensor, " boxes"], sizes: Int[Tensor, "boxes slots"], ops: Ops
+) -> Bool[Tensor, "queries d_vocab_out"]:
+    """Claim (c): per query of ``t``, the outputs x != m whose key-level bound KB_x is not proven
+    negative. The bound is computed only for the queries whose prove claims (boxes ``rows``,
+    slot set sizes ``sizes``) would cost more at every output than the bound itself
+    (``use_key_bound``); for the others every x != m is live. Cost: ``live_flops`` per query
+    with the bound."""
+    Q, V = t.Fq.shape
+    live = torch.ones(Q, V, dtype=torch.bool)
+    use = use_key_bound(t.m, t.F.shape[1] + 1, V, rows, sizes, Q)
+    if bool(use.any()):
+        sub = Tables(m=t.m, qs=t.qs[use], F=t.F[use], Fq=t.Fq[use])
+        live[use] = key_bound_live(sub, ops)
+    live[:, t.m] = False
+    return live
+
+
+def use_key_bound(
+    m: int, n: int, V: int, rows: Int[Tensor, " boxes"], sizes: Int[Tensor, "boxes slots"], Q: int
+) -> Bool[Tensor, " queries"]:
+    """Whether the key-level bound pays off for each query: its prove claims at every output
+    x != m cost more than ``live_flops`` for one query (a rule the search can predict)."""
+    full = torch.zeros(Q, dtype=torch.int64)
+    full.index_add_(0, rows, _prove_box_flops(sizes, torch.full_like(rows, V - 1)))
+    return full > live_flops(m, 1, n, V)
+
+
+def key_bound_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries d_vocab_out"]:
+    """Claim (c) for every query of ``t``: the outputs x != m whose KB_x is not proven negative.
+    Cost: ``live_flops``."""
     Q, s1, K, V = t.F.shape
     M = ops.amax(t.F, dim=2, label=LABEL)  # [Q, slots, x]: max over k <= m
     kb = ops.add(t.Fq, ops.sum(M, dim=1, label=LABEL), label=LABEL)  # [Q, x]
@@ -209,12 +237,17 @@ def prove(
 def prove_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> int:
     """Ledger total of ``prove`` for boxes with slot set sizes ``sizes`` whose keys have
     ``n_live`` live outputs."""
+    return int(_prove_box_flops(sizes, n_live).sum())
+
+
+def _prove_box_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> Tensor:
+    """Per box: (|S_p| - 1) L per slot (reductions), (s1 - 1) L (slot sum), L (query slot),
+    L - 1 (max), 2 (decision); nothing when L = 0."""
     s1 = sizes.shape[1]
     L = n_live.to(torch.int64)
-    has = L > 0
-    reduce = int(((sizes - 1).clamp(min=0).sum(dim=1) * L).sum())
+    reduce = (sizes - 1).clamp(min=0).sum(dim=1) * L
     per_box = (s1 - 1) * L + L + (L - 1) + 2
-    return reduce + int(per_box[has].sum())
+    return torch.where(L > 0, reduce + per_box, 0)
 
 
 def refute(

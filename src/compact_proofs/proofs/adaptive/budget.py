@@ -150,9 +150,13 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         ix = it["rows"]
         it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
         it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
-        n_live = tr.live[q, m].expand(len(ix))
-        tables = boxes.table_flops(m, 1, n, V) + boxes.live_flops(m, 1, n, V)
-        it["cost"] = tables + boxes.prove_flops(sizes[ix], n_live)
+        full = boxes.prove_flops(sizes[ix], torch.full((len(ix),), V - 1))
+        pruned = boxes.live_flops(m, 1, n, V) + boxes.prove_flops(
+            sizes[ix], tr.live[q, m].expand(len(ix))
+        )
+        it["cost"] = boxes.table_flops(m, 1, n, V) + (
+            pruned if full > boxes.live_flops(m, 1, n, V) else full
+        )
     return items
 
 

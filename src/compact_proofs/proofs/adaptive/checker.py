@@ -22,9 +22,9 @@ Proof:
       c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
       refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
 Cost: stage 1 ``CubicKeys.flops`` (``cubic.cubic_flops``); stage 2 ``keys.level1_flops``; stage 3
-``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group (and ``live_flops``
-when it has prove claims) plus ``prove_flops`` / ``refute_flops`` per leaf. Reading, indexing
-and the bool set work of rebuilding the trees are free (paper rules).
+``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group, ``live_flops`` per
+query where ``boxes.use_key_bound``, plus ``prove_flops`` / ``refute_flops`` per leaf. Reading,
+indexing and the bool set work of rebuilding the trees are free (paper rules).
 """
 
 import math
@@ -163,7 +163,8 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
         masks = nodes.masks[sel, :, : m + 1]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            live = boxes.live_outputs(t, ops)
+            sizes = masks[pr].sum(dim=2)
+            live = boxes.live_outputs(t, rows[pr], sizes, ops)
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], live, ops).to(torch.int64)
         if bool((~pr).any()):
             rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)

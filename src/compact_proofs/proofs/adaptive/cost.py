@@ -56,12 +56,15 @@ def predict(
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
     for mv in nodes.m[want].unique().tolist():
         sel = want & (nodes.m == mv)
-        Q = int(nodes.q[sel].unique().numel())
-        total += boxes.table_flops(mv, Q, n, V)
-        pr = sel & (claim == plan.PROVE)
+        qs, rows = nodes.q[sel].unique(return_inverse=True)
+        total += boxes.table_flops(mv, qs.numel(), n, V)
+        pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            total += boxes.live_flops(mv, Q, n, V)
-            total += boxes.prove_flops(sizes[pr], n_live[nodes.q[pr], mv])
+            sz = sizes[sel][pr]
+            use = boxes.use_key_bound(mv, n, V, rows[pr], sz, qs.numel())
+            total += boxes.live_flops(mv, int(use.sum()), n, V)
+            L = torch.where(use[rows[pr]], n_live[qs[rows[pr]], mv], V - 1)
+            total += boxes.prove_flops(sz, L)
         total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)

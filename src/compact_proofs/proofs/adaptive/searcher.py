@@ -224,7 +224,7 @@ def _stack_tables(
         t = boxes.tables(
             m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
         )
-        live[pairs[sel, 0], m] = boxes.live_outputs(t, ops).sum(dim=1)
+        live[pairs[sel, 0], m] = boxes.key_bound_live(t, ops).sum(dim=1)
         F[sel, :, :, : m + 1] = t.F.mid.transpose(2, 3)
         Fq[sel] = t.Fq.mid
         if m:
