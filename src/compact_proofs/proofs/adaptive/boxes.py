@@ -166,7 +166,8 @@ def key_bound_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries d_vocab_out"]:
 
 
 def live_flops(m: int, Q: int, n: int, V: int) -> int:
-    """Ledger total of ``live_outputs`` for max token m and Q queries."""
+    """Ledger total of ``key_bound_live`` for max token m and Q queries (``live_outputs``
+    charges it for the queries where ``use_key_bound``)."""
     s1, K = n - 1, m + 1
     return Q * (s1 * V * (K - 1) + V * (s1 - 1) + V + s1 * V + V * (s1 - 1) + V + V + 2 * V)
 
