@@ -164,15 +164,27 @@ def test_counting_partitions_all_inputs(V, n):
 def test_flops_equal_closed_form(V, n, d, dh):
     ops = Ops()
     v = cubic.check(models.random_weights(V, n, d, dh, seed=V * n), {}, ops)
-    assert ops.ledger.flop == cubic.cubic_flops(V, n, d, dh, cases.Tiers.from_details(v.details))
-    assert ops.ledger.int_op == cubic.cubic_int_ops(V, n)
+    tiers = cases.Tiers.from_details(v.details)
+    assert ops.ledger.flop == cubic.cubic_flops(V, n, d, dh, tiers)
+    assert ops.ledger.int_op == cubic.cubic_int_ops(V, n, tiers)
     assert ops.ledger.branch == count_mod.cubic_branches(V, n)
     assert 0 <= v.correct_count <= V**n
 
 
 def test_paper_shape_flops_are_below_the_papers():
-    T = cases.n_triples(64)  # even if the one-shot tests proved nothing
-    worst = cases.Tiers(per_c=T, rechecked=2 * T, exact_c0=64 * 65 // 2)
+    T = cases.n_triples(64)  # even if the screen and the one-shot tests proved nothing
+    pairs = 64 * 65 // 2
+    worst = cases.Tiers(
+        mid_tests=pairs * 7,  # thresholds m, m-1, m-2, ..., m-32
+        last_tests=64 * 7,
+        left_triples=T,
+        left_diag=64 * 63 // 2,
+        left_pairs=pairs - 1,
+        left_mk=64 * 63 // 2,
+        per_c=T,
+        rechecked=2 * T,
+        exact_c0=pairs,
+    )
     assert cubic.cubic_flops(64, 4, 32, 32, worst) < 35_181_664  # reference-algorithms §12
 
 

@@ -216,6 +216,18 @@ def test_top_k_and_first_not_excluded():
         ops.first_not_excluded(top, idx, torch.zeros(5, 2, dtype=torch.int64))
 
 
+def test_running_max_and_min():
+    x = _close_pairs(4)
+    a, ea = ball(x, 1e-12, 11)
+    A = reshape(ea, (5, 7))
+    ops = Ops()
+    hi = ops.cummax(a, dim=1)
+    lo = ops.cummin(a, dim=0)
+    assert ops.ledger.flop == 5 * 6 + 7 * 4
+    assert_contains(hi, [max(A(i, t) for t in range(j + 1)) for i in range(5) for j in range(7)])
+    assert_contains(lo, [min(A(t, j) for t in range(i + 1)) for i in range(5) for j in range(7)])
+
+
 def test_layout_ops_are_free_and_keep_bounds():
     a, ea = ball(rand((3, 4), 1), 1e-9, 1)
     b, eb = ball(rand((3, 4), 2, 100.0), 1e-6, 2)

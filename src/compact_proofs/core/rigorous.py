@@ -207,6 +207,23 @@ class Ops:
         self.ledger.add(mid.numel() * max(n - 1, 0), label=label)
         return Approx(mid, a.rad, a.mag)
 
+    def cummax(self, a: Approx, dim: int, label: str = "max") -> Approx:
+        """Running max along ``dim``: ``out[..., j, ...] = max_{i <= j} a[..., i, ...]``.
+
+        Each output is the float max of a set of ``mid`` entries, hence within ``rad`` of the
+        exact max over the same set. Cost: kept (n - 1), one comparison per step."""
+        n = a.mid.shape[dim]
+        mid = a.mid.cummax(dim).values
+        self.ledger.add(mid.numel() // max(n, 1) * max(n - 1, 0), label=label)
+        return Approx(mid, a.rad, a.mag)
+
+    def cummin(self, a: Approx, dim: int, label: str = "min") -> Approx:
+        """Running min along ``dim``, as ``cummax``."""
+        n = a.mid.shape[dim]
+        mid = a.mid.cummin(dim).values
+        self.ledger.add(mid.numel() // max(n, 1) * max(n - 1, 0), label=label)
+        return Approx(mid, a.rad, a.mag)
+
     def maximum(self, a: Approx, b: Approx, label: str = "max") -> Approx:
         mid = torch.maximum(a.mid, b.mid)
         self.ledger.add(mid.numel(), label=label)

@@ -6,20 +6,25 @@ processed as flat lists of triples (q, m, k), chunk by chunk over m, so only val
 computed (and counted) and memory stays bounded.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
-from compact_proofs.proofs.cubic import pessimize
 
 
 @dataclass(frozen=True)
 class Tiers:
-    """How many keys each cheaper test left to the next one (the cubic's FLOPs depend on it)."""
+    """How much work each test left to the next one (the cubic's FLOPs depend on it)."""
 
+    mid_tests: int = 0  # screen tests of keys with c <= n-2 (``screen``)
+    last_tests: int = 0  # screen tests of keys with c = n-1
+    left_triples: int = 0  # triples the screen left to the per-triple tests
+    left_diag: int = 0  # ... of which q = m
+    left_pairs: int = 0  # distinct (q, m) among them (``pessimize.leftover_tables``)
+    left_mk: int = 0  # distinct (m, k) among them
     per_c: int = 0  # triples the all-c one-shot test left to the per-c one
     rechecked: int = 0  # (triple, c) pairs the one-shot tests left to the per-placement test
     exact_c0: int = 0  # c = 0 inputs the one-shot test left to the exact evaluation
@@ -27,13 +32,11 @@ class Tiers:
     @classmethod
     def from_details(cls, details: dict) -> "Tiers":
         """The counts the cubic checker reports in its verdict's details."""
-        return cls(details["per_c"], details["rechecked"], details["exact_c0"])
+        return cls(**{f.name: details[f.name] for f in fields(cls)})
 
     def __add__(self, other: "Tiers") -> "Tiers":
         return Tiers(
-            self.per_c + other.per_c,
-            self.rechecked + other.rechecked,
-            self.exact_c0 + other.exact_c0,
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
         )
 
 
@@ -57,36 +60,29 @@ class Chunk:
 def single_one_shot(
     q: Int[Tensor, " pairs"],
     m: Int[Tensor, " pairs"],
-    st: pessimize.SlotTables,
-    tops: tuple[pessimize.RowTops, pessimize.MaxSlotTops],
+    u_max: Approx,
+    u_z: Approx,
     EQKE_s: Approx,
     lse_nq: Approx,
     z: Approx,
     ops: Ops,
 ) -> Bool[Tensor, " pairs"]:
-    """Step (6), a sufficient test for the c = 0 input (m, ..., m, q) of each pair (max tokens
-    m in the range of ``tops``).
+    """Step (6), a sufficient test for the c = 0 input (m, ..., m, q) of each pair.
 
-    From the row tops: max_slot = max_{x != m} (EUPU[q, x] + own[m, x]) (the first of the
-    max-slot tops, which leave out x = m) and query_slot = max_{x != m} W[q, x].
+    ``u_max`` >= max_{x != m} Dmax[q, m, x] and ``u_z`` >= max_{x != m} Dz[q, m, x] are exact
+    float upper bounds (``screen.pair_bounds``).
     Claim: if proven, logit(x) < logit(m) for every x != m.
     Proof: by steps (2)-(3), logit(x) - logit(m) has the sign of sum_p w_p D_p(x); the n-1
-    non-query slots hold m, with D_p(x) <= Dmax[q, m, x] <= u_max := max_slot - base, and
-    weights summing to e^{EQKE_s[q, m] + lse_nq[q]}; the query slot has D = Dz[q, m, x] <= u_q
-    := query_slot - W[q, m] and weight e^{z[q]}. So the sum is <= e^{L_0} u_max + e^{z} u_q
-    (u as float upper bounds), whose sign is that of the exp-shifted sum.                 QED
-    Cost per pair: 1 (selection) + 2 (u) + 2 (upper bounds) + 1 (L_0) + 5 (exp_shifted) + 3
-    + 2 (decision); 3 integer comparisons.
+    non-query slots hold m, with D_p(x) <= Dmax[q, m, x] <= u_max and weights summing to
+    e^{EQKE_s[q, m] + lse_nq[q]}; the query slot has D = Dz[q, m, x] <= u_z and weight e^{z[q]}.
+    So the sum is <= e^{L_0} u_max + e^{z} u_z, whose sign is that of the exp-shifted sum.  QED
+    Cost per pair: 1 (L_0) + 5 (exp_shifted) + 3 + 2 (decision).
     """
-    rows, ms = tops
-    max_slot = ms.top[q, m - ms.m0, 0]
-    query_slot = ops.first_not_excluded(rows.W[q], rows.W_idx[q], m[:, None], label="cubic:c0")
-    u_max = ops.sub(max_slot, st.base[q, m], label="cubic:c0")
-    u_q = ops.sub(query_slot, st.W[q, m], label="cubic:c0")
-    u = ops.upper_exact(Ops.stack([u_max, u_q], dim=1), label="cubic:c0")  # [P, 2]
     L = Ops.stack([ops.add(EQKE_s[q, m], lse_nq[q], label="cubic:c0"), z[q]], dim=1)
     w = ops.exp_shifted(L, dim=1, label="cubic:c0")
-    F = ops.sum(ops.mul(w, u, label="cubic:c0"), dim=1, label="cubic:c0")
+    F = ops.sum(
+        ops.mul(w, Ops.stack([u_max, u_z], dim=1), label="cubic:c0"), dim=1, label="cubic:c0"
+    )
     return ops.proven_negative(F, label="cubic:c0")
 
 
@@ -147,15 +143,15 @@ def single_inputs(
     return out
 
 
-SINGLE_ONE_SHOT = 16  # FLOPs per pair, and 3 integer comparisons
+SINGLE_ONE_SHOT = 11  # FLOPs per pair
 
 
 def single_inputs_flops(V: int, n: int, exact: int) -> int:
-    """The one-shot test on every c = 0 pair (when d_vocab >= 3) and the exact evaluation of
-    ``exact`` pairs: per query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R) once,
+    """The one-shot test on every c = 0 pair and the exact evaluation of ``exact`` pairs: per
+    query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R) once,
     then per pair 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 2 (decision)."""
     P = V * (V + 1) // 2
-    one_shot = P * SINGLE_ONE_SHOT if V >= 3 else 0
+    one_shot = P * SINGLE_ONE_SHOT
     if exact == 0:
         return one_shot
     per_query = V * (2 * (n - 2) + 3 * (n - 1)) + V * V * (2 * (n - 1) - 1) + V * V
@@ -208,7 +204,7 @@ def homogeneous_chunk(
         eq_m, eq_k, zq = EQKE_s[qi, mi], EQKE_s[qi, ki], z[qi]
         proven = torch.zeros(n_c, T, dtype=torch.bool)
         todo = torch.arange(T)
-        if every_c is not None:
+        if n_c >= 2:
             rng = every_c.map_layout(lambda t: t[qi].permute(1, 2, 0)[:, :, None])  # [2, 2, 1, T]
             all_c = one_shot(eq_m, eq_k, zq, u, rng, ops)[0]
             proven[:, all_c] = True
@@ -344,17 +340,12 @@ ONE_SHOT = 19
 PER_PLACEMENT = 45
 
 
-def homogeneous_flops(V: int, n: int, per_c: int, rechecked: int) -> int:
-    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over all triples, when
-    ``per_c`` triples go to the per-c one-shot test (all of them if n = 3) and ``rechecked``
-    (triple, c) pairs to the per-placement test."""
+def homogeneous_flops(V: int, n: int, triples: int, diag: int, per_c: int, rechecked: int) -> int:
+    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over ``triples`` triples
+    (``diag`` of them with q = m), when ``per_c`` triples go to the per-c one-shot test (all of
+    them if n = 3) and ``rechecked`` (triple, c) pairs to the per-placement test."""
     per_triple = 5 if V < 3 else 12
     n_c = max(n - 2, 0)
     if n_c:
         per_triple += UPPER_PER_TRIPLE + (ONE_SHOT if n_c >= 2 else 0)
-    return (
-        n_triples(V) * per_triple
-        + per_c * ONE_SHOT * n_c
-        + rechecked * PER_PLACEMENT
-        + (V * (V - 1) // 2) * 15
-    )
+    return triples * per_triple + per_c * ONE_SHOT * n_c + rechecked * PER_PLACEMENT + diag * 15

@@ -26,21 +26,19 @@ from compact_proofs.core.rigorous import Approx, Ops
 
 @dataclass(frozen=True)
 class SlotTables:
-    """Tables shared by every key (V^2 or V^3 work, computed once)."""
+    """Tables shared by every key (V^2 work, computed once)."""
 
     EUPU: Approx  # [d_vocab_q, d_vocab_out]
+    EVOU: Approx  # [d_vocab_k, d_vocab_out]
+    pv: Approx  # [d_vocab_max, d_vocab_out]: PVnq
     own: Approx  # [d_vocab_max, d_vocab_out]: EVOU[m, x] + PVnq[m, x]
     base: Approx  # [d_vocab_q, d_vocab_max]: EUPU[q, m] + EVOU[m, m]
     W: Approx  # [d_vocab_q, d_vocab_out]
     Ck: Approx  # [d_vocab_max, d_vocab_k]: EVOU[k, k] - EVOU[k, m] + PVnq[m, k]
-    # [d_vocab_max, d_vocab_k]: max_{x not in {m, k}} EVOU[k, x] - EVOU[k, m] + PVnq[m, x];
-    # None when d_vocab = 2 (no such x).
-    ev_nk: Approx | None
 
 
-def slot_tables(EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops, m_chunk: int) -> SlotTables:
-    """Cost: PVnq (n-1) V^2 + V^2 (n-2); own V^2; base V^2; W 2 V^2; Ck 2 V^2;
-    ev_nk V^3 + V^2 (V-1) + V^2 (if V >= 3)."""
+def slot_tables(EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops) -> SlotTables:
+    """Cost: ``slot_tables_flops``."""
     V, n = EVOU.shape[0], PVOU.shape[0]
     idx = torch.arange(V)
     centred = ops.sub(
@@ -54,20 +52,12 @@ def slot_tables(EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops, m_chunk: int
     W = ops.add(ops.add(EUPU, EVOU, label="cubic:ov"), PVOU[n - 1 :], label="cubic:ov")
     EVOU_t = EVOU.map_layout(lambda t: t.T)  # [m, k] = EVOU[k, m]
     Ck = ops.add(ops.sub(EVOU[idx, idx][None, :], EVOU_t, label="cubic:ov"), pv, label="cubic:ov")
-    if V < 3:
-        return SlotTables(EUPU=EUPU, own=own, base=base, W=W, Ck=Ck, ev_nk=None)
-    parts = []
-    for m0 in range(0, V, m_chunk):
-        m1 = min(V, m0 + m_chunk)
-        r = ops.add(
-            pv[m0:m1].map_layout(lambda t: t.unsqueeze(1)),  # [mc, 1, x]
-            EVOU.map_layout(lambda t: t.unsqueeze(0)),  # [1, k, x]
-            label="cubic:ov",
-        )  # [mc, k, x]
-        ex = torch.stack(torch.broadcast_tensors(torch.arange(m0, m1)[:, None], idx[None]), -1)
-        parts.append(ops.amax_excluding(r, dim=2, exclude=ex, label="cubic:ov"))
-    ev_nk = ops.sub(Ops.cat(parts, dim=0), EVOU_t, label="cubic:ov")
-    return SlotTables(EUPU=EUPU, own=own, base=base, W=W, Ck=Ck, ev_nk=ev_nk)
+    return SlotTables(EUPU=EUPU, EVOU=EVOU, pv=pv, own=own, base=base, W=W, Ck=Ck)
+
+
+def slot_tables_flops(V: int, n: int) -> int:
+    """PVnq (n-1) V^2 + V^2 (n-2); own V^2; base V^2; W 2 V^2; Ck 2 V^2."""
+    return (n - 1) * V * V + V * V * (n - 2) + 6 * V * V
 
 
 # Index comparisons per triple of ``triple_values`` (``first_not_excluded``: 2 x 1 + 3 x 2 x 2).
@@ -76,10 +66,10 @@ TRIPLE_INT_OPS = 14
 
 @dataclass(frozen=True)
 class RowTops:
-    """Top entries of the rows the class-1 maxima (x not in {m, k}) are taken over.
+    """Top entries of the rows the maxima over output logits are read from.
 
-    ``W``/``direct``: the 3 largest of W[q, :] and EUPU[q, :] per query q (two exclusions m, k
-    leave at least one). Built once.
+    ``W``/``direct``: the min(3, V) largest of W[q, :] and EUPU[q, :] per query q (two
+    exclusions m, k leave at least one when V >= 3). Built once.
     """
 
     W: Approx  # [d_vocab_q, 3]
@@ -88,50 +78,96 @@ class RowTops:
     direct_idx: Tensor  # [d_vocab_q, 3]
 
 
+def row_top_count(V: int) -> int:
+    return min(3, V)
+
+
 def row_tops(st: SlotTables, ops: Ops) -> RowTops:
-    """Cost: 2 V (3 (V - 1) - 3)."""
-    W, W_idx = ops.top_k(st.W, 3, label="cubic:ov")
-    direct, direct_idx = ops.top_k(st.EUPU, 3, label="cubic:ov")
+    """Cost: ``row_tops_flops``."""
+    k = row_top_count(st.EUPU.shape[0])
+    W, W_idx = ops.top_k(st.W, k, label="cubic:ov")
+    direct, direct_idx = ops.top_k(st.EUPU, k, label="cubic:ov")
     return RowTops(W=W, W_idx=W_idx, direct=direct, direct_idx=direct_idx)
 
 
-@dataclass(frozen=True)
-class MaxSlotTops:
-    """For the max tokens m0 <= m < m1: the 2 largest over x != m of EUPU[q, x] + own[m, x]
-    (``[q, m - m0, 2]``), so that one more exclusion (x = k) leaves one."""
+def row_tops_flops(V: int) -> int:
+    k = row_top_count(V)
+    return 2 * V * (k * (V - 1) - k * (k - 1) // 2)
 
-    m0: int
+
+@dataclass(frozen=True)
+class LeftoverTables:
+    """The d_vocab^3-type maxima, computed only for the (q, m) and (m, k) pairs of the triples
+    the screen leaves to the per-triple tests (``leftover_tables``); V >= 3.
+
+    ``top``/``idx`` ``[pairs, 2]``: the 2 largest over x != m of EUPU[q, x] + own[m, x] (so one
+    more exclusion, x = k, leaves one), for the pair ``pair_of[t]`` of triple t.
+    ``ev_nk`` ``[mk]``: max_{x not in {m, k}} EVOU[k, x] - EVOU[k, m] + PVnq[m, x], for the
+    (m, k) pair ``mk_of[t]`` of triple t.
+    """
+
     top: Approx
     idx: Tensor
+    pair_of: Int[Tensor, " triples"]
+    ev_nk: Approx
+    mk_of: Int[Tensor, " triples"]
 
 
-def max_slot_tops(st: SlotTables, m0: int, m1: int, ops: Ops) -> MaxSlotTops:
-    """Cost for mc = m1 - m0: V mc V (sum) + V mc (2 (V - 2) - 1) (top two of V - 1)."""
+def leftover_tables(
+    st: SlotTables,
+    q: Int[Tensor, " triples"],
+    m: Int[Tensor, " triples"],
+    k: Int[Tensor, " triples"],
+    ops: Ops,
+    chunk: int,
+) -> LeftoverTables:
+    """Cost: ``leftover_tables_flops`` (per distinct (q, m): 3V - 5; per distinct (m, k): 2V);
+    independent of ``chunk`` (rows per working tensor)."""
     V = st.EUPU.shape[0]
-    s = ops.add(
-        st.EUPU.map_layout(lambda t: t[:, None, :]),
-        st.own[m0:m1].map_layout(lambda t: t[None]),
-        label="cubic:ov",
-    )  # [q, mc, x]
-    ms = torch.arange(m0, m1)[None, :].expand(V, m1 - m0)
-    top, idx = ops.top_k(s, 2, exclude=ms, label="cubic:ov")
-    return MaxSlotTops(m0=m0, top=top, idx=idx)
+    pairs, pair_of = torch.unique(q * V + m, return_inverse=True)
+    mks, mk_of = torch.unique(m * V + k, return_inverse=True)
+    tops, idxs, evs = [], [], []
+    for s in range(0, max(pairs.numel(), 1), chunk):  # at least once: empty tables
+        pq, pm = pairs[s : s + chunk] // V, pairs[s : s + chunk] % V
+        sums = ops.add(st.EUPU[pq], st.own[pm], label="cubic:ov")  # [P, x]
+        top, idx = ops.top_k(sums, 2, exclude=pm, label="cubic:ov")
+        tops.append(top)
+        idxs.append(idx)
+    for s in range(0, max(mks.numel(), 1), chunk):
+        mm, kk = mks[s : s + chunk] // V, mks[s : s + chunk] % V
+        r = ops.add(st.pv[mm], st.EVOU[kk], label="cubic:ov")  # [Q, x]
+        best = ops.amax_excluding(r, dim=1, exclude=torch.stack([mm, kk], -1), label="cubic:ov")
+        evs.append(ops.sub(best, st.EVOU[kk, mm], label="cubic:ov"))
+    return LeftoverTables(
+        top=Ops.cat(tops, dim=0),
+        idx=torch.cat(idxs),
+        pair_of=pair_of,
+        ev_nk=Ops.cat(evs, dim=0),
+        mk_of=mk_of,
+    )
+
+
+def leftover_tables_flops(V: int, pairs: int, mks: int) -> int:
+    return pairs * (V + 2 * (V - 2) - 1) + mks * (V + (V - 1) + 1)
 
 
 def triple_values(
     st: SlotTables,
-    tops: tuple[RowTops, MaxSlotTops] | None,
+    rows: RowTops,
+    lt: LeftoverTables | None,
+    sel: Int[Tensor, " triples"],
     q: Int[Tensor, " triples"],
     m: Int[Tensor, " triples"],
     k: Int[Tensor, " triples"],
     ops: Ops,
 ) -> Approx:
-    """``vals[t, cls, group]``: upper bounds on max_{x in cls} of each slot group's term.
+    """``vals[t, cls, group]``: upper bounds on max_{x in cls} of each slot group's term, for
+    the leftover triples ``sel`` (indices into ``lt``'s triples) = (q, m, k).
 
     cls 0 (x = k): Dmax[q,m,k], Dk[q,m,k,k], Dz[q,m,k] (exact values).
     cls 1 (x not in {m, k}): max_x Dmax, max_x EUPU-part + max_x EVOU/PVnq-part (>= max_x Dk),
-    max_x Dz, each max read from the row tops (``first_not_excluded``). ``tops`` is None when
-    d_vocab = 2 (class 1 is empty; class 0 is repeated).
+    max_x Dz, each max read from the row tops or ``lt`` (``first_not_excluded``). ``lt`` is None
+    when d_vocab = 2 (class 1 is empty; class 0 is repeated).
     Cost per triple: 5 (class 0) + 4 + 3 selections (class 1), and 14 integer comparisons.
     """
     eu_q_m = st.EUPU[q, m]
@@ -141,17 +177,16 @@ def triple_values(
     d_k = ops.add(ops.sub(st.EUPU[q, k], eu_q_m, label="cubic:lw"), st.Ck[m, k], label="cubic:lw")
     d_z = ops.sub(st.W[q, k], st.W[q, m], label="cubic:lw")
     cls0 = Ops.stack([d_max, d_k, d_z], dim=-1)
-    if tops is None:
+    if lt is None:
         return Ops.stack([cls0, cls0], dim=1)
-    rows, ms = tops
-    j = m - ms.m0
+    p = lt.pair_of[sel]
     mk = torch.stack([m, k], dim=-1)  # [T, 2]
-    max_slot = ops.first_not_excluded(ms.top[q, j], ms.idx[q, j], k[:, None], label="cubic:ov")
+    max_slot = ops.first_not_excluded(lt.top[p], lt.idx[p], k[:, None], label="cubic:ov")
     query_slot = ops.first_not_excluded(rows.W[q], rows.W_idx[q], mk, label="cubic:ov")
     direct = ops.first_not_excluded(rows.direct[q], rows.direct_idx[q], mk, label="cubic:ov")
     v_max = ops.sub(max_slot, st.base[q, m], label="cubic:lw")
     eu_nk = ops.sub(direct, eu_q_m, label="cubic:lw")
-    v_k = ops.add(eu_nk, st.ev_nk[m, k], label="cubic:lw")
+    v_k = ops.add(eu_nk, lt.ev_nk[lt.mk_of[sel]], label="cubic:lw")
     v_z = ops.sub(query_slot, st.W[q, m], label="cubic:lw")
     return Ops.stack([cls0, Ops.stack([v_max, v_k, v_z], dim=-1)], dim=1)  # [T, 2, 3]
 
@@ -196,8 +231,8 @@ def every_c_ranges(groups: Approx | None, ops: Ops) -> Approx | None:
     """``R[q, lo/hi, group]``: the min and max over every c = 1 .. n-2 and both extreme
     placements of the group log-weights ``groups[q, c-1, r, group]``. Every placement's
     log S(pi) and log(T - S(pi)) lie between the extremes of its c, hence in these ranges.
-    None unless there are two or more such c. Cost: 4 V (2 (n - 2) - 1)."""
-    if groups is None or groups.shape[1] < 2:
+    None when n_ctx = 2 (no such c). Cost: 4 V (2 (n - 2) - 1)."""
+    if groups is None:
         return None
     flat = groups.map_layout(lambda t: t.flatten(1, 2))  # [q, (c, r), group]
     lo = ops.amin(flat, dim=1, label="cubic:attn")
@@ -206,14 +241,9 @@ def every_c_ranges(groups: Approx | None, ops: Ops) -> Approx | None:
 
 
 def pessimize_flops(V: int, n: int) -> int:
-    """Closed form of the ledger total of ``slot_tables``, ``row_tops`` and all
-    ``max_slot_tops`` (V >= 3), ``query_scores``, ``placement_log_weights`` and
-    ``every_c_ranges``."""
-    V2, V3 = V * V, V**3
-    tables = (n - 1) * V2 + V2 * (n - 2) + V2 + V2 + 2 * V2 + 2 * V2
-    tables += 0 if V < 3 else V3 + V2 * (V - 1) + V2
-    tops = 0 if V < 3 else 2 * V * (3 * (V - 1) - 3) + V3 + V2 * (2 * (V - 2) - 1)
+    """Closed form of the ledger total of ``slot_tables``, ``row_tops``, ``query_scores``,
+    ``placement_log_weights`` and ``every_c_ranges``."""
     z = V
     groups = 0 if n < 3 else V * (n - 2) + (n - 2) * 8 * V * (n - 1)
-    ranges = 0 if n < 4 else 4 * V * (2 * (n - 2) - 1)
-    return tables + tops + z + groups + ranges
+    ranges = 0 if n < 3 else 4 * V * (2 * (n - 2) - 1)
+    return slot_tables_flops(V, n) + row_tops_flops(V) + z + groups + ranges
