@@ -3,6 +3,8 @@ proven incorrect, matching an independent truth), the anytime (budget) mode neve
 respects its budget, FLOPs equal the closed form, and a bad certificate only loses coverage or is
 rejected."""
 
+import dataclasses
+
 import models
 import pytest
 import torch
@@ -142,13 +144,26 @@ def test_box_bound_against_enumeration():
         masks[~is_max, torch.randint(0, m, (1,), generator=g)] |= True  # non-empty
         wit = torch.randint(0, V - 1, (B,), generator=g)
         wit = wit + (wit >= m).long()  # x* != m
-        live = boxes.live_outputs(t, rows, masks.sum(dim=2), ops)
-        proven = boxes.prove(t, rows, masks, live, ops)
-        # The key-level bound on every query (as used for the keys with many boxes).
-        pruned = boxes.prove(t, rows, masks, boxes.key_bound_live(t, ops), ops)
-        assert bool((pruned | ~proven).all())  # pruning never loses a proof
-        proven |= pruned
+        proven = boxes.prove(t, rows, masks, ops)
+        # The same boxes with every output x != m live: the key-level pruning never loses a
+        # proof, and proves the same boxes here.
+        every = _every_output_but_m(
+            boxes.tables(
+                m,
+                qs,
+                ck.EQKE_s,
+                ck.EQKP_s,
+                ck.z,
+                ck.circ.EUPU,
+                ck.circ.EVOU,
+                ck.circ.PVOU,
+                ops,
+                every_output=True,
+            )
+        )
+        assert torch.equal(boxes.prove(every, rows, masks, ops), proven)
         refuted = boxes.refute(t, rows, masks, wit, ops)
+        assert torch.equal(boxes.refute(every, rows, masks, wit, ops), refuted)
         for b in range(B):
             sets = [torch.nonzero(masks[b, p], as_tuple=True)[0] for p in range(n - 1)]
             grid = torch.cartesian_prod(*sets, rows[b : b + 1]).reshape(-1, n)
@@ -160,6 +175,20 @@ def test_box_bound_against_enumeration():
                 fired["refute"] += 1
                 assert not bool(verdicts.any())
     assert fired["prove"] > 0 and fired["refute"] > 0
+
+
+def _every_output_but_m(t: boxes.Tables) -> boxes.Tables:
+    """Tables from ``tables(..., every_output=True)`` restricted to x != m, all of them live."""
+    V = t.live.shape[1]
+    xs = torch.tensor([x for x in range(V) if x != t.m]).expand(t.qs.numel(), V - 1)
+    return dataclasses.replace(
+        t,
+        live=torch.arange(V)[None, :].expand(t.qs.numel(), V) != t.m,
+        n_live=torch.full((t.qs.numel(),), V - 1),
+        xs=xs,
+        F=t.F[:, xs[0]],
+        Fq=t.Fq[:, xs[0]],
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,7 +215,7 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         t = boxes.tables(
             mv, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
         )
-        live = boxes.key_bound_live(t, ops)  # [q, x]
+        live = t.live  # [q, x]
         dead += int((~live).sum()) - (mv + 1)  # x = m is never live and never counts
         sel = m == mv
         beats = logits[sel] >= logits[sel, mv][:, None] - 1e-9  # [inputs, x]

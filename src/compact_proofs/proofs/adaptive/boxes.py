@@ -11,8 +11,8 @@ non-max slot), and some S_p = {m} when q < m. All its inputs have max m and quer
 Claim (box bound): write w_p(k) = exp((EQKE[q, k] + EQKP[q, p]) / s) and
 A_p(k, x) = EUPU[q, x] + PVOU[p, x] + EVOU[k, x]. With any common factor Z > 0,
     F[p, k, x] = w_p(k) (A_p(k, x) - A_p(k, m)) / Z,   Fq[x] = (same for the query slot).
-For an input t of the box and x != m, Z (sum_p w_p) (logit(x) - logit(m)) = Z Fq[x] + Z sum_p
-F[p, t_p, x]... precisely, logit(x) - logit(m) has the sign of G_x(t) = Fq[x] + sum_p F[p, t_p, x].
+For an input t of the box and x != m, logit(x) - logit(m) has the sign of
+G_x(t) = Fq[x] + sum_p F[p, t_p, x].
   (a) If UB = max_{x != m} (Fq[x] + sum_p max_{k in S_p} F[p, k, x]) < 0, every input of the box is
       correct.
   (b) If for some x* != m, LB = Fq[x*] + sum_p min_{k in S_p} F[p, k, x*] > 0, every input of the
@@ -23,17 +23,25 @@ A_p(t_p, m)) = G_x(t) Z / sum_p w_p(t_p), a positive multiple of G_x(t). (2) G_x
 one term per position, each depending only on that position's token, so over a product box its
 maximum is the sum of the per-position maxima (and likewise for the minimum). (a) G_x(t) <= UB_x
 < 0 for every x != m; (b) G_x*(t) >= LB > 0.                                            QED
-  (c) Key-level outputs: with M[p, x] = max_{k <= m} F[p, k, x], every input of the key (q, m)
-      (some non-query slot holds m when q < m) has G_x(t) <= KB_x := Fq[x] + sum_p M[p, x]
-      + max_p (F[p, m, x] - M[p, x]) (for q = m without the last term). If KB_x < 0, output x
-      is below m on every box of the key, so (a) need only take its max over the other
-      ("live") outputs.
-      Proof: the slot p* holding m contributes F[p*, m, x], every other slot at most M[p, x].
-The common factor: the weights are a softmax over all (p, k <= m) scores of the key (q, m) and
-the query score (entries for k > m are replaced by a copy of the score of k = m: they only change
-Z), so they are well scaled for every input of the key.
-Cost: ``table_flops`` per max-token group (tables and live outputs); per box, the reductions over
-S_p count (|S_p| - 1) per live output (paper rule), ``prove_flops`` / ``refute_flops``.
+  (c) Key-level outputs. The weights factor: w_p(k) / Z = a_p b_k with a_p = exp(EQKP_s[q, p] -
+      M_a) (the query slot as p = n-1 with score z[q] - M_b) and b_k = exp(EQKE_s[q, k] - M_b),
+      so F[p, k, x] = a_p b_k (c[p, x] + e[k, x]) with c[p, x] = EUPU[q, x] - EUPU[q, m] +
+      PVOU[p, x] - PVOU[p, m] and e[k, x] = EVOU[k, x] - EVOU[k, m]. Let
+          N[p, x] = max(b_hi c[p, x], b_lo c[p, x]) + E[x],  E[x] = max_{k <= m} b_k e[k, x],
+      with b_lo, b_hi the min and max of b_k over k <= m, and T[p, x] = b_m (c[p, x] + e[m, x]).
+      Every input of the key (q, m) (some non-query slot holds m when q < m) has
+          G_x(t) <= KB_x := Fq[x] + sum_p a_p N[p, x] + max_p a_p (T[p, x] - N[p, x])
+      (for q = m without the last term). If KB_x < 0, output x is below m on every box of the
+      key, so (a) need only take its max over the other ("live") outputs, and (b) can only
+      hold for a live x*: the tables are built at the live outputs only.
+      Proof: b_k c <= max(b_hi c, b_lo c) for b_k in [b_lo, b_hi], and b_k e[k, x] <= E[x],
+      so a non-max slot p contributes at most a_p N[p, x]; the slot p* holding m contributes
+      exactly a_p* T[p*, x] = a_p* N[p*, x] + a_p* (T - N)[p*, x].                           QED
+The common factor: every weight is at most 1 (exp-shifted scores), so the tables are well scaled
+for every input of the key.
+Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs);
+per box, the reductions over S_p count (|S_p| - 1) per live output (paper rule),
+``prove_flops`` / ``refute_flops``.
 """
 
 import math
@@ -52,12 +60,16 @@ CHUNK_ELEMENTS = 1 << 22
 
 @dataclass(frozen=True)
 class Tables:
-    """F and Fq (module docstring) for the keys (q, m) of one max token m, q in ``qs``."""
+    """F and Fq (module docstring) for the keys (q, m) of one max token m, q in ``qs``, at each
+    key's live outputs ``xs[i, :n_live[i]]`` (claim (c); padding entries are never read)."""
 
     m: int
     qs: Int[Tensor, " queries"]
-    F: Approx  # [queries, slots, m + 1 (key token k <= m), d_vocab_out]
-    Fq: Approx  # [queries, d_vocab_out]
+    live: Bool[Tensor, "queries d_vocab_out"]
+    n_live: Int[Tensor, " queries"]
+    xs: Int[Tensor, "queries live"]
+    F: Approx  # [queries, live, slots, m + 1 (key token k <= m)]
+    Fq: Approx  # [queries, live]
 
 
 def tables(
@@ -70,106 +82,116 @@ def tables(
     EVOU: Approx,
     PVOU: Approx,
     ops: Ops,
+    every_output: bool = False,
 ) -> Tables:
-    """F and Fq for the keys (q, m), q in ``qs`` (all q <= m). Cost: ``table_flops``."""
+    """Live outputs (claim (c)) and F, Fq at them for the keys (q, m), q in ``qs`` (all q <= m).
+    ``every_output``: F at every x (the search's scratch tables; the live mask is the same).
+    Cost: ``table_flops`` with the total number of live outputs."""
     Q, n = qs.numel(), PVOU.shape[0]
-    s1 = n - 1
-    ks = torch.arange(m + 1)
-    # Scores of every (slot p, token k <= m), then the query's: a softmax row per query.
-    sc = ops.add(
-        EQKE_s[qs[:, None, None], ks[None, None, :]].map_layout(lambda t: t.expand(Q, s1, m + 1)),
-        EQKP_s[qs[:, None], torch.arange(s1)[None, :]].map_layout(
-            lambda t: t[:, :, None].expand(Q, s1, m + 1)
-        ),
-        label=LABEL,
-    )  # [Q, slots, m + 1]
-    row = Ops.cat(
-        [sc.map_layout(lambda t: t.reshape(Q, -1)), z[qs].map_layout(lambda t: t[:, None])], 1
-    )
-    a = ops.softmax(row, dim=1, label=LABEL)  # common factor Z per query
-    a_slots = a[:, :-1].map_layout(lambda t: t.reshape(Q, s1, m + 1, 1))
-    a_q = a[:, -1:]  # [Q, 1]
-    # Centred value rows: A_p(k, x) - A_p(k, m) = eu[q, x] + pv[p, x] + ev[k, x].
+    s1, K = n - 1, m + 1
+    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c).
+    sk = EQKE_s[qs[:, None], torch.arange(K)[None, :]]  # [Q, K]
+    shift = ops.amax(sk, dim=1, label=LABEL)
+    bk = ops.exp_shifted(sk, dim=1, label=LABEL)  # [Q, K], exp(sk - M_b) with M_b = shift.mid
+    zq = ops.sub(z[qs], Approx(shift.mid, 0.0, shift.mag), label=LABEL)
+    pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [Q, n]
+    a = ops.exp_shifted(pos, dim=1, label=LABEL)  # [Q, n]
+    # Centred value rows: c[q, p, x] and e[k, x].
     eu = ops.sub(EUPU[qs], EUPU[qs, m].map_layout(lambda t: t[:, None]), label=LABEL)  # [Q, x]
     pv = ops.sub(PVOU, PVOU[:, m : m + 1], label=LABEL)  # [n, x]
-    ev = ops.sub(EVOU[: m + 1], EVOU[: m + 1, m : m + 1], label=LABEL)  # [m + 1, x]
-    b = ops.add(
+    e = ops.sub(EVOU[:K], EVOU[:K, m : m + 1], label=LABEL)  # [K, x]
+    c = ops.add(
         eu.map_layout(lambda t: t[:, None, :]), pv.map_layout(lambda t: t[None]), label=LABEL
     )  # [Q, n, x]
-    delta = ops.add(
-        b[:, :s1].map_layout(lambda t: t[:, :, None, :]),
-        ev.map_layout(lambda t: t[None, None]),
+    dq = ops.add(c[:, s1], e[qs], label=LABEL)  # query slot (token q <= m)
+    Fq = ops.mul(a[:, s1:], dq, label=LABEL)  # [Q, x]
+    live = _live(m, qs, a, bk, c, e, Fq, ops)
+    ab = ops.mul(
+        a[:, :s1].map_layout(lambda t: t[:, :, None]),
+        bk.map_layout(lambda t: t[:, None, :]),
         label=LABEL,
-    )  # [Q, slots, m + 1, x]
-    F = ops.mul(a_slots, delta, label=LABEL)
-    dq = ops.add(b[:, s1], ev[qs], label=LABEL)  # query slot (token q <= m)
-    Fq = ops.mul(a_q, dq, label=LABEL)
-    return Tables(m=m, qs=qs, F=F, Fq=Fq)
-
-
-def table_flops(m: int, Q: int, n: int, V: int) -> int:
-    """Ledger total of ``tables`` for max token m and Q queries."""
-    s1, K = n - 1, m + 1
-    L = s1 * K + 1
-    return (
-        Q * s1 * K  # scores
-        + Q * (2 * (L - 1) + 3 * L)  # softmax
-        + Q * V  # eu
-        + n * V  # pv
-        + K * V  # ev
-        + Q * n * V  # b
-        + 2 * Q * s1 * K * V  # delta, F
-        + 2 * Q * V  # dq, Fq
+    )  # [Q, slots, K]
+    keep = torch.ones_like(live) if every_output else live
+    n_live = keep.sum(dim=1)
+    width = max(int(n_live.max()) if Q else 0, 1)
+    xs = keep.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
+    qi, j = torch.nonzero(torch.arange(width)[None, :] < n_live[:, None], as_tuple=True)
+    xi = xs[qi, j]
+    delta = ops.add(
+        c[qi, :s1, xi].map_layout(lambda t: t[:, :, None]),  # [P, slots, 1]
+        e[:, xi].map_layout(lambda t: t.T[:, None, :]),  # [P, 1, K]
+        label=LABEL,
+    )
+    flat = ops.mul(ab[qi], delta, label=LABEL)  # [P, slots, K]
+    F = torch.zeros(Q, width, s1, K, dtype=torch.float64)
+    F[qi, j] = flat.mid
+    return Tables(
+        m=m,
+        qs=qs,
+        live=live,
+        n_live=n_live,
+        xs=xs,
+        F=Approx(F, flat.rad, flat.mag),
+        Fq=Approx(Fq.mid.gather(1, xs), Fq.rad, Fq.mag),
     )
 
 
-def live_outputs(
-    t: Tables, rows: Int[Tensor, " boxes"], sizes: Int[Tensor, "boxes slots"], ops: Ops
+def _live(
+    m: int, qs: Tensor, a: Approx, bk: Approx, c: Approx, e: Approx, Fq: Approx, ops: Ops
 ) -> Bool[Tensor, "queries d_vocab_out"]:
-    """Claim (c): per query of ``t``, the outputs x != m whose key-level bound KB_x is not proven
-    negative. The bound is computed only for the queries whose prove claims (boxes ``rows``,
-    slot set sizes ``sizes``) would cost more at every output than the bound itself
-    (``use_key_bound``); for the others every x != m is live. Cost: ``live_flops`` per query
-    with the bound."""
-    Q, V = t.Fq.shape
-    live = torch.ones(Q, V, dtype=torch.bool)
-    use = use_key_bound(t.m, t.F.shape[1] + 1, V, rows, sizes, Q)
-    if bool(use.any()):
-        sub = Tables(m=t.m, qs=t.qs[use], F=t.F[use], Fq=t.Fq[use])
-        live[use] = key_bound_live(sub, ops)
-    live[:, t.m] = False
-    return live
-
-
-def use_key_bound(
-    m: int, n: int, V: int, rows: Int[Tensor, " boxes"], sizes: Int[Tensor, "boxes slots"], Q: int
-) -> Bool[Tensor, " queries"]:
-    """Whether the key-level bound pays off for each query: its prove claims at every output
-    x != m cost more than ``live_flops`` for one query (a rule the search can predict)."""
-    full = torch.zeros(Q, dtype=torch.int64)
-    full.index_add_(0, rows, _prove_box_flops(sizes, torch.full_like(rows, V - 1)))
-    return full > live_flops(m, 1, n, V)
-
-
-def key_bound_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries d_vocab_out"]:
-    """Claim (c) for every query of ``t``: the outputs x != m whose KB_x is not proven negative.
-    Cost: ``live_flops``."""
-    Q, s1, K, V = t.F.shape
-    M = ops.amax(t.F, dim=2, label=LABEL)  # [Q, slots, x]: max over k <= m
-    kb = ops.add(t.Fq, ops.sum(M, dim=1, label=LABEL), label=LABEL)  # [Q, x]
-    gap = ops.sub(t.F[:, :, t.m], M, label=LABEL)  # [Q, slots, x]: F[p, m, x] - M[p, x]
-    with_max = ops.add(kb, ops.amax(gap, dim=1, label=LABEL), label=LABEL)
-    kb = ops.where((t.qs < t.m)[:, None].expand(Q, V), with_max, kb, label=LABEL)
+    """Claim (c): the outputs x != m whose KB_x is not proven negative."""
+    Q, n, V = c.shape
+    s1 = n - 1
+    b_hi = ops.amax(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
+    b_lo = ops.amin(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
+    E = ops.amax(
+        ops.mul(
+            bk.map_layout(lambda t: t[:, :, None]), e.map_layout(lambda t: t[None]), label=LABEL
+        ),
+        dim=1,
+        label=LABEL,
+    )  # [Q, x]
+    cs = c[:, :s1]  # [Q, slots, x]
+    N = ops.add(
+        ops.maximum(ops.mul(b_hi, cs, label=LABEL), ops.mul(b_lo, cs, label=LABEL), label=LABEL),
+        E.map_layout(lambda t: t[:, None, :]),
+        label=LABEL,
+    )
+    a_s = a[:, :s1].map_layout(lambda t: t[:, :, None])  # [Q, slots, 1]
+    kb = ops.add(Fq, ops.sum(ops.mul(a_s, N, label=LABEL), dim=1, label=LABEL), label=LABEL)
+    has_max_slot = qs < m
+    if bool(has_max_slot.any()):
+        sel = torch.nonzero(has_max_slot, as_tuple=True)[0]
+        b_m = bk[sel, m].map_layout(lambda t: t[:, None, None])
+        T = ops.mul(
+            b_m,
+            ops.add(cs[sel], e[m].map_layout(lambda t: t[None, None]), label=LABEL),
+            label=LABEL,
+        )
+        gap = ops.amax(
+            ops.mul(a_s[sel], ops.sub(T, N[sel], label=LABEL), label=LABEL), dim=1, label=LABEL
+        )
+        with_gap = ops.add(kb[sel], gap, label=LABEL)
+        kb = Approx(
+            kb.mid.index_copy(0, sel, with_gap.mid),
+            max(kb.rad, with_gap.rad),
+            max(kb.mag, with_gap.mag),
+        )
     live = ~ops.proven_negative(kb, label=LABEL)
-    live[:, t.m] = False
+    live[:, m] = False
     return live
 
 
-def live_flops(m: int, Q: int, n: int, V: int) -> int:
-    """Ledger total of ``key_bound_live`` for max token m and Q queries (``live_outputs``
-    charges it for the queries where ``use_key_bound``)."""
+def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) -> int:
+    """Ledger total of ``tables`` for max token m, Q queries (``Q_max_slot`` of them q < m) and
+    ``n_live`` live outputs in all."""
     s1, K = n - 1, m + 1
-    return Q * (s1 * V * (K - 1) + V * (s1 - 1) + V + s1 * V + V * (s1 - 1) + V + V + 2 * V)
+    weights = (K - 1) + (K - 1) + 2 * K + 1 + (n - 1) + 2 * n  # shift, b_k, zq, a
+    rows = Q * V + n * V + K * V + Q * n * V  # eu, pv, e, c
+    query = 2 * Q * V  # dq, Fq
+    bound = Q * (2 * (K - 1) + K * V + (K - 1) * V + 4 * s1 * V + s1 * V + (s1 - 1) * V + V + 2 * V)
+    bound += Q_max_slot * (2 * s1 * V + 2 * s1 * V + (s1 - 1) * V + V)
+    return Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
 
 
 def _extreme(
@@ -205,30 +227,27 @@ def prove(
     t: Tables,
     rows: Int[Tensor, " boxes"],
     masks: Bool[Tensor, "boxes slots k"],
-    live: Bool[Tensor, "queries d_vocab_out"],
     ops: Ops,
 ) -> Bool[Tensor, " boxes"]:
     """Claims (a) and (c) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0 for
-    every live output x of the box's key (``live_outputs``); the other outputs are below m on
-    the whole key. Boxes are evaluated in groups with the same number of live outputs.
+    every live output x of the box's key; the other outputs are below m on the whole key.
+    Boxes are evaluated in groups with the same number of live outputs.
     Cost: ``prove_flops``."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
-    n_live = live[rows].sum(dim=1)
+    n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
-    s1, K = t.F.shape[1], t.F.shape[2]
+    s1, K = t.F.shape[2], t.F.shape[3]
     for L in n_live[n_live > 0].unique().tolist():
         group = torch.nonzero(n_live == L, as_tuple=True)[0]
         step = max(1, CHUNK_ELEMENTS // (s1 * K * L))
         for b0 in range(0, group.numel(), step):
             idx = group[b0 : b0 + step]
             r = rows[idx]
-            # The L live outputs of each box's key.
-            xs = live[r].to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :L]
             # Gathering keeps the uniform bounds (as Approx indexing does).
-            Fx = Approx(t.F.mid[r[:, None], :, :, xs].permute(0, 2, 3, 1), t.F.rad, t.F.mag)
+            Fx = Approx(t.F.mid[r, :L].permute(0, 2, 3, 1), t.F.rad, t.F.mag)  # [b, s, k, L]
             per_slot = _extreme(Fx, torch.arange(idx.numel()), masks[idx], True, ops)
-            fq = Approx(t.Fq.mid[r[:, None], xs], t.Fq.rad, t.Fq.mag)  # [b, L]
+            fq = Approx(t.Fq.mid[r, :L], t.Fq.rad, t.Fq.mag)  # [b, L]
             ub = ops.add(fq, ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
             worst = ops.amax(ub, dim=1, label=LABEL)
             out[idx] = ops.proven_negative(worst, label=LABEL)
@@ -258,16 +277,25 @@ def refute(
     witness: Int[Tensor, " boxes"],
     ops: Ops,
 ) -> Bool[Tensor, " boxes"]:
-    """Claim (b) with x* = ``witness`` (must differ from m). Cost: ``refute_flops``."""
+    """Claim (b) with x* = ``witness`` (must differ from m); only a live x* can hold (claim
+    (c)), so a dead one is refused without cost. Cost: ``refute_flops`` for the live ones."""
     B = rows.numel()
-    if B == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    Fx = t.F.map_layout(lambda f: f[rows[:, None], :, :, witness[:, None]].squeeze(1))
-    per_slot = _extreme(Fx, torch.arange(B), masks, False, ops)  # [B, slots]
-    lb = ops.add(t.Fq[rows, witness], ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
+    out = torch.zeros(B, dtype=torch.bool)
+    hit = (t.xs[rows] == witness[:, None]) & (
+        torch.arange(t.xs.shape[1])[None, :] < t.n_live[rows][:, None]
+    )
+    ok = torch.nonzero(hit.any(dim=1), as_tuple=True)[0]
+    if ok.numel() == 0:
+        return out
+    r, j = rows[ok], hit[ok].to(torch.int8).argmax(dim=1)
+    Fx = Approx(t.F.mid[r, j], t.F.rad, t.F.mag)  # [b, slots, k]
+    per_slot = _extreme(Fx, torch.arange(ok.numel()), masks[ok], False, ops)  # [b, slots]
+    fq = Approx(t.Fq.mid[r, j], t.Fq.rad, t.Fq.mag)
+    lb = ops.add(fq, ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
     low = ops.lower(lb, label=LABEL)
-    ops.ledger.add(B, label=LABEL)  # the comparison with 0
-    return low > 0
+    ops.ledger.add(ok.numel(), label=LABEL)  # the comparison with 0
+    out[ok] = low > 0
+    return out
 
 
 def refute_flops(sizes: Int[Tensor, "boxes slots"]) -> int:

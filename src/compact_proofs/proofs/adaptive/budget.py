@@ -150,12 +150,9 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         ix = it["rows"]
         it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
         it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
-        full = boxes.prove_flops(sizes[ix], torch.full((len(ix),), V - 1))
-        pruned = boxes.live_flops(m, 1, n, V) + boxes.prove_flops(
-            sizes[ix], tr.live[q, m].expand(len(ix))
-        )
-        it["cost"] = boxes.table_flops(m, 1, n, V) + (
-            pruned if full > boxes.live_flops(m, 1, n, V) else full
+        L = tr.live[q, m]
+        it["cost"] = boxes.table_flops(m, 1, n, V, int(L), int(q < m)) + boxes.prove_flops(
+            sizes[ix], L.expand(len(ix))
         )
     return items
 

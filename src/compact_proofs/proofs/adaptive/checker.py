@@ -16,14 +16,14 @@ Proof:
   (2) Stage 3 (``singles``): listed c = 0 keys the cubic did not prove are decided input by input.
   (3) Stage 4 (``tree``, ``boxes``, ``singles``): the leaves of the listed refinement trees are
       disjoint boxes outside (1) and (2) (``tree`` docstring); a leaf's claim counts only if it
-      re-checks: prove (box bounds (a) and (c)), refute (box bound (b)), exact (a single input,
-      decided as in (2)).
+      re-checks: prove (box bounds (a) and (c)), refute (box bound (b) at a live witness),
+      exact (a single input, decided as in (2)).
   (4) The sets counted in (1)-(3) are pairwise disjoint (the keys partition the inputs; (2) is
       c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
       refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
 Cost: stage 1 ``CubicKeys.flops`` (``cubic.cubic_flops``); stage 2 ``keys.level1_flops``; stage 3
-``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group, ``live_flops`` per
-query where ``boxes.use_key_bound``, plus ``prove_flops`` / ``refute_flops`` per leaf. Reading,
+``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group (it depends on the
+keys' numbers of live outputs), plus ``prove_flops`` / ``refute_flops`` per leaf. Reading,
 indexing and the bool set work of rebuilding the trees are free (paper rules).
 """
 
@@ -163,9 +163,7 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
         masks = nodes.masks[sel, :, : m + 1]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            sizes = masks[pr].sum(dim=2)
-            live = boxes.live_outputs(t, rows[pr], sizes, ops)
-            verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], live, ops).to(torch.int64)
+            verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)
         if bool((~pr).any()):
             rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)
             verdict[sel[~pr]] = -rf.to(torch.int64)

@@ -1,8 +1,8 @@
 """Adaptive proof: the closed-form FLOP count of the check for a given certificate.
 
 ``predict`` adds up the stage costs (stage 1 ``CubicKeys.flops``, ``keys.level1_flops``,
-``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``live_flops`` /
-``prove_flops`` / ``refute_flops``); it equals the checker's ledger total except for the exact
+``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``prove_flops`` /
+``refute_flops``); it equals the checker's ledger total except for the exact
 (python-flint) decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they
 happen (tests/test_adaptive.py asserts the equality).
 """
@@ -24,7 +24,7 @@ def predict(
     n_live: Tensor,
 ) -> int:
     """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (live outputs per key
-    (q, m), ``boxes.live_outputs``) are what the checker will find (the search knows them)."""
+    (q, m), ``boxes.tables``) are what the checker will find (the search knows them)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
@@ -57,14 +57,10 @@ def predict(
     for mv in nodes.m[want].unique().tolist():
         sel = want & (nodes.m == mv)
         qs, rows = nodes.q[sel].unique(return_inverse=True)
-        total += boxes.table_flops(mv, qs.numel(), n, V)
+        L = n_live[qs, mv]
+        total += boxes.table_flops(mv, qs.numel(), n, V, int(L.sum()), int((qs < mv).sum()))
         pr = claim[sel] == plan.PROVE
-        if bool(pr.any()):
-            sz = sizes[sel][pr]
-            use = boxes.use_key_bound(mv, n, V, rows[pr], sz, qs.numel())
-            total += boxes.live_flops(mv, int(use.sum()), n, V)
-            L = torch.where(use[rows[pr]], n_live[qs[rows[pr]], mv], V - 1)
-            total += boxes.prove_flops(sz, L)
+        total += boxes.prove_flops(sizes[sel][pr], L[rows[pr]])
         total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)

@@ -66,7 +66,7 @@ class _Tree:
     parent: list
     slot: list
     split_mask: list
-    live: Tensor  # [d_vocab_q, d_vocab_max] live outputs of each key (boxes.live_outputs)
+    live: Tensor  # [d_vocab_q, d_vocab_max] number of live outputs of each key (boxes.tables)
 
 
 def search(weights: Weights, budget: int | None = None) -> Certificate:
@@ -205,32 +205,44 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
 
 def _stack_tables(
     ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops
-) -> tuple[Approx, Approx, Tensor]:
-    """Box tables of the keys ``pairs`` (q, m), padded to d_vocab key tokens and stacked; the
-    uniform radius is the largest of the groups', so decisions are at least as cautious as the
-    checker's. F is stored with the output axis before the key-token axis: [pair, slot, x, k]
-    (gathering whole rows over k is what the search does most). Also returns
-    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0). Entries k > m of a pair's rows
-    are left uninitialised: every reader masks them out (box masks only hold tokens <= m).
-    Records each key's number of live outputs (as the checker will find them) in ``live``."""
+) -> tuple[Approx, Approx, Tensor, Tensor]:
+    """Box tables of the keys ``pairs`` (q, m) at every output, padded to d_vocab key tokens and
+    stacked; the uniform radius is the largest of the groups', so decisions are at least as
+    cautious as the checker's. F is stored with the output axis before the key-token axis:
+    [pair, slot, x, k] (gathering whole rows over k is what the search does most). Also returns
+    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0) and the key's live outputs
+    ``key_live[pair, x]`` (claim (c) of ``boxes``; the checker builds its tables at these).
+    Entries k > m of a pair's rows are left uninitialised: every reader masks them out (box
+    masks only hold tokens <= m). Records each key's number of live outputs in ``live``."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
     Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
     below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
+    key_live = torch.zeros(pairs.shape[0], V, dtype=torch.bool)
     rad = mag = 0.0
     for m in pairs[:, 1].unique().tolist():
         sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
         t = boxes.tables(
-            m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
+            m,
+            pairs[sel, 0],
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            circ.EUPU,
+            circ.EVOU,
+            circ.PVOU,
+            ops,
+            every_output=True,
         )
-        live[pairs[sel, 0], m] = boxes.key_bound_live(t, ops).sum(dim=1)
-        F[sel, :, :, : m + 1] = t.F.mid.transpose(2, 3)
+        live[pairs[sel, 0], m] = t.live.sum(dim=1)
+        key_live[sel] = t.live
+        F[sel, :, :, : m + 1] = t.F.mid.permute(0, 2, 1, 3)  # [Q, slots, x, k]
         Fq[sel] = t.Fq.mid
         if m:
-            below[sel] = t.F.mid[:, :, :m].amax(dim=2)
+            below[sel] = t.F.mid[..., :m].amax(dim=3).transpose(1, 2)
         rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
-    return Approx(F, rad, mag), Approx(Fq, rad, mag), below
+    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, key_live
 
 
 @dataclass
@@ -274,10 +286,11 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
+        F, Fq, below, key_live = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
+        root_block.live[local] &= key_live[root_block.row[local]]
         _prune_outputs(root_block, local, F, Fq, below, ops)
         for _ in range(MAX_DEPTH):
             if local.numel() == 0 or total > MAX_NODES[n <= SMALL_CTX]:
