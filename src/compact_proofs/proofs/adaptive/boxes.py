@@ -27,8 +27,9 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
       M_a) (the query slot as p = n-1 with score z[q] - M_b) and b_k = exp(EQKE_s[q, k] - M_b),
       so F[p, k, x] = a_p b_k (c[p, x] + e[k, x]) with c[p, x] = EUPU[q, x] - EUPU[q, m] +
       PVOU[p, x] - PVOU[p, m] and e[k, x] = EVOU[k, x] - EVOU[k, m]. Let
-          N[p, x] = max(b_hi c[p, x], b_lo c[p, x]) + E[x],  E[x] = max_{k <= m} b_k e[k, x],
-      with b_lo, b_hi the min and max of b_k over k <= m, and T[p, x] = b_m (c[p, x] + e[m, x]).
+          N[p, x] = max(b_hi c[p, x], b_lo c[p, x]) + E[x],  E[x] >= max_{k <= m} b_k e[k, x],
+      with b_lo, b_hi the min and max of b_k over k <= m, and T[p, x] = b_m (c[p, x] + e[m, x]);
+      E is shared by every query q' <= m (``_shared_E``).
       Every input of the key (q, m) (some non-query slot holds m when q < m) has
           G_x(t) <= KB_x := Fq[x] + sum_p a_p N[p, x] + max_p a_p (T[p, x] - N[p, x])
       (for q = m without the last term). If KB_x < 0, output x is below m on every box of the
@@ -89,10 +90,13 @@ def tables(
     Cost: ``table_flops`` with the total number of live outputs."""
     Q, n = qs.numel(), PVOU.shape[0]
     s1, K = n - 1, m + 1
-    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c).
-    sk = EQKE_s[qs[:, None], torch.arange(K)[None, :]]  # [Q, K]
-    shift = ops.amax(sk, dim=1, label=LABEL)
-    bk = ops.exp_shifted(sk, dim=1, label=LABEL)  # [Q, K], exp(sk - M_b) with M_b = shift.mid
+    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). b_k is computed for
+    # every query q' <= m (E[x] takes its range over them all, the same for every group of
+    # queries of this m), and read for the queries ``qs``.
+    sk = EQKE_s[:K, :K]  # [q' <= m, K]
+    shift = ops.amax(sk, dim=1, label=LABEL)[qs]
+    b_all = ops.exp_shifted(sk, dim=1, label=LABEL)  # exp(sk - M_b), M_b = the float row max
+    bk = b_all[qs]  # [Q, K]
     zq = ops.sub(z[qs], Approx(shift.mid, 0.0, shift.mag), label=LABEL)
     pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [Q, n]
     a = ops.exp_shifted(pos, dim=1, label=LABEL)  # [Q, n]
@@ -105,7 +109,7 @@ def tables(
     )  # [Q, n, x]
     dq = ops.add(c[:, s1], e[qs], label=LABEL)  # query slot (token q <= m)
     Fq = ops.mul(a[:, s1:], dq, label=LABEL)  # [Q, x]
-    live = _live(m, qs, a, bk, c, e, Fq, ops)
+    live = _live(m, qs, a, bk, _shared_E(b_all, e, ops), c, e, Fq, ops)
     ab = ops.mul(
         a[:, :s1].map_layout(lambda t: t[:, :, None]),
         bk.map_layout(lambda t: t[:, None, :]),
@@ -136,25 +140,36 @@ def tables(
     )
 
 
+def _shared_E(b_all: Approx, e: Approx, ops: Ops) -> Approx:
+    """``E[x] >= max_{k <= m} b_k e[k, x]`` for every query q' <= m: with b_k in [lo_k, hi_k]
+    (min and max over q'), b_k e <= max(hi_k e, lo_k e). Cost: 2 K (K - 1) + 3 K V + (K - 1) V."""
+    hi = ops.amax(b_all, dim=0, label=LABEL).map_layout(lambda t: t[:, None])  # [K, 1]
+    lo = ops.amin(b_all, dim=0, label=LABEL).map_layout(lambda t: t[:, None])
+    most = ops.maximum(ops.mul(hi, e, label=LABEL), ops.mul(lo, e, label=LABEL), label=LABEL)
+    return ops.amax(most, dim=0, label=LABEL)  # [x]
+
+
 def _live(
-    m: int, qs: Tensor, a: Approx, bk: Approx, c: Approx, e: Approx, Fq: Approx, ops: Ops
+    m: int,
+    qs: Tensor,
+    a: Approx,
+    bk: Approx,
+    E: Approx,
+    c: Approx,
+    e: Approx,
+    Fq: Approx,
+    ops: Ops,
 ) -> Bool[Tensor, "queries d_vocab_out"]:
-    """Claim (c): the outputs x != m whose KB_x is not proven negative."""
+    """Claim (c): the outputs x != m whose KB_x is not proven negative (``E`` from
+    ``_shared_E``)."""
     Q, n, V = c.shape
     s1 = n - 1
     b_hi = ops.amax(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
     b_lo = ops.amin(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
-    E = ops.amax(
-        ops.mul(
-            bk.map_layout(lambda t: t[:, :, None]), e.map_layout(lambda t: t[None]), label=LABEL
-        ),
-        dim=1,
-        label=LABEL,
-    )  # [Q, x]
     cs = c[:, :s1]  # [Q, slots, x]
     N = ops.add(
         ops.maximum(ops.mul(b_hi, cs, label=LABEL), ops.mul(b_lo, cs, label=LABEL), label=LABEL),
-        E.map_layout(lambda t: t[:, None, :]),
+        E.map_layout(lambda t: t[None, None, :]),
         label=LABEL,
     )
     a_s = a[:, :s1].map_layout(lambda t: t[:, :, None])  # [Q, slots, 1]
@@ -186,12 +201,14 @@ def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) ->
     """Ledger total of ``tables`` for max token m, Q queries (``Q_max_slot`` of them q < m) and
     ``n_live`` live outputs in all."""
     s1, K = n - 1, m + 1
-    weights = (K - 1) + (K - 1) + 2 * K + 1 + (n - 1) + 2 * n  # shift, b_k, zq, a
+    b_all = K * (K - 1) + K * (K - 1) + 2 * K * K  # row shifts, exp-shifted b
+    shared_E = 2 * K * (K - 1) + 3 * K * V + (K - 1) * V
+    weights = 1 + (n - 1) + 2 * n  # zq, a
     rows = Q * V + n * V + K * V + Q * n * V  # eu, pv, e, c
     query = 2 * Q * V  # dq, Fq
-    bound = Q * (2 * (K - 1) + K * V + (K - 1) * V + 4 * s1 * V + s1 * V + (s1 - 1) * V + V + 2 * V)
-    bound += Q_max_slot * (2 * s1 * V + 2 * s1 * V + (s1 - 1) * V + V)
-    return Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
+    bound = Q * (2 * (K - 1) + 4 * s1 * V + s1 * V + (s1 - 1) * V + V + 2 * V)
+    bound += Q_max_slot * (4 * s1 * V + (s1 - 1) * V + V)
+    return b_all + shared_E + Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
 
 
 def _extreme(
