@@ -86,7 +86,8 @@ def tables(
     every_output: bool = False,
 ) -> Tables:
     """Live outputs (claim (c)) and F, Fq at them for the keys (q, m), q in ``qs`` (all q <= m).
-    ``every_output``: F at every x (the search's scratch tables; the live mask is the same).
+    ``every_output``: F at every x (the search's scratch tables, computed densely with the same
+    values; the live mask is the same).
     Cost: ``table_flops`` with the total number of live outputs."""
     Q, n = qs.numel(), PVOU.shape[0]
     s1, K = n - 1, m + 1
@@ -115,10 +116,19 @@ def tables(
         bk.map_layout(lambda t: t[:, None, :]),
         label=LABEL,
     )  # [Q, slots, K]
-    keep = torch.ones_like(live) if every_output else live
-    n_live = keep.sum(dim=1)
+    if every_output:  # dense, the same values as the flat computation below
+        delta = ops.add(
+            c[:, :s1].map_layout(lambda t: t.transpose(1, 2)[:, :, :, None]),  # [Q, x, s, 1]
+            e.map_layout(lambda t: t.T[None, :, None, :]),  # [1, x, 1, K]
+            label=LABEL,
+        )
+        F = ops.mul(ab.map_layout(lambda t: t[:, None]), delta, label=LABEL)
+        xs = torch.arange(c.shape[2]).expand(Q, -1)
+        n_live = torch.full((Q,), c.shape[2])
+        return Tables(m=m, qs=qs, live=live, n_live=n_live, xs=xs, F=F, Fq=Fq)
+    n_live = live.sum(dim=1)
     width = max(int(n_live.max()) if Q else 0, 1)
-    xs = keep.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
+    xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
     qi, j = torch.nonzero(torch.arange(width)[None, :] < n_live[:, None], as_tuple=True)
     xi = xs[qi, j]
     delta = ops.add(
