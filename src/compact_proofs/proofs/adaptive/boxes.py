@@ -62,7 +62,7 @@ CHUNK_ELEMENTS = 1 << 22
 @dataclass(frozen=True)
 class Tables:
     """F and Fq (module docstring) for the keys (q, m) of one max token m, q in ``qs``, at each
-    key's live outputs ``xs[i, :n_live[i]]`` (claim (c); padding entries are never read)."""
+    key's live outputs ``xs[i, :n_live[i]]`` (claim (c); padding entries are -inf)."""
 
     m: int
     qs: Int[Tensor, " queries"]
@@ -137,8 +137,11 @@ def tables(
         label=LABEL,
     )
     flat = ops.mul(ab[qi], delta, label=LABEL)  # [P, slots, K]
-    F = torch.zeros(Q, width, s1, K, dtype=torch.float64)
+    F = torch.full((Q, width, s1, K), -torch.inf, dtype=torch.float64)  # -inf: padding
     F[qi, j] = flat.mid
+    fq = Fq.mid.gather(1, xs).masked_fill(
+        torch.arange(width)[None, :] >= n_live[:, None], -torch.inf
+    )
     return Tables(
         m=m,
         qs=qs,
@@ -146,7 +149,7 @@ def tables(
         n_live=n_live,
         xs=xs,
         F=Approx(F, flat.rad, flat.mag),
-        Fq=Approx(Fq.mid.gather(1, xs), Fq.rad, Fq.mag),
+        Fq=Approx(fq, Fq.rad, Fq.mag),
     )
 
 
@@ -258,26 +261,34 @@ def prove(
 ) -> Bool[Tensor, " boxes"]:
     """Claims (a) and (c) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0 for
     every live output x of the box's key; the other outputs are below m on the whole key.
-    Boxes are evaluated in groups with the same number of live outputs.
-    Cost: ``prove_flops``."""
+    Boxes go in chunks of similar live counts, padded to the chunk's largest (padding entries
+    of ``t.F`` and ``t.Fq`` are -inf, so they never decide); the arithmetic is rigorous
+    ``Ops`` on the padded tensors, and the ledger is charged ``prove_flops`` for the real
+    entries only."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
+    todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
+    order = todo[n_live[todo].argsort(stable=True)]
     s1, K = t.F.shape[2], t.F.shape[3]
-    for L in n_live[n_live > 0].unique().tolist():
-        group = torch.nonzero(n_live == L, as_tuple=True)[0]
-        step = max(1, CHUNK_ELEMENTS // (s1 * K * L))
-        for b0 in range(0, group.numel(), step):
-            idx = group[b0 : b0 + step]
-            r = rows[idx]
-            # Gathering keeps the uniform bounds (as Approx indexing does).
-            Fx = Approx(t.F.mid[r, :L].permute(0, 2, 3, 1), t.F.rad, t.F.mag)  # [b, s, k, L]
-            per_slot = _extreme(Fx, torch.arange(idx.numel()), masks[idx], True, ops)
-            fq = Approx(t.Fq.mid[r, :L], t.Fq.rad, t.Fq.mag)  # [b, L]
-            ub = ops.add(fq, ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
-            worst = ops.amax(ub, dim=1, label=LABEL)
-            out[idx] = ops.proven_negative(worst, label=LABEL)
+    counts = n_live[order].tolist()
+    scratch = Ops()  # not charged: the real entries are charged below
+    i = 0
+    while i < order.numel():
+        size = max(1, CHUNK_ELEMENTS // (s1 * K * counts[i]))
+        size = max(1, CHUNK_ELEMENTS // (s1 * K * counts[min(i + size, len(counts)) - 1]))
+        end = min(i + size, len(counts))
+        idx, r, W = order[i:end], rows[order[i:end]], counts[end - 1]
+        i = end
+        Fx = t.F.mid[r, :W].permute(0, 2, 1, 3)  # [b, slots, W, k]
+        hi = Fx.masked_fill(~masks[idx][:, :, None, :], -torch.inf).amax(dim=3)  # [b, slots, W]
+        # Gathering keeps the uniform bounds (as Approx indexing does).
+        per_slot = Approx(hi.contiguous(), t.F.rad, t.F.mag)
+        fq = Approx(t.Fq.mid[r, :W], t.Fq.rad, t.Fq.mag)  # [b, W]
+        ub = scratch.add(fq, scratch.sum(per_slot, dim=1))
+        out[idx] = scratch.proven_negative(scratch.amax(ub, dim=1))
+    ops.ledger.add(prove_flops(masks.sum(dim=2), n_live), label=LABEL)
     return out
 
 
