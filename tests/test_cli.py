@@ -39,6 +39,30 @@ def test_prove_all_is_sound_and_brute_force_is_exact(model_dir, tmp_path):
     assert next(r for r in rows if r["strategy"] == "brute-force")["correct_count"] == truth
 
 
+def test_prove_repeated_strategy_and_stored_exact_count(model_dir, tmp_path, capsys):
+    """--strategy accumulates; a sweep's accuracy.json beside the model normalises the bounds
+    only when it was computed for these weights."""
+    w = api.load(model_dir)
+    truth = exact.exact_accuracy(w).correct
+    acc = model_dir / "accuracy.json"
+    acc.write_text(json.dumps({"method": "exact", "correct": truth, "model_sha256": w.sha256()}))
+    target = tmp_path / "two.json"
+    try:
+        assert cli.main(["prove", str(model_dir), "--strategy", "cubic",
+                         "--strategy", "brute-force", "--json", str(target)]) == 0  # fmt: skip
+        rows = {r["strategy"]: r for r in json.loads(target.read_text())}
+        assert set(rows) == {"cubic", "brute-force"}
+        assert rows["brute-force"]["normalized_bound"] == 1.0
+        assert rows["cubic"]["normalized_bound"] == rows["cubic"]["correct_count"] / truth
+        assert "normalising by the exact count" in capsys.readouterr().out
+        acc.write_text(json.dumps({"method": "exact", "correct": 1, "model_sha256": "other"}))
+        assert cli.main(["prove", str(model_dir), "--json", str(target)]) == 0
+        row = json.loads(target.read_text())  # one proof: one object
+        assert row["strategy"] == "cubic" and row["normalized_bound"] is None
+    finally:
+        acc.unlink()
+
+
 def test_certificate_round_trip_and_refusals(model_dir, tmp_path, capsys):
     cert = tmp_path / "proof.json"
     assert cli.main(["prove", str(model_dir), "--strategy", "adaptive",

@@ -92,10 +92,29 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
     _write_json(args.json, res)
 
 
+def _stored_exact_count(model: Path, weights) -> int | None:
+    """The exact correct count a sweep stored beside the model (``accuracy.json``), if it was
+    computed for these very weights; it fills the table's normalised column."""
+    path = model / "accuracy.json"
+    if not path.is_file():
+        return None
+    try:
+        acc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if acc.get("method") != "exact" or acc.get("model_sha256") != weights.sha256():
+        return None
+    out.print(f"normalising by the exact count in {path}: {acc['correct']:,}")
+    return int(acc["correct"])
+
+
 def cmd_prove(args: argparse.Namespace) -> None:
-    strategies = api.resolve_strategies(args.strategy)  # fail fast on unknown names
+    names = args.strategy or ["cubic"]
+    strategies = api.resolve_strategies("all" if "all" in names else ",".join(names))
     weights = api.load(args.model, args.config)
     true_correct = args.true_correct
+    if true_correct is None:
+        true_correct = _stored_exact_count(Path(args.model), weights)
     if args.certificate is not None:
         from compact_proofs import certificates
 
@@ -264,7 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prove", help="prove accuracy lower bounds")
     pr.add_argument("model", help=MODEL_HELP)
     pr.add_argument("--config", help=CONFIG_HELP)
-    pr.add_argument("--strategy", default="cubic", help="a name, comma-separated names, or 'all'")
+    pr.add_argument(
+        "--strategy",
+        action="append",
+        help="a name, comma-separated names, or 'all'; repeatable (default: cubic)",
+    )
     pr.add_argument(
         "--true-correct", type=int, default=None, help="exact correct count, for normalising"
     )
