@@ -1,9 +1,10 @@
-"""Cubic proof, steps (5) and (6): decide every key. See the package docstring for the proof.
+"""Cubic proof, steps (5) and (6): decide the keys the screen (``screen``) leaves. See the
+package docstring for the proof.
 
-Keys: (q, m) with c = 0 (one input each, evaluated exactly), and homogeneous keys (q, m, k, c)
-with k < m and 1 <= c <= n-2 (any q <= m) or c = n-1 (q = m only). Homogeneous keys are
-processed as flat lists of triples (q, m, k), chunk by chunk over m, so only valid triples are
-computed (and counted) and memory stays bounded.
+Keys: (q, m) with c = 0 (one input each), and homogeneous keys (q, m, k, c) with k < m and
+1 <= c <= n-2 (any q <= m) or c = n-1 (q = m only). Homogeneous keys are processed as flat
+lists of triples (q, m, k) in chunks, so only valid triples are computed (and counted) and
+memory stays bounded.
 """
 
 from dataclasses import dataclass, fields
@@ -156,15 +157,6 @@ def single_inputs_flops(V: int, n: int, exact: int) -> int:
         return one_shot
     per_query = V * (2 * (n - 2) + 3 * (n - 1)) + V * V * (2 * (n - 1) - 1) + V * V
     return one_shot + per_query + exact * (1 + 8 + 5 * V + (V - 1) + 1 + 2)
-
-
-def triples(m0: int, m1: int, V: int) -> tuple[Tensor, Tensor, Tensor]:
-    """All (q, m, k) with m0 <= m < m1, q <= m, k < m, in (m, q, k) lexicographic order."""
-    m = torch.arange(m0, m1)[:, None, None]
-    q = torch.arange(V)[None, :, None]
-    k = torch.arange(V)[None, None, :]
-    mi, qi, ki = torch.nonzero((q <= m) & (k < m), as_tuple=True)
-    return qi, mi + m0, ki
 
 
 def n_triples(V: int) -> int:
