@@ -126,7 +126,7 @@ def test_box_bound_against_enumeration():
     ops = Ops()
     ck = keys.cubic_keys(w, ops)
     g = torch.Generator().manual_seed(0)
-    fired = {"prove": 0, "refute": 0}
+    fired = {"prove": 0, "refute": 0, "dropped": 0}
     powers = V ** torch.arange(n)
     for m in range(1, V):
         qs = torch.arange(m + 1)
@@ -145,6 +145,15 @@ def test_box_bound_against_enumeration():
         wit = torch.randint(0, V - 1, (B,), generator=g)
         wit = wit + (wit >= m).long()  # x* != m
         proven = boxes.prove(t, rows, masks, ops)
+        # The exact key bound (claim (c), exact form) on every query: it drops only dead
+        # outputs (some here), so it never loses a proof; the proofs it may add are checked
+        # below with the others.
+        refined = boxes.refine(t, torch.ones(m + 1, dtype=torch.bool), ops)
+        assert bool((refined.n_live <= t.n_live).all())
+        sharp = boxes.prove(refined, rows, masks, ops)
+        assert bool((sharp | ~proven).all())
+        fired["dropped"] += int((t.n_live - refined.n_live).sum())
+        proven = sharp
         # The same boxes with every output x != m live: the key-level pruning never loses a
         # proof, and proves the same boxes here.
         every = _every_output_but_m(
@@ -174,7 +183,7 @@ def test_box_bound_against_enumeration():
             if refuted[b]:
                 fired["refute"] += 1
                 assert not bool(verdicts.any())
-    assert fired["prove"] > 0 and fired["refute"] > 0
+    assert fired["prove"] > 0 and fired["refute"] > 0 and fired["dropped"] > 0
 
 
 def _every_output_but_m(t: boxes.Tables) -> boxes.Tables:
@@ -215,7 +224,12 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         t = boxes.tables(
             mv, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
         )
-        live = t.live  # [q, x]
+        # Both forms of the key bound: the separable one (the tables' live outputs) and the
+        # exact one at those.
+        live = t.live.clone()  # [q, x]
+        exact = boxes.exact_key_live(t, ops)  # [q, column]
+        for i in range(mv + 1):
+            live[i, t.xs[i, : int(t.n_live[i])]] = exact[i, : int(t.n_live[i])]
         dead += int((~live).sum()) - (mv + 1)  # x = m is never live and never counts
         sel = m == mv
         beats = logits[sel] >= logits[sel, mv][:, None] - 1e-9  # [inputs, x]

@@ -222,6 +222,94 @@ def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) ->
     return b_all + shared_E + Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
 
 
+def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries live"]:
+    """Claim (c) in its exact form at the tables' columns: with M[p, x] = max_{k <= m}
+    F[p, k, x], KB_x = Fq[x] + sum_p M[p, x] + max_p (F[p, m, x] - M[p, x]) (the last term for
+    q < m only) bounds G_x on every input of the key, as in claim (c) (the slot holding m
+    contributes exactly F[p, m, x], every other slot at most M[p, x]). True where KB_x is not
+    proven negative (padding columns: False). Rigorous ``Ops`` on the padded tensors, charged
+    ``exact_live_flops`` for the real columns only."""
+    Q, W, s1, K = t.F.shape
+    real = torch.arange(W)[None, :] < t.n_live[:, None]  # [Q, W]
+    scratch = Ops()
+    F = Approx(t.F.mid.masked_fill(~real[:, :, None, None], 0.0), t.F.rad, t.F.mag)
+    M = scratch.amax(F, dim=3)  # [Q, W, slots]
+    fq = Approx(t.Fq.mid.masked_fill(~real, 0.0), t.Fq.rad, t.Fq.mag)
+    kb = scratch.add(fq, scratch.sum(M, dim=2))
+    gap = scratch.amax(scratch.sub(F[:, :, :, t.m], M), dim=2)
+    with_max = scratch.add(kb, gap)
+    has_max = (t.qs < t.m)[:, None].expand(Q, W)
+    kb = Approx(
+        torch.where(has_max, with_max.mid, kb.mid),
+        max(kb.rad, with_max.rad),
+        max(kb.mag, with_max.mag),
+    )
+    live = ~scratch.proven_negative(kb) & real
+    ops.ledger.add(exact_live_flops(s1, K, t.n_live, t.qs < t.m), label=LABEL)
+    return live
+
+
+def exact_live_flops(s1: int, K: int, n_live: Tensor, has_max: Tensor) -> int:
+    """Per real column: max over k (s1 (K - 1)), sum over slots (s1 - 1), add (1), decision
+    (2); with a max slot (q < m) also s1 (differences) + s1 - 1 (max) + 1 (add)."""
+    return int(_exact_cost(s1, K, n_live, has_max).sum())
+
+
+def _exact_cost(s1: int, K: int, n_live: Tensor, has_max: Tensor) -> Tensor:
+    per = s1 * (K - 1) + (s1 - 1) + 1 + 2
+    extra = s1 + (s1 - 1) + 1
+    return n_live.to(torch.int64) * (per + extra * has_max.to(torch.int64))
+
+
+def use_exact_bound(
+    t_live: Tensor, m: int, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+) -> Bool[Tensor, " queries"]:
+    """Whether the exact key bound pays off for each query: its prove claims (boxes ``rows``
+    with slot set sizes ``sizes``) at every live output cost more than the bound itself (a
+    rule the search can predict). ``t_live``: live outputs per query."""
+    full = torch.zeros(t_live.numel(), dtype=torch.int64)
+    full.index_add_(0, rows, _prove_box_flops(sizes, t_live[rows]))
+    return full > _exact_cost(n - 1, m + 1, t_live, qs < m)
+
+
+def refine(t: Tables, use: Bool[Tensor, " queries"], ops: Ops) -> Tables:
+    """``t`` with the queries ``use`` restricted to the columns their exact key bound leaves
+    live (``exact_key_live``); the other queries unchanged. Cost: the bound's, on ``use``."""
+    Q, W = t.xs.shape
+    keep = torch.arange(W)[None, :] < t.n_live[:, None]
+    if bool(use.any()):
+        sub = torch.nonzero(use, as_tuple=True)[0]
+        part = Tables(
+            m=t.m,
+            qs=t.qs[sub],
+            live=t.live[sub],
+            n_live=t.n_live[sub],
+            xs=t.xs[sub],
+            F=t.F[sub],
+            Fq=t.Fq[sub],
+        )
+        keep[sub] = exact_key_live(part, ops)
+    n_live = keep.sum(dim=1)
+    width = max(int(n_live.max()) if Q else 0, 1)
+    order = keep.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
+    pad = torch.arange(width)[None, :] >= n_live[:, None]
+    xs = t.xs.gather(1, order)
+    F = t.F.mid[torch.arange(Q)[:, None], order].masked_fill(pad[:, :, None, None], -torch.inf)
+    Fq = t.Fq.mid.gather(1, order).masked_fill(pad, -torch.inf)
+    live = torch.zeros_like(t.live)
+    qi, j = torch.nonzero(~pad, as_tuple=True)
+    live[qi, xs[qi, j]] = True
+    return Tables(
+        m=t.m,
+        qs=t.qs,
+        live=live,
+        n_live=n_live,
+        xs=xs,
+        F=Approx(F, t.F.rad, t.F.mag),
+        Fq=Approx(Fq, t.Fq.rad, t.Fq.mag),
+    )
+
+
 def _extreme(
     F: Approx, rows: Tensor, masks: Bool[Tensor, "boxes slots k"], largest: bool, ops: Ops
 ) -> Approx:

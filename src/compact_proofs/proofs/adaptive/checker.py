@@ -163,6 +163,9 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
         masks = nodes.masks[sel, :, : m + 1]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
+            n = circ.PVOU.shape[0]
+            use = boxes.use_exact_bound(t.n_live, m, n, rows[pr], masks[pr].sum(dim=2), qs)
+            t = boxes.refine(t, use, ops)
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)
         if bool((~pr).any()):
             rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)

@@ -24,7 +24,8 @@ def predict(
     n_live: Tensor,
 ) -> int:
     """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (live outputs per key
-    (q, m), ``boxes.tables``) are what the checker will find (the search knows them)."""
+    (q, m) by the separable and the exact key bounds, ``[V, V, 2]``) are what the checker will
+    find (the search knows them)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
@@ -57,10 +58,14 @@ def predict(
     for mv in nodes.m[want].unique().tolist():
         sel = want & (nodes.m == mv)
         qs, rows = nodes.q[sel].unique(return_inverse=True)
-        L = n_live[qs, mv]
+        L, L_exact = n_live[qs, mv, 0], n_live[qs, mv, 1]
         total += boxes.table_flops(mv, qs.numel(), n, V, int(L.sum()), int((qs < mv).sum()))
         pr = claim[sel] == plan.PROVE
-        total += boxes.prove_flops(sizes[sel][pr], L[rows[pr]])
+        if bool(pr.any()):
+            sz = sizes[sel][pr]
+            use = boxes.use_exact_bound(L, mv, n, rows[pr], sz, qs)
+            total += boxes.exact_live_flops(n - 1, mv + 1, L[use], qs[use] < mv)
+            total += boxes.prove_flops(sz, torch.where(use, L_exact, L)[rows[pr]])
         total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)

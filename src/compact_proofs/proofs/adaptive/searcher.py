@@ -66,7 +66,9 @@ class _Tree:
     parent: list
     slot: list
     split_mask: list
-    live: Tensor  # [d_vocab_q, d_vocab_max] number of live outputs of each key (boxes.tables)
+    # [d_vocab_q, d_vocab_max, 2]: each key's number of live outputs by the separable bound
+    # (boxes.tables) and by the exact bound at those (boxes.exact_key_live)
+    live: Tensor
 
 
 def search(weights: Weights, budget: int | None = None) -> Certificate:
@@ -213,7 +215,8 @@ def _stack_tables(
     ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0) and the key's live outputs
     ``key_live[pair, x]`` (claim (c) of ``boxes``; the checker builds its tables at these).
     Entries k > m of a pair's rows are left uninitialised: every reader masks them out (box
-    masks only hold tokens <= m). Records each key's number of live outputs in ``live``."""
+    masks only hold tokens <= m). Records each key's numbers of live outputs (separable and
+    exact key bounds, as the checker will find them) in ``live``."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
@@ -235,7 +238,8 @@ def _stack_tables(
             ops,
             every_output=True,
         )
-        live[pairs[sel, 0], m] = t.live.sum(dim=1)
+        exact = boxes.exact_key_live(t, ops) & t.live
+        live[pairs[sel, 0], m] = torch.stack([t.live.sum(dim=1), exact.sum(dim=1)], dim=1)
         key_live[sel] = t.live
         F[sel, :, :, : m + 1] = t.F.mid.permute(0, 2, 1, 3)  # [Q, slots, x, k]
         Fq[sel] = t.Fq.mid
@@ -282,7 +286,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     # The keys (q, m) of the roots, in (q, m) order. The order decides which keys share a batch
     # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
     pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
-    live = torch.full((V, V), -1, dtype=torch.int64)
+    live = torch.full((V, V, 2), -1, dtype=torch.int64)
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
