@@ -138,8 +138,12 @@ def tables(
     F = scratch.mul(ab.map_layout(lambda t: t[:, None]), delta)  # [Q, W, slots, K]
     ops.ledger.add(2 * s1 * K * int(n_live.sum()), label=LABEL)
     pad = torch.arange(width)[None, :] >= n_live[:, None]  # [Q, W]
-    mid = F.mid.masked_fill(pad[:, :, None, None], -torch.inf)  # -inf: padding
-    fq = Fq.mid.gather(1, xs).masked_fill(pad, -torch.inf)
+    mid, fq = F.mid, Fq.mid.gather(1, xs)
+    if bool(pad.any()):  # -inf: padding
+        mid, fq = (
+            mid.masked_fill(pad[:, :, None, None], -torch.inf),
+            fq.masked_fill(pad, -torch.inf),
+        )
     return Tables(
         m=m,
         qs=qs,
@@ -232,9 +236,11 @@ def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries live"]:
     Q, W, s1, K = t.F.shape
     real = torch.arange(W)[None, :] < t.n_live[:, None]  # [Q, W]
     scratch = Ops()
-    F = Approx(t.F.mid.masked_fill(~real[:, :, None, None], 0.0), t.F.rad, t.F.mag)
+    F, fq = t.F, t.Fq
+    if not bool(real.all()):  # padding (-inf) to 0: no inf - inf below
+        F = Approx(F.mid.masked_fill(~real[:, :, None, None], 0.0), F.rad, F.mag)
+        fq = Approx(fq.mid.masked_fill(~real, 0.0), fq.rad, fq.mag)
     M = scratch.amax(F, dim=3)  # [Q, W, slots]
-    fq = Approx(t.Fq.mid.masked_fill(~real, 0.0), t.Fq.rad, t.Fq.mag)
     kb = scratch.add(fq, scratch.sum(M, dim=2))
     gap = scratch.amax(scratch.sub(F[:, :, :, t.m], M), dim=2)
     with_max = scratch.add(kb, gap)
