@@ -83,11 +83,8 @@ def tables(
     EVOU: Approx,
     PVOU: Approx,
     ops: Ops,
-    every_output: bool = False,
 ) -> Tables:
     """Live outputs (claim (c)) and F, Fq at them for the keys (q, m), q in ``qs`` (all q <= m).
-    ``every_output``: F at every x (the search's scratch tables, the same values; the live mask
-    is the same).
     Cost: ``table_flops`` with the total number of live outputs."""
     Q, n = qs.numel(), PVOU.shape[0]
     s1, K = n - 1, m + 1
@@ -116,24 +113,16 @@ def tables(
         bk.map_layout(lambda t: t[:, None, :]),
         label=LABEL,
     )  # [Q, slots, K]
-    V = c.shape[2]
-    n_live = torch.full((Q,), V) if every_output else live.sum(dim=1)
-    width = V if every_output else max(int(n_live.max()) if Q else 0, 1)
-    if every_output:
-        xs = torch.arange(V).expand(Q, V)
-    else:
-        xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
+    n_live = live.sum(dim=1)
+    width = max(int(n_live.max()) if Q else 0, 1)
+    xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
     # F at the outputs xs, padded to ``width``: rigorous Ops on the padded tensors (uncounted),
     # charged for the real entries only (2 per entry: the sum, then the product).
     scratch = Ops()
-    if every_output:
-        cx = c[:, :s1].map_layout(lambda t: t.transpose(1, 2)[..., None])  # [Q, W, slots, 1]
-        ex = e.map_layout(lambda t: t.T[None, :, None, :])  # [1, W, 1, K]
-    else:
-        cx = c[:, :s1].map_layout(
-            lambda t: t.gather(2, xs[:, None, :].expand(Q, s1, width)).transpose(1, 2)[..., None]
-        )
-        ex = e.map_layout(lambda t: t[:, xs].permute(1, 2, 0)[:, :, None, :])  # [Q, W, 1, K]
+    cx = c[:, :s1].map_layout(
+        lambda t: t.gather(2, xs[:, None, :].expand(Q, s1, width)).transpose(1, 2)[..., None]
+    )  # [Q, W, slots, 1]
+    ex = e.map_layout(lambda t: t[:, xs].permute(1, 2, 0)[:, :, None, :])  # [Q, W, 1, K]
     delta = scratch.add(cx, ex)
     F = scratch.mul(ab.map_layout(lambda t: t[:, None]), delta)  # [Q, W, slots, K]
     ops.ledger.add(2 * s1 * K * int(n_live.sum()), label=LABEL)

@@ -207,46 +207,48 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
 
 def _stack_tables(
     ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops
-) -> tuple[Approx, Approx, Tensor, Tensor]:
-    """Box tables of the keys ``pairs`` (q, m) at every output, padded to d_vocab key tokens and
-    stacked; the uniform radius is the largest of the groups', so decisions are at least as
-    cautious as the checker's. F is stored with the output axis before the key-token axis:
-    [pair, slot, x, k] (gathering whole rows over k is what the search does most). Also returns
-    ``below[pair, slot, x] = max_{k < m} F`` (-inf when m = 0) and the key's live outputs
-    ``key_live[pair, x]`` (claim (c) of ``boxes``; the checker builds its tables at these).
-    Entries k > m of a pair's rows are left uninitialised: every reader masks them out (box
-    masks only hold tokens <= m). Records each key's numbers of live outputs (separable and
-    exact key bounds, as the checker will find them) in ``live``."""
+) -> tuple[Approx, Approx, Tensor, Tensor, Tensor]:
+    """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
+    ``boxes``: the search only ever evaluates those), as the checker builds them, stacked with
+    the key tokens padded to d_vocab; the uniform radius is the largest of the groups', so
+    decisions are at least as cautious as the checker's. Returns F ``[pair, slot, column, k]``
+    (gathering whole rows over k is what the search does most), Fq ``[pair, column]``,
+    ``below[pair, slot, column] = max_{k < m} F`` (-inf when m = 0), the live outputs
+    ``key_live[pair, x]`` and ``col[pair, x]``, the column of output x (-1 if not live).
+    Columns past a key's live outputs hold -inf; entries k > m of a pair's rows are left
+    uninitialised: every reader masks them out (box masks only hold tokens <= m). Records
+    each key's numbers of live outputs (separable and exact key bounds, as the checker will
+    find them) in ``live``."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
-    F = torch.empty(pairs.shape[0], n - 1, V, V, dtype=torch.float64)
-    Fq = torch.zeros(pairs.shape[0], V, dtype=torch.float64)
-    below = torch.full((pairs.shape[0], n - 1, V), -torch.inf, dtype=torch.float64)
-    key_live = torch.zeros(pairs.shape[0], V, dtype=torch.bool)
-    rad = mag = 0.0
+    P = pairs.shape[0]
+    groups = []
     for m in pairs[:, 1].unique().tolist():
         sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
         t = boxes.tables(
-            m,
-            pairs[sel, 0],
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            circ.EUPU,
-            circ.EVOU,
-            circ.PVOU,
-            ops,
-            every_output=True,
+            m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
         )
-        exact = boxes.exact_key_live(t, ops) & t.live
-        live[pairs[sel, 0], m] = torch.stack([t.live.sum(dim=1), exact.sum(dim=1)], dim=1)
-        key_live[sel] = t.live
-        F[sel, :, :, : m + 1] = t.F.mid.permute(0, 2, 1, 3)  # [Q, slots, x, k]
-        Fq[sel] = t.Fq.mid
+        exact = boxes.exact_key_live(t, ops)
+        live[pairs[sel, 0], m] = torch.stack([t.n_live, exact.sum(dim=1)], dim=1)
+        groups.append((m, sel, t))
+    W = max(t.F.shape[1] for _, _, t in groups)
+    F = torch.full((P, n - 1, W, V), -torch.inf, dtype=torch.float64)
+    Fq = torch.full((P, W), -torch.inf, dtype=torch.float64)
+    below = torch.full((P, n - 1, W), -torch.inf, dtype=torch.float64)
+    key_live = torch.zeros(P, V, dtype=torch.bool)
+    col = torch.full((P, V), -1, dtype=torch.int64)
+    rad = mag = 0.0
+    for m, sel, t in groups:
+        w = t.F.shape[1]
+        F[sel, :, :w, : m + 1] = t.F.mid.permute(0, 2, 1, 3)  # [Q, slots, column, k]
+        Fq[sel, :w] = t.Fq.mid
         if m:
-            below[sel] = t.F.mid[..., :m].amax(dim=3).transpose(1, 2)
+            below[sel, :, :w] = t.F.mid[..., :m].amax(dim=3).transpose(1, 2)
+        key_live[sel] = t.live
+        qi, j = torch.nonzero(torch.arange(w)[None, :] < t.n_live[:, None], as_tuple=True)
+        col[sel[qi], t.xs[qi, j]] = j
         rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
-    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, key_live
+    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, key_live, col
 
 
 @dataclass
@@ -290,16 +292,16 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below, key_live = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
+        F, Fq, below, key_live, col = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
         root_block.live[local] &= key_live[root_block.row[local]]
-        _prune_outputs(root_block, local, F, Fq, below, ops)
+        _prune_outputs(root_block, local, F, Fq, below, col, ops)
         for _ in range(MAX_DEPTH):
             if local.numel() == 0 or total > MAX_NODES[n <= SMALL_CTX]:
                 break
-            child = _step(block, local, F, Fq, total, splits, ops)
+            child = _step(block, local, F, Fq, col, total, splits, ops)
             if child is None:
                 break
             blocks.append(child)
@@ -309,20 +311,21 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
 
 
 def _prune_outputs(
-    blk: _Block, local: Tensor, F: Approx, Fq: Approx, below: Tensor, ops: Ops
+    blk: _Block, local: Tensor, F: Approx, Fq: Approx, below: Tensor, col: Tensor, ops: Ops
 ) -> None:
     """Outputs certainly below 0 on a whole root box, from a coarse bound: every non-max slot
     set lies in [0, m), so its max is at most ``below``; max slots read F at k = m. Same
     radius and sums as ``_bounds``, so what is dead here is dead in every sub-box (there and
-    in the checker)."""
+    in the checker). Evaluated per column, then mapped back to the outputs (``col``)."""
     if local.numel() == 0:
         return
     rows, m, masks = blk.row[local], blk.m[local], blk.masks[local]
     is_max = masks[torch.arange(local.numel()), :, m]  # [b, slots] (a max slot is {m})
-    at_m = F.mid[rows[:, None], torch.arange(F.shape[1])[None, :], :, m[:, None]]  # [b, s, x]
+    at_m = F.mid[rows[:, None], torch.arange(F.shape[1])[None, :], :, m[:, None]]  # [b, s, c]
     hi = torch.where(is_max[:, :, None], at_m, below[rows])
-    ub = ops.upper(ops.add(Fq[rows], ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
-    blk.live[local] &= ub >= 0
+    ub = ops.upper(ops.add(Fq[rows], ops.sum(Approx(hi, F.rad, F.mag), dim=1)))  # [b, c]
+    c = col[rows]  # [b, x]
+    blk.live[local] &= (c >= 0) & (ub.gather(1, c.clamp(min=0)) >= 0)
 
 
 def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
@@ -350,7 +353,7 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
 def _bounds(
     F: Approx, Fq: Approx, rows: Tensor, masks: Tensor, m: Tensor, xs: Tensor, ops: Ops
 ) -> tuple[Tensor, Tensor]:
-    """Rigorous upper / lower bounds of the box sums at the outputs ``xs`` [B, A], with the
+    """Rigorous upper / lower bounds of the box sums at the output columns ``xs`` [B, A], with the
     checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
     checker's ``Ops``). One gather serves both extremes; singleton slots are read directly.
 
@@ -382,7 +385,14 @@ def _bounds(
 
 
 def _step(
-    blk: _Block, local: Tensor, F: Approx, Fq: Approx, total: int, splits: list, ops: Ops
+    blk: _Block,
+    local: Tensor,
+    F: Approx,
+    Fq: Approx,
+    col: Tensor,
+    total: int,
+    splits: list,
+    ops: Ops,
 ) -> _Block | None:
     """Evaluate the non-empty boxes ``local`` of ``blk``; claim the decided ones, split the
     others into a new block of children (ids from ``total``), or return None."""
@@ -405,7 +415,8 @@ def _step(
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
         valid = live.gather(1, xs)  # [b, A]
-        ub, lb = _bounds(F, Fq, blk.row[nodes], masks, m, xs, ops)
+        cols = col[blk.row[nodes][:, None], xs].clamp(min=0)  # live outputs have a column
+        ub, lb = _bounds(F, Fq, blk.row[nodes], masks, m, cols, ops)
         ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
         proven = ub.amax(dim=1) < 0
         best_lb, wit = lb.max(dim=1)
@@ -418,7 +429,7 @@ def _step(
         blk.claim[nodes[und & single]] = plan.EXACT
         split = und & ~single
         to_split.append(nodes[split])
-        worst.append(xs.gather(1, ub.argmax(dim=1, keepdim=True))[split, 0])
+        worst.append(cols.gather(1, ub.argmax(dim=1, keepdim=True))[split, 0])
         still = torch.zeros_like(live).scatter_(1, xs, valid & (ub >= 0))
         lives.append(still[split])
     nodes = torch.cat(to_split)
@@ -437,9 +448,9 @@ def _split(
     total: int,
     splits: list,
 ) -> _Block:
-    """Split each node along the slot where the worst output's terms spread most: the tokens
-    whose term is low enough for that output's bound to become negative go to the first child
-    (or the lower half by rank when that is all or nothing)."""
+    """Split each node along the slot where the worst output's terms (column ``xs``) spread
+    most: the tokens whose term is low enough for that output's bound to become negative go to
+    the first child (or the lower half by rank when that is all or nothing)."""
     B = nodes.numel()
     ar = torch.arange(B)
     masks, rows = blk.masks[nodes], blk.row[nodes]  # [B, slots, V]
