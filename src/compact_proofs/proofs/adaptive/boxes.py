@@ -127,12 +127,9 @@ def tables(
     F = scratch.mul(ab.map_layout(lambda t: t[:, None]), delta)  # [Q, W, slots, K]
     ops.ledger.add(2 * s1 * K * int(n_live.sum()), label=LABEL)
     pad = torch.arange(width)[None, :] >= n_live[:, None]  # [Q, W]
-    mid, fq = F.mid, Fq.mid.gather(1, xs)
-    if bool(pad.any()):  # -inf: padding
-        mid, fq = (
-            mid.masked_fill(pad[:, :, None, None], -torch.inf),
-            fq.masked_fill(pad, -torch.inf),
-        )
+    mid, fq = F.mid, Fq.mid.gather(1, xs)  # fresh tensors: padded in place with -inf
+    mid[pad] = -torch.inf
+    fq[pad] = -torch.inf
     return Tables(
         m=m,
         qs=qs,

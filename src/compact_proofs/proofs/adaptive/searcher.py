@@ -215,8 +215,9 @@ def _stack_tables(
     (gathering whole rows over k is what the search does most), Fq ``[pair, column]``,
     ``below[pair, slot, column] = max_{k < m} F`` (-inf when m = 0), the live outputs
     ``key_live[pair, x]`` and ``col[pair, x]``, the column of output x (-1 if not live).
-    Columns past a key's live outputs hold -inf; entries k > m of a pair's rows are left
-    uninitialised: every reader masks them out (box masks only hold tokens <= m). Records
+    Columns past a key's live outputs and entries k > m of a pair's rows are left
+    uninitialised: no reader uses them (boxes are evaluated at live outputs only, box masks
+    hold tokens <= m, and ``_prune_outputs`` maps only real columns back to outputs). Records
     each key's numbers of live outputs (separable and exact key bounds, as the checker will
     find them) in ``live``."""
     circ = ck.circ
@@ -232,7 +233,7 @@ def _stack_tables(
         live[pairs[sel, 0], m] = torch.stack([t.n_live, exact.sum(dim=1)], dim=1)
         groups.append((m, sel, t))
     W = max(t.F.shape[1] for _, _, t in groups)
-    F = torch.full((P, n - 1, W, V), -torch.inf, dtype=torch.float64)
+    F = torch.empty(P, n - 1, W, V, dtype=torch.float64)
     Fq = torch.full((P, W), -torch.inf, dtype=torch.float64)
     below = torch.full((P, n - 1, W), -torch.inf, dtype=torch.float64)
     key_live = torch.zeros(P, V, dtype=torch.bool)
