@@ -264,6 +264,17 @@ def use_exact_bound(
     return full > _exact_cost(n - 1, m + 1, t_live, qs < m)
 
 
+def prove_claims_flops(
+    t_live: Tensor, t_exact: Tensor, m: int, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+) -> int:
+    """What the checker charges for the prove claims of one (max token, queries) group after
+    its tables: the exact key bound where ``use_exact_bound`` (live outputs per query
+    ``t_live``), then ``prove`` at ``t_exact`` live outputs there and ``t_live`` elsewhere."""
+    use = use_exact_bound(t_live, m, n, rows, sizes, qs)
+    exact = exact_live_flops(n - 1, m + 1, t_live[use], qs[use] < m)
+    return exact + prove_flops(sizes, torch.where(use, t_exact, t_live)[rows])
+
+
 def refine(t: Tables, use: Bool[Tensor, " queries"], ops: Ops) -> Tables:
     """``t`` with the queries ``use`` restricted to the columns their exact key bound leaves
     live (``exact_key_live``); the other queries unchanged. Cost: the bound's, on ``use``."""

@@ -150,12 +150,10 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         ix = it["rows"]
         it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
         it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
-        L, L_exact = tr.live[q, m, 0], tr.live[q, m, 1]
-        full = boxes.prove_flops(sizes[ix], L.expand(len(ix)))
-        exact = boxes.exact_live_flops(n - 1, m + 1, L[None], torch.tensor([q < m]))
-        pruned = exact + boxes.prove_flops(sizes[ix], L_exact.expand(len(ix)))
-        it["cost"] = boxes.table_flops(m, 1, n, V, int(L), int(q < m)) + (
-            pruned if full > exact else full
+        L, L_exact = tr.live[q, m, :1], tr.live[q, m, 1:]  # one query
+        rows = torch.zeros(len(ix), dtype=torch.int64)
+        it["cost"] = boxes.table_flops(m, 1, n, V, int(L), int(q < m)) + boxes.prove_claims_flops(
+            L, L_exact, m, n, rows, sizes[ix], torch.tensor([q])
         )
     return items
 

@@ -62,10 +62,7 @@ def predict(
         total += boxes.table_flops(mv, qs.numel(), n, V, int(L.sum()), int((qs < mv).sum()))
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            sz = sizes[sel][pr]
-            use = boxes.use_exact_bound(L, mv, n, rows[pr], sz, qs)
-            total += boxes.exact_live_flops(n - 1, mv + 1, L[use], qs[use] < mv)
-            total += boxes.prove_flops(sz, torch.where(use, L_exact, L)[rows[pr]])
+            total += boxes.prove_claims_flops(L, L_exact, mv, n, rows[pr], sizes[sel][pr], qs)
         total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)

@@ -207,14 +207,14 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
 
 def _stack_tables(
     ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops
-) -> tuple[Approx, Approx, Tensor, Tensor, Tensor]:
+) -> tuple[Approx, Approx, Tensor, Tensor]:
     """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
     ``boxes``: the search only ever evaluates those), as the checker builds them, stacked with
     the key tokens padded to d_vocab; the uniform radius is the largest of the groups', so
     decisions are at least as cautious as the checker's. Returns F ``[pair, slot, column, k]``
     (gathering whole rows over k is what the search does most), Fq ``[pair, column]``,
-    ``below[pair, slot, column] = max_{k < m} F`` (-inf when m = 0), the live outputs
-    ``key_live[pair, x]`` and ``col[pair, x]``, the column of output x (-1 if not live).
+    ``below[pair, slot, column] = max_{k < m} F`` (-inf when m = 0) and ``col[pair, x]``, the
+    column of output x (-1 if not live).
     Columns past a key's live outputs and entries k > m of a pair's rows are left
     uninitialised: no reader uses them (boxes are evaluated at live outputs only, box masks
     hold tokens <= m, and ``_prune_outputs`` maps only real columns back to outputs). Records
@@ -236,7 +236,6 @@ def _stack_tables(
     F = torch.empty(P, n - 1, W, V, dtype=torch.float64)
     Fq = torch.full((P, W), -torch.inf, dtype=torch.float64)
     below = torch.full((P, n - 1, W), -torch.inf, dtype=torch.float64)
-    key_live = torch.zeros(P, V, dtype=torch.bool)
     col = torch.full((P, V), -1, dtype=torch.int64)
     rad = mag = 0.0
     for m, sel, t in groups:
@@ -245,11 +244,10 @@ def _stack_tables(
         Fq[sel, :w] = t.Fq.mid
         if m:
             below[sel, :, :w] = t.F.mid[..., :m].amax(dim=3).transpose(1, 2)
-        key_live[sel] = t.live
         qi, j = torch.nonzero(torch.arange(w)[None, :] < t.n_live[:, None], as_tuple=True)
         col[sel[qi], t.xs[qi, j]] = j
         rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
-    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, key_live, col
+    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, col
 
 
 @dataclass
@@ -293,11 +291,10 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below, key_live, col = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
+        F, Fq, below, col = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
-        root_block.live[local] &= key_live[root_block.row[local]]
         _prune_outputs(root_block, local, F, Fq, below, col, ops)
         for _ in range(MAX_DEPTH):
             if local.numel() == 0 or total > MAX_NODES[n <= SMALL_CTX]:
@@ -317,7 +314,8 @@ def _prune_outputs(
     """Outputs certainly below 0 on a whole root box, from a coarse bound: every non-max slot
     set lies in [0, m), so its max is at most ``below``; max slots read F at k = m. Same
     radius and sums as ``_bounds``, so what is dead here is dead in every sub-box (there and
-    in the checker). Evaluated per column, then mapped back to the outputs (``col``)."""
+    in the checker). Evaluated per column, then mapped back to the outputs (``col``); outputs
+    without a column are not live for the key (claim (c) of ``boxes``)."""
     if local.numel() == 0:
         return
     rows, m, masks = blk.row[local], blk.m[local], blk.masks[local]
