@@ -51,9 +51,21 @@ def test_ledger_matches_closed_form():
         assert ops.ledger.flop == C.circuits_flops(V, n, d, dh)
 
 
-def test_radii_contain_exact_values():
+# Shapes under which ``circuits`` takes each association of each chain (checked below).
+ASSOCIATION_SHAPES = [(5, 3, 4, 3), (6, 3, 4, 4), (20, 4, 6, 6)]
+
+
+def test_association_shapes_cover_both_orders():
+    chosen = {
+        (qk[1] < qk[0], ov[1] < ov[0]) for qk, ov in (C.chain_costs(*s) for s in ASSOCIATION_SHAPES)
+    }
+    assert {qk for qk, _ in chosen} == {True, False}
+    assert {ov for _, ov in chosen} == {True, False}
+
+
+@pytest.mark.parametrize("V,n,d,dh", ASSOCIATION_SHAPES)
+def test_radii_contain_exact_values(V, n, d, dh):
     """Every entry of every path matrix lies within mid +- rad of the exact rational value."""
-    V, n, d, dh = 5, 3, 4, 3
     w = random_weights(V, n, d, dh, seed=3, scale=30.0)
     c = C.circuits(w, Ops())
 

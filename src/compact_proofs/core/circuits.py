@@ -64,39 +64,58 @@ class Circuits:
 
 
 def circuits(w: Weights, ops: Ops, lv: Leaves | None = None) -> Circuits:
-    """Compute every path matrix densely.
-
-    Cost: (V dh + dh V)(2d - 1) + V^2 (2dh - 1) for EQKE and similar chains; see ``circuits_flops``.
-    """
+    """Compute every path matrix densely, each matrix chain in its cheaper association
+    (``chain_costs``; the value is the same, only rounding and cost differ). Cost:
+    ``circuits_flops``."""
     lv = lv if lv is not None else leaves(w, ops)
-    EqQ = ops.matmul(lv.E_q, lv.Q, label="EQKE")  # [V, dh]
-    KtEt = ops.matmul(transpose(lv.K), transpose(lv.E), label="EQKE")  # [dh, V]
-    KtPt = ops.matmul(transpose(lv.K), transpose(lv.P), label="EQKP")  # [dh, n]
-    OU = ops.matmul(lv.O, lv.U, label="OV")  # [dh, V]
-    VOU = ops.matmul(lv.V, OU, label="OV")  # [d, V]
+    V, d = lv.E.shape
+    n, dh = lv.P.shape[0], lv.Q.shape[1]
+    (qk_a, qk_b), (ov_a, ov_b) = chain_costs(V, n, d, dh)
+    if qk_b < qk_a:  # (E_q (Q K^T)) E^T
+        QK = ops.matmul(lv.Q, transpose(lv.K), label="EQKE")  # [d, d]
+        left = ops.matmul(lv.E_q, QK, label="EQKE")  # [V, d]
+        EQKE = ops.matmul(left, transpose(lv.E), label="EQKE")
+        EQKP = ops.matmul(left, transpose(lv.P), label="EQKP")
+    else:  # (E_q Q) (K^T E^T)
+        left = ops.matmul(lv.E_q, lv.Q, label="EQKE")  # [V, dh]
+        KtEt = ops.matmul(transpose(lv.K), transpose(lv.E), label="EQKE")  # [dh, V]
+        KtPt = ops.matmul(transpose(lv.K), transpose(lv.P), label="EQKP")  # [dh, n]
+        EQKE = ops.matmul(left, KtEt, label="EQKE")
+        EQKP = ops.matmul(left, KtPt, label="EQKP")
+    if ov_b < ov_a:  # (E (V O)) U
+        VO = ops.matmul(lv.V, lv.O, label="OV")  # [d, d]
+        EVOU = ops.matmul(ops.matmul(lv.E, VO, label="EVOU"), lv.U, label="EVOU")
+        PVOU = ops.matmul(ops.matmul(lv.P, VO, label="PVOU"), lv.U, label="PVOU")
+    else:  # E (V (O U))
+        VOU = ops.matmul(lv.V, ops.matmul(lv.O, lv.U, label="OV"), label="OV")  # [d, V]
+        EVOU = ops.matmul(lv.E, VOU, label="EVOU")
+        PVOU = ops.matmul(lv.P, VOU, label="PVOU")
     return Circuits(
-        EQKE=ops.matmul(EqQ, KtEt, label="EQKE"),
-        EQKP=ops.matmul(EqQ, KtPt, label="EQKP"),
-        EVOU=ops.matmul(lv.E, VOU, label="EVOU"),
-        PVOU=ops.matmul(lv.P, VOU, label="PVOU"),
-        EUPU=ops.matmul(lv.E_q, lv.U, label="EUPU"),
+        EQKE=EQKE, EQKP=EQKP, EVOU=EVOU, PVOU=PVOU, EUPU=ops.matmul(lv.E_q, lv.U, label="EUPU")
     )
+
+
+def _mm(a: int, b: int, c: int) -> int:
+    """FLOPs of an [a, b] @ [b, c] product (``Ops.matmul``)."""
+    return a * c * (2 * b - 1)
+
+
+def chain_costs(V: int, n: int, d: int, dh: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """FLOPs of the two associations of each chain: ((E_q Q)(K^T E^T), (E_q (Q K^T)) E^T) for
+    EQKE with EQKP, and (E (V (O U)), (E (V O)) U) for EVOU with PVOU."""
+    qk = (
+        _mm(V, d, dh) + _mm(dh, d, V) + _mm(dh, d, n) + _mm(V, dh, V) + _mm(V, dh, n),
+        _mm(d, dh, d) + _mm(V, d, d) + _mm(V, d, V) + _mm(V, d, n),
+    )
+    ov = (
+        _mm(dh, d, V) + _mm(d, dh, V) + _mm(V, d, V) + _mm(n, d, V),
+        _mm(d, dh, d) + _mm(V, d, d) + _mm(n, d, d) + _mm(V, d, V) + _mm(n, d, V),
+    )
+    return qk, ov
 
 
 def circuits_flops(V: int, n: int, d: int, dh: int) -> int:
     """Closed form of the ledger total of ``circuits`` (including ``leaves``)."""
     load = sum(2 * x - 1 for x in (V * d, n * d, d * dh, d * dh, d * dh, dh * d, d * V))
-    return (
-        load
-        + V * d  # E_q
-        + V * dh * (2 * d - 1)  # E_q Q
-        + dh * V * (2 * d - 1)  # K^T E^T
-        + dh * n * (2 * d - 1)  # K^T P^T
-        + dh * V * (2 * d - 1)  # O U
-        + d * V * (2 * dh - 1)  # V (O U)
-        + V * V * (2 * dh - 1)  # EQKE
-        + V * n * (2 * dh - 1)  # EQKP
-        + V * V * (2 * d - 1)  # EVOU
-        + n * V * (2 * d - 1)  # PVOU
-        + V * V * (2 * d - 1)  # EUPU
-    )
+    qk, ov = chain_costs(V, n, d, dh)
+    return load + V * d + min(qk) + min(ov) + _mm(V, d, V)  # E_q, chains, EUPU
