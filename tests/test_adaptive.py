@@ -193,6 +193,9 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
         models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2),
         models.random_weights(6, 4, seed=3, qk_scale=2.0),
         models.random_small_model(11),
+        # wide ranges of b_k over the queries of an m (each side of E's range matters)
+        models.random_small_model(37),
+        models.random_small_model(21),
     ],
 )
 def test_dead_outputs_never_reach_the_max_logit(w):

@@ -315,6 +315,33 @@ def test_exp_shifted(case, rad):
     assert out.mid.amax(dim=1).eq(1.0).all()
 
 
+@pytest.mark.parametrize("case", list(SCORES))
+@pytest.mark.parametrize("rad", [0.0, 1e-10])
+def test_exp_of_shifted_extremes(case, rad):
+    """exp_nonpositive of the max / min over rows of shift_by_max (the range of exp_shifted over
+    rows, as the adaptive box tables take it), against arb."""
+    x = SCORES[case]()
+    r, c = x.shape
+    a, ea = ball(x, rad, 17)
+    A = reshape(ea, (r, c))
+    ops = Ops()
+    d, top = ops.shift_by_max(a, dim=1)
+    assert torch.equal(top[:, 0], x.amax(dim=1)) and (d.mid <= 0).all()
+    hi = ops.exp_nonpositive(ops.amax(d, dim=0))
+    lo = ops.exp_nonpositive(ops.amin(d, dim=0))
+    top = top[:, 0].tolist()
+    shifted = [[(to_arb(A(i, j)) - to_arb(q(top[i]))).exp() for i in range(r)] for j in range(c)]
+    assert_contains(d, [(to_arb(A(i, j)) - to_arb(q(top[i]))) for i in range(r) for j in range(c)])
+    assert_contains(hi, [max(col, key=lambda v: v.mid()) for col in shifted])
+    assert_contains(lo, [min(col, key=lambda v: v.mid()) for col in shifted])
+    assert ops.ledger.flop == r * (c - 1) + r * c + 2 * c * (r - 1) + 2 * c
+
+
+def test_exp_nonpositive_refuses_positive():
+    with pytest.raises(ValueError):
+        Ops().exp_nonpositive(Approx(torch.tensor([-1.0, 0.5], dtype=torch.float64), 0.0, 1.0))
+
+
 def test_upper_exact():
     a, ea = ball(rand((4, 5), 5, 1e3), 1e-9, 5)
     ops = Ops()

@@ -449,29 +449,46 @@ class Ops:
         return Approx(mid, rad, _grow(1.0, rad))
 
     def exp_shifted(self, scores: Approx, dim: int, label: str = "softmax") -> Approx:
-        """``w_j = exp(s_j - M)`` along ``dim``, M = max_j of the float ``mid`` (a fixed float).
+        """``w_j = exp(s_j - M)`` along ``dim``, M = max_j of the float ``mid`` (a fixed float):
+        ``exp_nonpositive(shift_by_max(scores))``.
 
         The exact target is exp(s_ex_j - M) = exp(s_ex_j) / exp(M): softmax weights without the
         division, up to a positive factor per row, so the sign of sum_j w_j v_j is the sign of
         sum_j exp(s_j) v_j. Values lie in (0, 1] (up to rad), so products with them keep small
-        radii.
-        Claim: if |s_mid - s_ex| <= r entrywise, |w_j - exp(s_ex_j - M)| <= rad.
-        Proof: d_j = fl(s_j - M) <= 0 (the exact difference is <= 0 and rounding keeps the sign),
-        |d_j - (s_j - M)| <= u |s_j - M| <= 2 u mag =: eps. w_j = exp(d_j)(1 + x_j) + t_j with
-        |x_j| <= 4u, |t_j| <= TAU. The exact exponent is d_j + delta, |delta| <= r + eps, so
-        |w_j - exp(d_j + delta)| <= exp(d_j) |1 + x_j - e^delta| + TAU
-        <= expm1(r + eps) + 4u + TAU, using exp(d_j) <= 1 and 1 - e^-y <= e^y - 1. Both values
-        are <= 1 + rad.                                                                      QED
+        radii. Radius expm1(r + eps) + 4u + TAU (the two steps' claims).
         Cost (paper rules): max-reduce, subtract, exp: kept (n - 1) + 2 numel.
         """
+        return self.exp_nonpositive(self.shift_by_max(scores, dim, label=label)[0], label=label)
+
+    def shift_by_max(
+        self, scores: Approx, dim: int, label: str = "softmax"
+    ) -> tuple[Approx, Tensor]:
+        """``d_j = fl(s_j - M)`` along ``dim`` and M (keepdim), the max of the float ``mid``
+        along ``dim`` (exact floats).
+        Claim: d_j <= 0 and |d_j - (s_ex_j - M)| <= r + eps, eps = 2 u mag, if
+        |s_mid - s_ex| <= r entrywise.
+        Proof: the float difference s_j - M is <= 0 and rounding keeps the sign;
+        |d_j - (s_j - M)| <= u |s_j - M| <= 2 u mag.                                          QED
+        Cost: kept (n - 1) + numel (max-reduce, subtract)."""
         n = scores.mid.shape[dim]
         top = scores.mid.amax(dim, keepdim=True)
-        mid = torch.exp(scores.mid - top)
-        kept = mid.numel() // max(n, 1)
-        self.ledger.add(kept * (n - 1) + 2 * mid.numel(), label=label)
-        eps = up_mul(2.0, U, scores.mag)
-        rad = up_sum(_expm1_up(up_sum(scores.rad, eps)), EXP_REL_ERR, TAU)
-        return Approx(mid, rad, _grow(1.0, rad))
+        d = scores.mid - top
+        self.ledger.add(d.numel() // max(n, 1) * (n - 1) + d.numel(), label=label)
+        rad = up_sum(scores.rad, up_mul(2.0, U, scores.mag))
+        return Approx(d, rad, up_sum(_grow(up_mul(2.0, scores.mag), U), rad)), top
+
+    def exp_nonpositive(self, d: Approx, label: str = "softmax") -> Approx:
+        """``exp(d)`` for ``d.mid <= 0`` (as from ``shift_by_max``, or a max / min of it).
+        Claim: |w - exp(d_ex)| <= expm1(r) + 4u + TAU =: rad, and both are <= 1 + rad.
+        Proof: w = exp(d)(1 + x) + t with |x| <= 4u, |t| <= TAU. With d_ex = d + delta,
+        |delta| <= r: |w - exp(d + delta)| <= exp(d) |1 + x - e^delta| + TAU
+        <= expm1(r) + 4u + TAU, using exp(d) <= 1 and 1 - e^-y <= e^y - 1.                  QED
+        Cost: numel."""
+        if bool((d.mid > 0).any()):
+            raise ValueError("exp_nonpositive needs mid <= 0")
+        self.ledger.add(d.mid.numel(), label=label)
+        rad = up_sum(_expm1_up(d.rad), EXP_REL_ERR, TAU)
+        return Approx(torch.exp(d.mid), rad, _grow(1.0, rad))
 
     # -- decisions ------------------------------------------------------------------------------
     def upper(self, a: Approx, label: str = "decide") -> Tensor:

@@ -88,14 +88,15 @@ def tables(
     Cost: ``table_flops`` with the total number of live outputs."""
     Q, n = qs.numel(), PVOU.shape[0]
     s1, K = n - 1, m + 1
-    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). b_k is computed for
-    # every query q' <= m (E[x] takes its range over them all, the same for every group of
-    # queries of this m), and read for the queries ``qs``.
-    sk = EQKE_s[:K, :K]  # [q' <= m, K]
-    shift = ops.amax(sk, dim=1, label=LABEL)[qs]
-    b_all = ops.exp_shifted(sk, dim=1, label=LABEL)  # exp(sk - M_b), M_b = the float row max
-    bk = b_all[qs]  # [Q, K]
-    zq = ops.sub(z[qs], Approx(shift.mid, 0.0, shift.mag), label=LABEL)
+    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). E[x] takes the range
+    # of b_k over every query q' <= m (the same for every group of queries of this m).
+    # exp is increasing, so the range of b_k is that of the shifted scores: 2 exps per k.
+    d, top = ops.shift_by_max(EQKE_s[:K, :K], dim=1, label=LABEL)  # [q' <= m, K], M_b [q', 1]
+    b_hi = ops.exp_nonpositive(ops.amax(d, dim=0, label=LABEL), label=LABEL)  # [K]
+    b_lo = ops.exp_nonpositive(ops.amin(d, dim=0, label=LABEL), label=LABEL)
+    bk = ops.exp_nonpositive(d[qs], label=LABEL)  # exp(EQKE_s - M_b), [Q, K]
+    shift = Approx(top[qs, 0], 0.0, EQKE_s.mag)  # M_b: exact floats
+    zq = ops.sub(z[qs], shift, label=LABEL)
     pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [Q, n]
     a = ops.exp_shifted(pos, dim=1, label=LABEL)  # [Q, n]
     # Centred value rows: c[q, p, x] and e[k, x].
@@ -107,7 +108,7 @@ def tables(
     )  # [Q, n, x]
     dq = ops.add(c[:, s1], e[qs], label=LABEL)  # query slot (token q <= m)
     Fq = ops.mul(a[:, s1:], dq, label=LABEL)  # [Q, x]
-    live = _live(m, qs, a, bk, _shared_E(b_all, e, ops), c, e, Fq, ops)
+    live = _live(m, qs, a, bk, _shared_E(b_hi, b_lo, e, ops), c, e, Fq, ops)
     ab = ops.mul(
         a[:, :s1].map_layout(lambda t: t[:, :, None]),
         bk.map_layout(lambda t: t[:, None, :]),
@@ -141,11 +142,11 @@ def tables(
     )
 
 
-def _shared_E(b_all: Approx, e: Approx, ops: Ops) -> Approx:
+def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, ops: Ops) -> Approx:
     """``E[x] >= max_{k <= m} b_k e[k, x]`` for every query q' <= m: with b_k in [lo_k, hi_k]
-    (min and max over q'), b_k e <= max(hi_k e, lo_k e). Cost: 2 K (K - 1) + 3 K V + (K - 1) V."""
-    hi = ops.amax(b_all, dim=0, label=LABEL).map_layout(lambda t: t[:, None])  # [K, 1]
-    lo = ops.amin(b_all, dim=0, label=LABEL).map_layout(lambda t: t[:, None])
+    (min and max over q'), b_k e <= max(hi_k e, lo_k e). Cost: 3 K V + (K - 1) V."""
+    hi = b_hi.map_layout(lambda t: t[:, None])  # [K, 1]
+    lo = b_lo.map_layout(lambda t: t[:, None])
     most = ops.maximum(ops.mul(hi, e, label=LABEL), ops.mul(lo, e, label=LABEL), label=LABEL)
     return ops.amax(most, dim=0, label=LABEL)  # [x]
 
@@ -202,14 +203,16 @@ def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) ->
     """Ledger total of ``tables`` for max token m, Q queries (``Q_max_slot`` of them q < m) and
     ``n_live`` live outputs in all."""
     s1, K = n - 1, m + 1
-    b_all = K * (K - 1) + K * (K - 1) + 2 * K * K  # row shifts, exp-shifted b
-    shared_E = 2 * K * (K - 1) + 3 * K * V + (K - 1) * V
-    weights = 1 + (n - 1) + 2 * n  # zq, a
+    b_range = K * (K - 1) + K * K + K * (2 * (K - 1) + 2)  # shifted scores, their range, exps
+    shared_E = 3 * K * V + (K - 1) * V
+    weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
     rows = Q * V + n * V + K * V + Q * n * V  # eu, pv, e, c
     query = 2 * Q * V  # dq, Fq
     bound = Q * (2 * (K - 1) + 4 * s1 * V + s1 * V + (s1 - 1) * V + V + 2 * V)
     bound += Q_max_slot * (4 * s1 * V + (s1 - 1) * V + V)
-    return b_all + shared_E + Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
+    return (
+        b_range + shared_E + Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
+    )
 
 
 def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries live"]:
