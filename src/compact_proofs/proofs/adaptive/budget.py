@@ -117,8 +117,7 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
         n0, s_ = int(N0[q, m, c]), len(it["rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
-        last = c == n - 1
-        it["cost"] = keys.level1_flops(V, n, int(not last) * s_, int(last) * s_)
+        it["cost"] = keys.level1_flops(V, n, st.l1[it["rows"]])
     for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
         if k > int(st.istar[q, m, c]):
             continue

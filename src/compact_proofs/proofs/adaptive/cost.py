@@ -33,8 +33,7 @@ def predict(
     if l1.shape[0] or cnt.shape[0]:
         total += keys.pvnq_flops(V, n)
     todo = l1[~ck.proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]]] if l1.shape[0] else l1
-    n_last = int((todo[:, 3] == n - 1).sum())
-    total += keys.level1_flops(V, n, todo.shape[0] - n_last, n_last)
+    total += keys.level1_flops(V, n, todo)
     if cnt.shape[0]:
         total += counts.tops_flops(V, n)
         q, m, c, i = cnt.unbind(1)

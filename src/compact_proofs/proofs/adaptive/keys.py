@@ -100,40 +100,80 @@ def level1(
     ck: CubicKeys, keys: Int[Tensor, "keys 4"], pvnq: Approx, ops: Ops
 ) -> Bool[Tensor, " keys"]:
     """Stage 2: decide the valid homogeneous keys (q, m, k, c) per output logit (see the module
-    docstring); ``pvnq`` = ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``).
+    docstring); ``pvnq`` = ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``). The rows
+    that depend on (q, m) only are computed once per pair (``_pair_rows``).
     Cost: ``level1_flops``."""
     if keys.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool)
     n = ck.circ.PVOU.shape[0]
+    pairs, pair_of = torch.unique(keys[:, :2], dim=0, return_inverse=True)
+    last = keys[:, 3] == n - 1
+    has_max_slots = torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(
+        0, pair_of[~last], True
+    )
+    rows = _pair_rows(ck, pvnq, pairs, has_max_slots, ops)
     out = torch.zeros(keys.shape[0], dtype=torch.bool)
     for s in range(0, keys.shape[0], KEY_CHUNK):
-        chunk = keys[s : s + KEY_CHUNK]
-        last = chunk[:, 3] == n - 1
+        chunk = slice(s, s + KEY_CHUNK)
         for is_last in (False, True):
-            idx = torch.nonzero(last if is_last else ~last, as_tuple=True)[0]
+            idx = s + torch.nonzero(last[chunk] == is_last, as_tuple=True)[0]
             if idx.numel():
-                out[s + idx] = _level1_chunk(ck, pvnq, chunk[idx], is_last, ops)
+                out[idx] = _level1_chunk(ck, rows, pair_of[idx], keys[idx], is_last, ops)
     return out
 
 
-def _level1_chunk(
-    ck: CubicKeys, pvnq: Approx, keys: Int[Tensor, "keys 4"], last: bool, ops: Ops
-) -> Bool[Tensor, " keys"]:
-    """Keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m)."""
-    circ = ck.circ
-    EU, EV, PV = circ.EUPU, circ.EVOU, circ.PVOU
-    q, m, k, c = keys.unbind(1)
-    L = q.numel()
+@dataclass(frozen=True)
+class _PairRows:
+    """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x],
+    ``d_z`` = Dz[q, m, x] and, for the pairs with keys c <= n-2 (row ``max_row[pair]``),
+    ``d_max`` = Dmax[q, m, x]."""
 
-    def col(a: Approx) -> Approx:  # [L] -> [L, 1]
+    pvm: Approx  # [pairs, x]
+    d_z: Approx  # [pairs, x]
+    d_max: Approx  # [pairs with keys c <= n-2, x]
+    max_row: Tensor  # [pairs]
+
+
+def _pair_rows(
+    ck: CubicKeys, pvnq: Approx, pairs: Int[Tensor, "pairs 2"], has_max_slots: Tensor, ops: Ops
+) -> _PairRows:
+    """Cost: 6 d_vocab per pair, plus 2 d_vocab per pair with keys c <= n-2."""
+    EU, EV, PV = ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
+    q, m = pairs.unbind(1)
+    P = q.numel()
+
+    def col(a: Approx) -> Approx:  # [P] -> [P, 1]
         return a.map_layout(lambda t: t[:, None])
 
     eu = ops.sub(EU[q], col(EU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
     pvm = ops.add(eu, pvnq[m], label=LABEL)  # + PVnq[m, x]
-    d_k = ops.add(pvm, ops.sub(EV[k], col(EV[k, m]), label=LABEL), label=LABEL)  # Dk
     ev_q = ops.sub(EV[q], col(EV[q, m]), label=LABEL)
-    pv_q = ops.sub(PV[-1:].map_layout(lambda t: t.expand(L, -1)), col(PV[-1, m]), label=LABEL)
+    pv_q = ops.sub(PV[-1:].map_layout(lambda t: t.expand(P, -1)), col(PV[-1, m]), label=LABEL)
     d_z = ops.add(ops.add(eu, ev_q, label=LABEL), pv_q, label=LABEL)  # Dz
+    sel = torch.nonzero(has_max_slots, as_tuple=True)[0]
+    ms = m[sel]
+    d_max = ops.add(pvm[sel], ops.sub(EV[ms], col(EV[ms, ms]), label=LABEL), label=LABEL)  # Dmax
+    max_row = torch.full((P,), -1, dtype=torch.int64)
+    max_row[sel] = torch.arange(sel.numel())
+    return _PairRows(pvm=pvm, d_z=d_z, d_max=d_max, max_row=max_row)
+
+
+def _level1_chunk(
+    ck: CubicKeys,
+    rows: _PairRows,
+    pair_of: Tensor,
+    keys: Int[Tensor, "keys 4"],
+    last: bool,
+    ops: Ops,
+) -> Bool[Tensor, " keys"]:
+    """Keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m); key i
+    belongs to the pair ``pair_of[i]`` of ``rows``."""
+    EV = ck.circ.EVOU
+    q, m, k, c = keys.unbind(1)
+    L = q.numel()
+    ev_k = ops.sub(EV[k], EV[k, m].map_layout(lambda t: t[:, None]), label=LABEL)
+    d_k = ops.add(rows.pvm[pair_of], ev_k, label=LABEL)  # Dk
+    d_z = rows.d_z[pair_of]
     if last:
         logw = Ops.stack(
             [ops.add(ck.EQKE_s[q, k], ck.lse_all[q], label=LABEL), ck.z[q]], dim=-1
@@ -142,7 +182,7 @@ def _level1_chunk(
         parts = [(alpha[:, 0], d_k), (alpha[:, 1], d_z)]
         bound = _weighted(parts, ops)[:, None, :]  # [L, 1, x]
     else:
-        d_max = ops.add(pvm, ops.sub(EV[m], col(EV[m, m]), label=LABEL), label=LABEL)  # Dmax
+        d_max = rows.d_max[rows.max_row[pair_of]]
         g = ck.groups[q, c - 1]  # [L, placement, 2]
 
         def per_r(a: Approx) -> Approx:
@@ -181,15 +221,24 @@ def pvnq_flops(V: int, n: int) -> int:
     return (2 * n - 3) * V * V
 
 
-def level1_flops(V: int, n: int, n_mid: int, n_last: int) -> int:
-    """Ledger total of ``level1`` on ``n_mid`` keys with c <= n-2 and ``n_last`` with c = n-1."""
-    common = 8 * V  # eu, PVnq add, Dk (2), ev_q, pv_q, Dz (2)
-    # Dmax (2V), log-weights (4), 3-group softmax at 2 placements (26), 3 products and 2 sums
-    # per placement (10V), max over x != m (2(V-1)), decisions (4)
-    mid = common + 2 * V + 4 + 26 + 10 * V + 2 * (V - 1) + 4
+def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"]) -> int:
+    """Ledger total of ``level1`` on ``keys``."""
+    if keys.shape[0] == 0:
+        return 0
+    last = keys[:, 3] == n - 1
+    pairs = torch.unique(keys[:, :2], dim=0).shape[0]
+    pairs_max_slots = torch.unique(keys[~last, :2], dim=0).shape[0] if bool((~last).any()) else 0
+    n_last = int(last.sum())
+    n_mid = keys.shape[0] - n_last
+    # per pair: eu, PVnq add, ev_q, pv_q, Dz (2); Dmax (2) for pairs with keys c <= n-2
+    per_pair = pairs * 6 * V + pairs_max_slots * 2 * V
+    common = 2 * V  # Dk (2)
+    # log-weights (4), 3-group softmax at 2 placements (26), 3 products and 2 sums per placement
+    # (10V), max over x != m (2(V-1)), decisions (4)
+    mid = common + 4 + 26 + 10 * V + 2 * (V - 1) + 4
     # log-weight (1), 2-group softmax (8), 2 products and 1 sum (3V), max (V-1), decision (2)
-    last = common + 1 + 8 + 3 * V + (V - 1) + 2
-    return n_mid * mid + n_last * last
+    last_cost = common + 1 + 8 + 3 * V + (V - 1) + 2
+    return per_pair + n_mid * mid + n_last * last_cost
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:
