@@ -228,16 +228,27 @@ def test_dead_outputs_never_reach_the_max_logit(w):
     assert dead > 0
 
 
-def test_level1_keys_are_sound_for_mixtures(soundness_model):
-    """Every level-1 proven key, combined with the cubic's, covers only correct inputs (the
-    mixture argument), on a model where level 1 proves many keys."""
-    w, truth = soundness_model("planted-V8-K4-noisy")
-    cert = {"l1_keys": adaptive.search(w)["l1_keys"]}
-    assert cert["l1_keys"].shape[0] > 0
-    out, _ = _run(w, cert)
-    cov = out.covered()
-    assert out.correct > out.details["cubic_correct"]
-    assert not bool((cov & ~truth).any())
+@pytest.mark.parametrize(
+    "model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial", "trained-V6-K5-partial"]
+)
+def test_level1_class_form_is_weaker_than_per_output(model_name, soundness_model):
+    """On every key the cubic leaves unproven, the class form proves a subset of what the
+    per-output test proves (its bound is never lower), and both prove some. Each form's proven
+    keys, combined with the cubic's, add inputs and cover only correct ones (the mixture
+    argument)."""
+    w, truth = soundness_model(model_name)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    cand = searcher._candidate_keys(ck.proven, V, n)
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
+    per_output, in_classes = keys.level1(ck, cand, cand, pvnq, ops)
+    assert bool((per_output | ~in_classes).all())
+    assert int(in_classes.sum()) > 0
+    for field, ok in (("l1_keys", per_output), ("l1_class_keys", in_classes)):
+        out, _ = _run(w, {field: cand[ok]})
+        assert out.correct > out.details["cubic_correct"]
+        assert not bool((out.covered() & ~truth).any())
 
 
 @pytest.mark.parametrize(
@@ -369,7 +380,9 @@ def test_mutated_certificates_never_overclaim(seed):
         c_max = torch.where(q == m, n - 1, n - 2)
         c = 1 + (torch.rand(20, generator=g) * c_max).long()
         extra = torch.stack([q, m, k, c], 1)[c_max >= 1]
-        cert["l1_keys"] = torch.cat([cert["l1_keys"], extra]).contiguous()
+        half = extra.shape[0] // 2
+        cert["l1_keys"] = torch.cat([cert["l1_keys"], extra[:half]]).contiguous()
+        cert["l1_class_keys"] = torch.cat([cert["l1_class_keys"], extra[half:]]).contiguous()
         out, _ = _run(w, cert)
         covered, refuted = out.covered(), out.refuted()
         assert not bool((covered & ~truth).any()) and not bool((refuted & truth).any())
@@ -385,6 +398,7 @@ def test_mutated_certificates_never_overclaim(seed):
         (lambda c: c["split_parent"].__setitem__(1, int(c["split_parent"][0])), "split twice"),
         (lambda c: c["claim"].__setitem__(int(c["split_parent"][0]), 1), "carries a claim"),
         (lambda c: c.update(l1_keys=torch.tensor([[0, 1, 1, 1]])), "not a valid key"),
+        (lambda c: c.update(l1_class_keys=torch.tensor([[2, 1, 0, 1]])), "l1_class_keys entry"),
         (lambda c: c.update(claim=c["claim"].to(torch.int64)), "must be a 1-d"),
         (lambda c: c.update(extra=1), "unknown certificate field"),
         (lambda c: c.update(c0=torch.tensor([[3, 1]])), "c0 entry"),

@@ -28,14 +28,15 @@ class State:
     proven: Tensor  # after level 1
     istar: Tensor  # counted count-key prefixes
     tr: object  # searcher._Tree
-    l1: Tensor
+    l1: Tensor  # level-1 keys proven per output (and not in the class form)
+    l1c: Tensor  # level-1 keys proven in the class form
     cnt: Tensor
     roots: Tensor
     c0: Tensor  # c = 0 keys (q, m) the cubic leaves unproven
 
 
 def certificate(
-    tr, l1: Tensor, cnt: Tensor, c0: Tensor, roots: Tensor, keep: Tensor
+    tr, l1: Tensor, l1c: Tensor, cnt: Tensor, c0: Tensor, roots: Tensor, keep: Tensor
 ) -> Certificate:
     """The certificate of the trees under the roots ``keep`` (bool per root), renumbered."""
     R = roots.shape[0]
@@ -59,6 +60,7 @@ def certificate(
     witness[new_id[old]] = tr.witness[old]
     return {
         "l1_keys": l1.contiguous(),
+        "l1_class_keys": l1c.contiguous(),
         "count_keys": cnt.contiguous(),
         "c0": c0.contiguous(),
         "roots": roots[keep].contiguous(),
@@ -111,13 +113,14 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     N0 = keys.key_counts(st.ck.proven)
     N1 = keys.key_counts(st.proven)
     items: dict = {}
-    for i, (q, m, _, c) in enumerate(st.l1.tolist()):
-        it = items.setdefault(("l1", q, m, c), {"rows": [], "deps": [], "fixed": {"pvnq"}})
-        it["rows"].append(i)
+    for kind, ks in (("rows", st.l1), ("class_rows", st.l1c)):
+        for i, (q, m, _, c) in enumerate(ks.tolist()):
+            new = {"rows": [], "class_rows": [], "deps": [], "fixed": {"pvnq"}}
+            items.setdefault(("l1", q, m, c), new)[kind].append(i)
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
-        n0, s_ = int(N0[q, m, c]), len(it["rows"])
+        n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
-        it["cost"] = keys.level1_flops(V, n, st.l1[it["rows"]])
+        it["cost"] = keys.level1_flops(V, n, st.l1[it["rows"]], st.l1c[it["class_rows"]])
     for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
         if k > int(st.istar[q, m, c]):
             continue
@@ -161,6 +164,7 @@ def _assemble(st: State, items: dict, picked: list) -> Certificate:
     """Certificate with the picked items (box packages keep their proven claims only)."""
     chosen = set(picked)
     l1_rows = sorted(i for k in chosen if k[0] == "l1" for i in items[k]["rows"])
+    l1c_rows = sorted(i for k in chosen if k[0] == "l1" for i in items[k]["class_rows"])
     cnt_rows = sorted(i for k in chosen if k[0] == "cnt" for i in items[k]["rows"])
     pk = {k[1:] for k in chosen if k[0] == "box"}
     keep = torch.tensor(
@@ -169,6 +173,7 @@ def _assemble(st: State, items: dict, picked: list) -> Certificate:
     cert = certificate(
         st.tr,
         st.l1[l1_rows],
+        st.l1c[l1c_rows],
         st.cnt[cnt_rows],
         torch.zeros(0, 2, dtype=torch.int64),
         st.roots,

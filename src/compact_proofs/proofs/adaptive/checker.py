@@ -6,10 +6,11 @@ pass, ties wrong), whatever the certificate; when ``correct + incorrect == d_voc
 correct count is exact.
 Assumes: zero biases; the arithmetic model of ``core/rigorous.py``; python-flint's arb balls.
 Proof:
-  (1) Stage 1 (``keys.cubic_keys``): the cubic proof's verdicts; stage 2 (``keys.level1``)
-      proves more homogeneous keys with the same property, so by the cubic's counting argument
-      every input of key (q, m, c >= 1) whose non-max tokens lie in the proven set K(q, m, c) is
-      correct: sum_c C(n-1, c) N^c inputs, N = |K|, plus the c = 0 inputs the cubic proved.
+  (1) Stage 1 (``keys.cubic_keys``): the cubic proof's verdicts; stage 2 (``keys.level1``,
+      per output or in the class form) proves more homogeneous keys with the same property, so
+      by the cubic's counting argument every input of key (q, m, c >= 1) whose non-max tokens
+      lie in the proven set K(q, m, c) is correct: sum_c C(n-1, c) N^c inputs, N = |K|, plus
+      the c = 0 inputs the cubic proved.
   (1b) Stage 2b (``counts``): a counted prefix i = 1 .. i* of proven count keys of (q, m, c)
       adds the inputs with exactly i non-max tokens outside K(q, m, c), all correct by the
       count-key lemma; these sets are disjoint from each other and from (1).
@@ -70,22 +71,27 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     ck = keys.cubic_keys(weights, ops)  # (1) stage 1
     proven = ck.proven.clone()
     cubic_correct = keys.count_covered(keys.key_counts(proven), ck.proven0)
-    l1, cnt = pl.l1_keys, pl.count_keys
-    if l1.shape[0] and not bool(keys.valid_keys(l1, V, n).all()):
-        raise ProofPreconditionError("an l1_keys entry is not a valid key (q, m, k, c)")
+    l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
+    for name, ks in (("l1_keys", l1), ("l1_class_keys", l1c)):
+        if ks.shape[0] and not bool(keys.valid_keys(ks, V, n).all()):
+            raise ProofPreconditionError(f"an {name} entry is not a valid key (q, m, k, c)")
+    if l1c.shape[0] and V < 3:
+        raise ProofPreconditionError("l1_class_keys need d_vocab >= 3")
     if cnt.shape[0] and not bool(counts.valid(cnt, V, n).all()):
         raise ProofPreconditionError("a count_keys entry is not a valid count key (q, m, c, i)")
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops) if l1.shape[0] or cnt.shape[0] else None
-    todo = l1[~proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]]] if l1.shape[0] else l1
-    ok = keys.level1(ck, todo, pvnq, ops)  # (1) stage 2
-    proven[todo[ok, 0], todo[ok, 1], todo[ok, 2], todo[ok, 3]] = True
+    need_pvnq = l1.shape[0] or l1c.shape[0] or cnt.shape[0]
+    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops) if need_pvnq else None
+    todo, todo_c = keys.unproven(l1, proven), keys.unproven(l1c, proven)
+    ok, ok_c = keys.level1(ck, todo, todo_c, pvnq, ops)  # (1) stage 2
+    for ks, good in ((todo, ok), (todo_c, ok_c)):
+        proven[ks[good, 0], ks[good, 1], ks[good, 2], ks[good, 3]] = True
     N = keys.key_counts(proven)
     correct = keys.count_covered(N, ck.proven0)
     tops = counts.position_tops(ck.EQKP_s, ops) if cnt.shape[0] else None
     cnt_ok = counts.evaluate(ck, pvnq, tops, proven, cnt, ops)  # (1) stage 2b
     istar = counts.prefix(cnt, cnt_ok, V, n)
     correct += counts.covered(istar, N)
-    ops.ledger.add(int_op=int(ok.sum()) + V * V * (n - 1), label="adaptive:count")
+    ops.ledger.add(int_op=int(ok.sum()) + int(ok_c.sum()) + V * V * (n - 1), label="adaptive:count")
     circ = ck.circ
     tabs = (ck.EQKE_s, ck.EQKP_s, circ.EUPU, circ.EVOU, circ.PVOU)
     exact = singles.ExactDecider(weights)
@@ -124,8 +130,8 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     incorrect += sum(box_sizes[i] for i in lost)
     details = {
         "cubic_correct": cubic_correct,
-        "level1_proven": int(ok.sum()),
-        "level1_checked": int(todo.shape[0]),
+        "level1_proven": int(ok.sum()) + int(ok_c.sum()),
+        "level1_checked": int(todo.shape[0]) + int(todo_c.shape[0]),
         "count_keys_proven": int(cnt_ok.sum()),
         "count_keys_counted": int(istar.sum()),
         "c0_decided": int((c0_verdict != 0).sum()),

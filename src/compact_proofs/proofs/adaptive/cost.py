@@ -29,11 +29,10 @@ def predict(
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
-    l1, cnt = pl.l1_keys, pl.count_keys
-    if l1.shape[0] or cnt.shape[0]:
+    l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
+    if l1.shape[0] or l1c.shape[0] or cnt.shape[0]:
         total += keys.pvnq_flops(V, n)
-    todo = l1[~ck.proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]]] if l1.shape[0] else l1
-    total += keys.level1_flops(V, n, todo)
+    total += keys.level1_flops(V, n, keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven))
     if cnt.shape[0]:
         total += counts.tops_flops(V, n)
         q, m, c, i = cnt.unbind(1)

@@ -25,9 +25,19 @@ The cubic bounds max_x by class-wise maxima (and decouples the EUPU and EVOU par
 x not in {m, k}); level 1 evaluates sum_g alpha_g H_g(x) for every x separately and takes the
 max over x != m, which is the quantity itself. For c = n-1 (q = m) there are no max slots outside
 the query: groups (non-max, query).                                                      QED
-Cost: ``level1_flops``; per key O(d_vocab).
+Class form (``class_keys``). Claim: a key the class form proves satisfies the same property.
+Proof: the outputs x != m fall in two classes, {k} and the rest; for x in a class C,
+sum_g alpha_g H_g(x) <= sum_g alpha_g max_{x' in C} H_g(x') as every alpha_g > 0. The class
+maxima are float maxima of the same rows over the same index sets (``Ops.amax_excluding``,
+``Ops.top_k`` + ``first_not_excluded``), hence within the rows' radius of the exact maxima; so
+the class bound, proven negative at both placements for both classes, gives Ft_x < 0 for every
+x != m. Unlike the cubic's class bound it takes the exact maximum of Dk over x (the cubic
+bounds the EUPU and EVOU parts separately).                                              QED
+Cost: ``level1_flops``; per key about 14 d_vocab per output, 3 d_vocab in the class form, and
+8 - 12 d_vocab per pair (q, m).
 """
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -85,6 +95,13 @@ def valid_keys(keys: Int[Tensor, "keys 4"], V: int, n: int) -> Bool[Tensor, " ke
     return ok & ((c <= n - 2) | (q == m))
 
 
+def unproven(keys: Int[Tensor, "keys 4"], proven: Tensor) -> Int[Tensor, "todo 4"]:
+    """The keys (q, m, k, c) not yet proven in ``proven[q, m, k, c]``."""
+    if keys.shape[0] == 0:
+        return keys
+    return keys[~proven[keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3]]]
+
+
 def pv_nonquery(PVOU: Approx, ops: Ops) -> Approx:
     """``PVnq[m, x] = max_{p < n-1} (PVOU[p, x] - PVOU[p, m])``. Cost: ``pvnq_flops``."""
     n = PVOU.shape[0]
@@ -97,47 +114,79 @@ def pv_nonquery(PVOU: Approx, ops: Ops) -> Approx:
 
 
 def level1(
-    ck: CubicKeys, keys: Int[Tensor, "keys 4"], pvnq: Approx, ops: Ops
-) -> Bool[Tensor, " keys"]:
-    """Stage 2: decide the valid homogeneous keys (q, m, k, c) per output logit (see the module
-    docstring); ``pvnq`` = ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``). The rows
-    that depend on (q, m) only are computed once per pair (``_pair_rows``).
-    Cost: ``level1_flops``."""
-    if keys.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.bool)
+    ck: CubicKeys,
+    keys: Int[Tensor, "keys 4"],
+    class_keys: Int[Tensor, "class_keys 4"],
+    pvnq: Approx,
+    ops: Ops,
+) -> tuple[Bool[Tensor, " keys"], Bool[Tensor, " class_keys"]]:
+    """Stage 2: decide the valid homogeneous keys (q, m, k, c): ``keys`` per output logit,
+    ``class_keys`` in the class form (module docstring; needs d_vocab >= 3); ``pvnq`` =
+    ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``). The rows that depend on (q, m)
+    only are computed once per pair (``_pair_rows``). Cost: ``level1_flops``."""
     n = ck.circ.PVOU.shape[0]
-    pairs, pair_of = torch.unique(keys[:, :2], dim=0, return_inverse=True)
-    last = keys[:, 3] == n - 1
-    has_max_slots = torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(
-        0, pair_of[~last], True
+    both = torch.cat([keys, class_keys])
+    if both.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)
+    pairs, pair_of = torch.unique(both[:, :2], dim=0, return_inverse=True)
+    last = both[:, 3] == n - 1
+    is_class = torch.arange(both.shape[0]) >= keys.shape[0]
+
+    def pairs_with(sel: Tensor) -> Tensor:
+        return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
+
+    rows = _pair_rows(
+        ck, pvnq, pairs, pairs_with(~last), pairs_with(is_class), pairs_with(is_class & ~last), ops
     )
-    rows = _pair_rows(ck, pvnq, pairs, has_max_slots, ops)
-    out = torch.zeros(keys.shape[0], dtype=torch.bool)
-    for s in range(0, keys.shape[0], KEY_CHUNK):
+    out = torch.zeros(both.shape[0], dtype=torch.bool)
+    for s in range(0, both.shape[0], KEY_CHUNK):
         chunk = slice(s, s + KEY_CHUNK)
-        for is_last in (False, True):
-            idx = s + torch.nonzero(last[chunk] == is_last, as_tuple=True)[0]
+        for is_last, cls in itertools.product((False, True), (False, True)):
+            sel = (last[chunk] == is_last) & (is_class[chunk] == cls)
+            idx = s + torch.nonzero(sel, as_tuple=True)[0]
             if idx.numel():
-                out[idx] = _level1_chunk(ck, rows, pair_of[idx], keys[idx], is_last, ops)
-    return out
+                test = _class_chunk if cls else _level1_chunk
+                out[idx] = test(ck, rows, pair_of[idx], both[idx], is_last, ops)
+    return out[: keys.shape[0]], out[keys.shape[0] :]
 
 
 @dataclass(frozen=True)
 class _PairRows:
     """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x],
-    ``d_z`` = Dz[q, m, x] and, for the pairs with keys c <= n-2 (row ``max_row[pair]``),
-    ``d_max`` = Dmax[q, m, x]."""
+    ``d_z`` = Dz[q, m, x] and ``d_max`` = Dmax[q, m, x]; for the class form, the two largest
+    entries x != m of Dz and Dmax (values and outputs). Tables that only some pairs need hold
+    those pairs' rows; ``*_row[pair]`` is the row (-1: none)."""
 
     pvm: Approx  # [pairs, x]
     d_z: Approx  # [pairs, x]
     d_max: Approx  # [pairs with keys c <= n-2, x]
+    z_top: Approx  # [pairs with class keys, 2]
+    z_idx: Tensor
+    max_top: Approx  # [pairs with class keys c <= n-2, 2]
+    max_idx: Tensor
     max_row: Tensor  # [pairs]
+    z_top_row: Tensor
+    max_top_row: Tensor
+
+
+def _row_map(sel: Tensor) -> Tensor:
+    """Row of each selected pair in a table of the selected pairs (-1 elsewhere)."""
+    out = torch.full((sel.numel(),), -1, dtype=torch.int64)
+    out[sel] = torch.arange(int(sel.sum()))
+    return out
 
 
 def _pair_rows(
-    ck: CubicKeys, pvnq: Approx, pairs: Int[Tensor, "pairs 2"], has_max_slots: Tensor, ops: Ops
+    ck: CubicKeys,
+    pvnq: Approx,
+    pairs: Int[Tensor, "pairs 2"],
+    with_max: Tensor,
+    with_class: Tensor,
+    with_class_max: Tensor,
+    ops: Ops,
 ) -> _PairRows:
-    """Cost: 6 d_vocab per pair, plus 2 d_vocab per pair with keys c <= n-2."""
+    """Cost per pair: 6 d_vocab; + 2 d_vocab (Dmax) with keys c <= n-2; + 2 d_vocab - 5 (top two
+    of Dz) with class keys; + 2 d_vocab - 5 (top two of Dmax) with class keys c <= n-2."""
     EU, EV, PV = ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
     q, m = pairs.unbind(1)
     P = q.numel()
@@ -150,12 +199,54 @@ def _pair_rows(
     ev_q = ops.sub(EV[q], col(EV[q, m]), label=LABEL)
     pv_q = ops.sub(PV[-1:].map_layout(lambda t: t.expand(P, -1)), col(PV[-1, m]), label=LABEL)
     d_z = ops.add(ops.add(eu, ev_q, label=LABEL), pv_q, label=LABEL)  # Dz
-    sel = torch.nonzero(has_max_slots, as_tuple=True)[0]
-    ms = m[sel]
-    d_max = ops.add(pvm[sel], ops.sub(EV[ms], col(EV[ms, ms]), label=LABEL), label=LABEL)  # Dmax
-    max_row = torch.full((P,), -1, dtype=torch.int64)
-    max_row[sel] = torch.arange(sel.numel())
-    return _PairRows(pvm=pvm, d_z=d_z, d_max=d_max, max_row=max_row)
+    max_row = _row_map(with_max)
+    ms = m[with_max]
+    d_max = ops.add(pvm[with_max], ops.sub(EV[ms], col(EV[ms, ms]), label=LABEL), label=LABEL)
+
+    def top_two(rows: Approx, sel: Tensor) -> tuple[Approx, Tensor]:
+        if not bool(sel.any()):  # (top_k needs d_vocab >= 3)
+            return Approx(rows.mid[:0, :2], rows.rad, rows.mag), torch.zeros(
+                0, 2, dtype=torch.int64
+            )
+        return ops.top_k(rows, 2, exclude=m[sel], label=LABEL)
+
+    z_top, z_idx = top_two(d_z[with_class], with_class)
+    max_top, max_idx = top_two(d_max[max_row[with_class_max]], with_class_max)
+    return _PairRows(
+        pvm=pvm,
+        d_z=d_z,
+        d_max=d_max,
+        z_top=z_top,
+        z_idx=z_idx,
+        max_top=max_top,
+        max_idx=max_idx,
+        max_row=max_row,
+        z_top_row=_row_map(with_class),
+        max_top_row=_row_map(with_class_max),
+    )
+
+
+def _log_weights(ck: CubicKeys, keys: Tensor, last: bool, ops: Ops) -> Approx:
+    """Group log-weights: ``[L, 1, (k, query)]`` for c = n-1, else ``[L, placement, (max, k,
+    query)]`` (module docstring). Cost: 1 per key (c = n-1), else 4."""
+    q, m, k, c = keys.unbind(1)
+    L = q.numel()
+    if last:
+        lw = [ops.add(ck.EQKE_s[q, k], ck.lse_all[q], label=LABEL), ck.z[q]]
+        return Ops.stack(lw, dim=-1)[:, None, :]
+    g = ck.groups[q, c - 1]  # [L, placement, 2]
+
+    def per_r(a: Approx) -> Approx:
+        return a.map_layout(lambda t: t[:, None].expand(L, 2))
+
+    return Ops.stack(
+        [
+            ops.add(per_r(ck.EQKE_s[q, m]), g[..., 0], label=LABEL),
+            ops.add(per_r(ck.EQKE_s[q, k]), g[..., 1], label=LABEL),
+            per_r(ck.z[q]),
+        ],
+        dim=-1,
+    )
 
 
 def _level1_chunk(
@@ -166,46 +257,69 @@ def _level1_chunk(
     last: bool,
     ops: Ops,
 ) -> Bool[Tensor, " keys"]:
-    """Keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m); key i
-    belongs to the pair ``pair_of[i]`` of ``rows``."""
-    EV = ck.circ.EVOU
+    """Per-output test of keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True,
+    q = m); key i belongs to the pair ``pair_of[i]`` of ``rows``."""
     q, m, k, c = keys.unbind(1)
     L = q.numel()
-    ev_k = ops.sub(EV[k], EV[k, m].map_layout(lambda t: t[:, None]), label=LABEL)
-    d_k = ops.add(rows.pvm[pair_of], ev_k, label=LABEL)  # Dk
-    d_z = rows.d_z[pair_of]
-    if last:
-        logw = Ops.stack(
-            [ops.add(ck.EQKE_s[q, k], ck.lse_all[q], label=LABEL), ck.z[q]], dim=-1
-        )  # [L, group]
-        alpha = ops.softmax(logw, dim=-1, label=LABEL)
-        parts = [(alpha[:, 0], d_k), (alpha[:, 1], d_z)]
-        bound = _weighted(parts, ops)[:, None, :]  # [L, 1, x]
-    else:
-        d_max = rows.d_max[rows.max_row[pair_of]]
-        g = ck.groups[q, c - 1]  # [L, placement, 2]
+    d_k = _d_k(ck, rows, pair_of, m, k, ops)
+    alpha = ops.softmax(_log_weights(ck, keys, last, ops), dim=-1, label=LABEL)  # [L, r, group]
+    groups = [d_k, rows.d_z[pair_of]]
+    if not last:
+        groups.insert(0, rows.d_max[rows.max_row[pair_of]])
 
-        def per_r(a: Approx) -> Approx:
-            return a.map_layout(lambda t: t[:, None].expand(L, 2))
+    def bcast(a: Approx) -> Approx:  # [L, x] -> [L, 1, x]
+        return a.map_layout(lambda t: t[:, None, :])
 
-        logw = Ops.stack(
-            [
-                ops.add(per_r(ck.EQKE_s[q, m]), g[..., 0], label=LABEL),
-                ops.add(per_r(ck.EQKE_s[q, k]), g[..., 1], label=LABEL),
-                per_r(ck.z[q]),
-            ],
-            dim=-1,
-        )  # [L, placement, group]
-        alpha = ops.softmax(logw, dim=-1, label=LABEL)
-
-        def bcast(a: Approx) -> Approx:  # [L, x] -> [L, 1, x]
-            return a.map_layout(lambda t: t[:, None, :])
-
-        parts = [(alpha[..., i], bcast(d)) for i, d in enumerate((d_max, d_k, d_z))]
-        bound = _weighted(parts, ops)  # [L, placement, x]
+    bound = _weighted([(alpha[..., i], bcast(d)) for i, d in enumerate(groups)], ops)
     excl = m[:, None, None].expand(L, bound.shape[1], 1)
     worst = ops.amax_excluding(bound, dim=2, exclude=excl, label=LABEL)  # [L, placement]
     return ops.proven_negative(worst, label=LABEL).all(dim=1)
+
+
+def _d_k(ck: CubicKeys, rows: _PairRows, pair_of: Tensor, m: Tensor, k: Tensor, ops: Ops) -> Approx:
+    """Dk[q, m, k, x] = pvm[q, m, x] + EVOU[k, x] - EVOU[k, m]. Cost: 2 d_vocab per key."""
+    EV = ck.circ.EVOU
+    ev_k = ops.sub(EV[k], EV[k, m].map_layout(lambda t: t[:, None]), label=LABEL)
+    return ops.add(rows.pvm[pair_of], ev_k, label=LABEL)
+
+
+def _class_chunk(
+    ck: CubicKeys,
+    rows: _PairRows,
+    pair_of: Tensor,
+    keys: Int[Tensor, "keys 4"],
+    last: bool,
+    ops: Ops,
+) -> Bool[Tensor, " keys"]:
+    """Class-form test (module docstring) of keys as in ``_level1_chunk``."""
+    q, m, k, c = keys.unbind(1)
+    L = q.numel()
+    ar = torch.arange(L)
+    d_k = _d_k(ck, rows, pair_of, m, k, ops)
+    k_col = k[:, None]
+
+    def classes(row: Approx, rest: Approx) -> Approx:  # [L, class]: x = k, x not in {m, k}
+        return Ops.stack([row, rest], dim=1)
+
+    zr = rows.z_top_row[pair_of]
+    groups = [
+        classes(d_k[ar, k], ops.amax_excluding(d_k, 1, torch.stack([m, k], 1), label=LABEL)),
+        classes(
+            rows.d_z[pair_of, k],
+            ops.first_not_excluded(rows.z_top[zr], rows.z_idx[zr], k_col, label=LABEL),
+        ),
+    ]
+    if not last:
+        mr, tr = rows.max_row[pair_of], rows.max_top_row[pair_of]
+        top = ops.first_not_excluded(rows.max_top[tr], rows.max_idx[tr], k_col, label=LABEL)
+        groups.insert(0, classes(rows.d_max[mr, k], top))
+    alpha = ops.softmax(_log_weights(ck, keys, last, ops), dim=-1, label=LABEL)  # [L, r, group]
+
+    def bcast(a: Approx) -> Approx:  # [L, class] -> [L, 1, class]
+        return a.map_layout(lambda t: t[:, None, :])
+
+    bound = _weighted([(alpha[..., i], bcast(v)) for i, v in enumerate(groups)], ops)
+    return ops.proven_negative(bound, label=LABEL).flatten(1).all(dim=1)
 
 
 def _weighted(parts: list[tuple[Approx, Approx]], ops: Ops) -> Approx:
@@ -221,24 +335,34 @@ def pvnq_flops(V: int, n: int) -> int:
     return (2 * n - 3) * V * V
 
 
-def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"]) -> int:
-    """Ledger total of ``level1`` on ``keys``."""
-    if keys.shape[0] == 0:
+def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor) -> int:
+    """Ledger total of ``level1`` on ``keys`` (per output) and ``class_keys`` (class form)."""
+    both = torch.cat([keys, class_keys])
+    if both.shape[0] == 0:
         return 0
-    last = keys[:, 3] == n - 1
-    pairs = torch.unique(keys[:, :2], dim=0).shape[0]
-    pairs_max_slots = torch.unique(keys[~last, :2], dim=0).shape[0] if bool((~last).any()) else 0
-    n_last = int(last.sum())
+    last = both[:, 3] == n - 1
+    is_class = torch.arange(both.shape[0]) >= keys.shape[0]
+
+    def pairs(sel: Tensor) -> int:
+        return torch.unique(both[sel, :2], dim=0).shape[0] if bool(sel.any()) else 0
+
+    # per pair: eu, PVnq add, ev_q, pv_q, Dz (2); Dmax (2); top two of Dz, of Dmax
+    total = pairs(last | ~last) * 6 * V + pairs(~last) * 2 * V
+    total += (pairs(is_class) + pairs(is_class & ~last)) * (2 * V - 5)
+    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output:
+    # 3-group softmax at 2 placements (26), 3 products and 2 sums per placement (10V), max over
+    # x != m (2(V-1)), decisions (4); 2-group softmax (8), 2 products and 1 sum (3V), max (V-1),
+    # decision (2). Class form: max of Dk over x not in {m, k} (V-1), class maxima of Dmax, Dz
+    # (1 each), softmax, 3 (2) products and 2 (1) sums per placement and class, 4 (2) decisions.
+    n_last = int((last & ~is_class).sum())
     n_mid = keys.shape[0] - n_last
-    # per pair: eu, PVnq add, ev_q, pv_q, Dz (2); Dmax (2) for pairs with keys c <= n-2
-    per_pair = pairs * 6 * V + pairs_max_slots * 2 * V
-    common = 2 * V  # Dk (2)
-    # log-weights (4), 3-group softmax at 2 placements (26), 3 products and 2 sums per placement
-    # (10V), max over x != m (2(V-1)), decisions (4)
-    mid = common + 4 + 26 + 10 * V + 2 * (V - 1) + 4
-    # log-weight (1), 2-group softmax (8), 2 products and 1 sum (3V), max (V-1), decision (2)
-    last_cost = common + 1 + 8 + 3 * V + (V - 1) + 2
-    return per_pair + n_mid * mid + n_last * last_cost
+    c_last = int((last & is_class).sum())
+    c_mid = class_keys.shape[0] - c_last
+    total += n_mid * (2 * V + 4 + 26 + 10 * V + 2 * (V - 1) + 4)
+    total += n_last * (2 * V + 1 + 8 + 3 * V + (V - 1) + 2)
+    total += c_mid * (2 * V + 4 + (V - 1) + 2 + 26 + 12 + 8 + 8)
+    total += c_last * (2 * V + 1 + (V - 1) + 1 + 8 + 4 + 2 + 4)
+    return total
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:

@@ -7,6 +7,7 @@ empty, so ``{}`` is a valid certificate (the cubic proof alone):
 key                tensor            meaning
 =================  ================  =========================================================
 ``l1_keys``        int64 [L, 4]      homogeneous keys (q, m, k, c) to re-check per output
+``l1_class_keys``  int64 [L', 4]     homogeneous keys to re-check per class of outputs
 ``count_keys``     int64 [C, 4]      count keys (q, m, c, i) (see ``counts``)
 ``c0``             int64 [S, 2]      c = 0 keys (q, m) to decide input by input
 ``roots``          int64 [R, 4]      root boxes (q, m, non-max bits, U bits) (see ``tree``)
@@ -35,6 +36,7 @@ NONE, PROVE, REFUTE, EXACT = 0, 1, 2, 3
 
 TENSORS = {
     "l1_keys": (torch.int64, 2, 4),
+    "l1_class_keys": (torch.int64, 2, 4),
     "count_keys": (torch.int64, 2, 4),
     "c0": (torch.int64, 2, 2),
     "roots": (torch.int64, 2, 4),
@@ -52,6 +54,7 @@ class Plan:
     """A structurally valid certificate (value ranges that need the model are checked later)."""
 
     l1_keys: Tensor
+    l1_class_keys: Tensor
     count_keys: Tensor
     c0: Tensor
     roots: Tensor

@@ -97,16 +97,24 @@ def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.St
     proven = ck.proven.clone()
     pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
     cand = _candidate_keys(proven, V, n)
-    ok = keys.level1(ck, cand, pvnq, ops)
-    l1 = cand[ok]
-    proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]] = True
+    # Both forms on every candidate: the class form where it succeeds (cheaper), else per output.
+    no_keys = cand[:0]
+    ok_class = (
+        keys.level1(ck, no_keys, cand, pvnq, ops)[1]
+        if V >= 3
+        else torch.zeros_like(cand[:, 0], dtype=torch.bool)
+    )
+    ok = keys.level1(ck, cand[~ok_class], no_keys, pvnq, ops)[0]
+    l1c, l1 = cand[ok_class], cand[~ok_class][ok]
+    for ks in (l1, l1c):
+        proven[ks[:, 0], ks[:, 1], ks[:, 2], ks[:, 3]] = True
     cnt, istar = _count_keys(ck, pvnq, proven, ops)
     qm = torch.triu_indices(V, V)
     c0 = qm.T[~ck.proven0[qm[0], qm[1]]].contiguous()
     roots = _roots(proven, istar, V, n)
     tr = _branch_and_bound(ck, proven, istar, roots)
     return budget_mod.State(
-        ck=ck, proven=proven, istar=istar, tr=tr, l1=l1, cnt=cnt, roots=roots, c0=c0
+        ck=ck, proven=proven, istar=istar, tr=tr, l1=l1, l1c=l1c, cnt=cnt, roots=roots, c0=c0
     )
 
 
@@ -114,7 +122,7 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     """The certificate of ``state`` for a FLOP budget (None: everything found)."""
     keep = torch.ones(state.roots.shape[0], dtype=torch.bool)
     st = state
-    cert = budget_mod.certificate(st.tr, st.l1, st.cnt, st.c0, st.roots, keep)
+    cert = budget_mod.certificate(st.tr, st.l1, st.l1c, st.cnt, st.c0, st.roots, keep)
     cert["budget"] = -1 if budget is None else int(budget)
     cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
     if budget is None or cert["predicted"] <= budget:  # everything fits: the full refinement
