@@ -380,13 +380,20 @@ def test_mutated_certificates_never_overclaim(seed):
         c_max = torch.where(q == m, n - 1, n - 2)
         c = 1 + (torch.rand(20, generator=g) * c_max).long()
         extra = torch.stack([q, m, k, c], 1)[c_max >= 1]
-        half = extra.shape[0] // 2
+        half = extra.shape[0] // 2 if V >= 3 else extra.shape[0]  # class keys need V >= 3
         cert["l1_keys"] = torch.cat([cert["l1_keys"], extra[:half]]).contiguous()
         cert["l1_class_keys"] = torch.cat([cert["l1_class_keys"], extra[half:]]).contiguous()
         out, _ = _run(w, cert)
         covered, refuted = out.covered(), out.refuted()
         assert not bool((covered & ~truth).any()) and not bool((refuted & truth).any())
         assert out.correct == int(covered.sum()) and out.incorrect == int(refuted.sum())
+
+
+def test_class_keys_need_three_tokens():
+    w = models.random_weights(2, 3, seed=0)
+    with pytest.raises(ProofPreconditionError, match="need d_vocab >= 3"):
+        _run(w, {"l1_class_keys": torch.tensor([[0, 1, 0, 1]])})
+    assert adaptive.search(w)["l1_class_keys"].shape[0] == 0
 
 
 @pytest.mark.parametrize(
