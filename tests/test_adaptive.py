@@ -241,8 +241,7 @@ def test_level1_class_form_is_weaker_than_per_output(model_name, soundness_model
     ops = Ops()
     ck = keys.cubic_keys(w, ops)
     cand = searcher._candidate_keys(ck.proven, V, n)
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
-    per_output, in_classes = keys.level1(ck, cand, cand, pvnq, ops)
+    per_output, in_classes = keys.level1(ck, cand, cand, ops)
     assert bool((per_output | ~in_classes).all())
     assert int(in_classes.sum()) > 0
     for field, ok in (("l1_keys", per_output), ("l1_class_keys", in_classes)):
@@ -270,9 +269,8 @@ def test_count_key_bound_against_enumeration(model_name, soundness_model):
     q, m, c, i = torch.meshgrid(*(torch.arange(d) for d in (V, V, n, n)), indexing="ij")
     cand = torch.stack([x.reshape(-1) for x in (q, m, c, i)], 1)
     cand = cand[counts.valid(cand, V, n)]
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
     tops = counts.position_tops(ck.EQKP_s, ops)
-    ok = counts.evaluate(ck, pvnq, tops, proven, cand, ops)
+    ok = counts.evaluate(ck, tops, proven, cand, ops)
     won = torch.zeros(V, V, n, n, dtype=torch.bool)
     won[tuple(cand[ok].T)] = True
     tok = models.all_tokens(V, n)
@@ -449,9 +447,8 @@ def _proven(w, cert):
     proven[l1[:, 0], l1[:, 1], l1[:, 2], l1[:, 3]] = True
     cnt = cert["count_keys"]
     V, n = w.config.d_vocab, w.config.n_ctx
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
     tops = counts.position_tops(ck.EQKP_s, ops)
-    ok = counts.evaluate(ck, pvnq, tops, proven, cnt, ops)
+    ok = counts.evaluate(ck, tops, proven, cnt, ops)
     return proven, counts.prefix(cnt, ok, V, n)
 
 

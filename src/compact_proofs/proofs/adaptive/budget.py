@@ -80,7 +80,7 @@ def fit(cfg: ModelConfig, st: State, budget: int) -> Certificate:
     picked: list = []  # item ids in pick order (dependencies first)
     have: set = set()
     spent = base
-    fixed = {"pvnq": keys.pvnq_flops(V, n), "tops": counts.tops_flops(V, n)}
+    fixed = {"tops": counts.tops_flops(V, n)}
     for key in sorted(items, key=lambda k: -_ratio(items, k)):
         bundle = [d for d in items[key]["deps"] + [key] if d not in have]
         need = set().union(*(items[d]["fixed"] for d in bundle)) - have if bundle else set()
@@ -115,7 +115,7 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     items: dict = {}
     for kind, ks in (("rows", st.l1), ("class_rows", st.l1c)):
         for i, (q, m, _, c) in enumerate(ks.tolist()):
-            new = {"rows": [], "class_rows": [], "deps": [], "fixed": {"pvnq"}}
+            new = {"rows": [], "class_rows": [], "deps": [], "fixed": set()}
             items.setdefault(("l1", q, m, c), new)[kind].append(i)
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
         n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
@@ -124,7 +124,7 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
         if k > int(st.istar[q, m, c]):
             continue
-        it = items.setdefault(("cnt", q, m, c), {"rows": [], "fixed": {"pvnq", "tops"}})
+        it = items.setdefault(("cnt", q, m, c), {"rows": [], "fixed": {"tops"}})
         it["rows"].append(i)
     for key, it in list(items.items()):
         if key[0] != "cnt":

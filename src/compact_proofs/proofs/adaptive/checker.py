@@ -79,16 +79,14 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
         raise ProofPreconditionError("l1_class_keys need d_vocab >= 3")
     if cnt.shape[0] and not bool(counts.valid(cnt, V, n).all()):
         raise ProofPreconditionError("a count_keys entry is not a valid count key (q, m, c, i)")
-    need_pvnq = l1.shape[0] or l1c.shape[0] or cnt.shape[0]
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops) if need_pvnq else None
     todo, todo_c = keys.unproven(l1, proven), keys.unproven(l1c, proven)
-    ok, ok_c = keys.level1(ck, todo, todo_c, pvnq, ops)  # (1) stage 2
+    ok, ok_c = keys.level1(ck, todo, todo_c, ops)  # (1) stage 2
     for ks, good in ((todo, ok), (todo_c, ok_c)):
         proven[ks[good, 0], ks[good, 1], ks[good, 2], ks[good, 3]] = True
     N = keys.key_counts(proven)
     correct = keys.count_covered(N, ck.proven0)
     tops = counts.position_tops(ck.EQKP_s, ops) if cnt.shape[0] else None
-    cnt_ok = counts.evaluate(ck, pvnq, tops, proven, cnt, ops)  # (1) stage 2b
+    cnt_ok = counts.evaluate(ck, tops, proven, cnt, ops)  # (1) stage 2b
     istar = counts.prefix(cnt, cnt_ok, V, n)
     correct += counts.covered(istar, N)
     ops.ledger.add(int_op=int(ok.sum()) + int(ok_c.sum()) + V * V * (n - 1), label="adaptive:count")

@@ -30,8 +30,6 @@ def predict(
     pl = plan.parse(cert, V)
     total = ck.flops
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
-    if l1.shape[0] or l1c.shape[0] or cnt.shape[0]:
-        total += keys.pvnq_flops(V, n)
     total += keys.level1_flops(V, n, keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven))
     if cnt.shape[0]:
         total += counts.tops_flops(V, n)

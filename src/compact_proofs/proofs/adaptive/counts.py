@@ -69,7 +69,6 @@ def tops_flops(V: int, n: int) -> int:
 
 def evaluate(
     ck: keys.CubicKeys,
-    pvnq: Approx,
     tops: Approx,
     proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"],
     ckeys: Int[Tensor, "keys 4"],
@@ -89,15 +88,16 @@ def evaluate(
             sel = live & (m == mv) & ((c == n - 1) if last else (c < n - 1))
             idx = torch.nonzero(sel, as_tuple=True)[0]
             if idx.numel():
-                out[idx] = _evaluate_m(ck, pvnq, tops, proven, ckeys[idx], mv, last, ops)
+                out[idx] = _evaluate_m(ck, tops, proven, ckeys[idx], mv, last, ops)
     return out
 
 
-def _evaluate_m(ck, pvnq, tops, proven, ckeys, m: int, last: bool, ops: Ops) -> Tensor:
+def _evaluate_m(ck, tops, proven, ckeys, m: int, last: bool, ops: Ops) -> Tensor:
     """Count keys of one max token m, all with c <= n-2 (``last`` False) or all c = n-1."""
     circ = ck.circ
     EU, EV, PV = circ.EUPU, circ.EVOU, circ.PVOU
     V = EV.shape[1]
+    pvnq = ck.slots.pv  # PVnq [m, x]
     qs, row = ckeys[:, 0].unique(return_inverse=True)
 
     def col(a: Approx) -> Approx:

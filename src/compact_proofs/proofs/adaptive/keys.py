@@ -102,28 +102,16 @@ def unproven(keys: Int[Tensor, "keys 4"], proven: Tensor) -> Int[Tensor, "todo 4
     return keys[~proven[keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3]]]
 
 
-def pv_nonquery(PVOU: Approx, ops: Ops) -> Approx:
-    """``PVnq[m, x] = max_{p < n-1} (PVOU[p, x] - PVOU[p, m])``. Cost: ``pvnq_flops``."""
-    n = PVOU.shape[0]
-    centred = ops.sub(
-        PVOU[: n - 1].map_layout(lambda t: t.unsqueeze(0)),  # [1, p, x]
-        PVOU[: n - 1].map_layout(lambda t: t.T.unsqueeze(2)),  # [m, p, 1]
-        label=LABEL,
-    )
-    return ops.amax(centred, dim=1, label=LABEL)
-
-
 def level1(
     ck: CubicKeys,
     keys: Int[Tensor, "keys 4"],
     class_keys: Int[Tensor, "class_keys 4"],
-    pvnq: Approx,
     ops: Ops,
 ) -> tuple[Bool[Tensor, " keys"], Bool[Tensor, " class_keys"]]:
     """Stage 2: decide the valid homogeneous keys (q, m, k, c): ``keys`` per output logit,
-    ``class_keys`` in the class form (module docstring; needs d_vocab >= 3); ``pvnq`` =
-    ``pv_nonquery(PVOU)``. Keys must be valid (``valid_keys``). The rows that depend on (q, m)
-    only are computed once per pair (``_pair_rows``). Cost: ``level1_flops``."""
+    ``class_keys`` in the class form (module docstring; needs d_vocab >= 3). Keys must be valid
+    (``valid_keys``). The rows that depend on (q, m) only are computed once per pair
+    (``_pair_rows``). Cost: ``level1_flops``."""
     n = ck.circ.PVOU.shape[0]
     both = torch.cat([keys, class_keys])
     if both.shape[0] == 0:
@@ -136,7 +124,7 @@ def level1(
         return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
 
     rows = _pair_rows(
-        ck, pvnq, pairs, pairs_with(~last), pairs_with(is_class), pairs_with(is_class & ~last), ops
+        ck, pairs, pairs_with(~last), pairs_with(is_class), pairs_with(is_class & ~last), ops
     )
     out = torch.zeros(both.shape[0], dtype=torch.bool)
     for s in range(0, both.shape[0], KEY_CHUNK):
@@ -178,30 +166,28 @@ def _row_map(sel: Tensor) -> Tensor:
 
 def _pair_rows(
     ck: CubicKeys,
-    pvnq: Approx,
     pairs: Int[Tensor, "pairs 2"],
     with_max: Tensor,
     with_class: Tensor,
     with_class_max: Tensor,
     ops: Ops,
 ) -> _PairRows:
-    """Cost per pair: 6 d_vocab; + 2 d_vocab (Dmax) with keys c <= n-2; + 2 d_vocab - 5 (top two
-    of Dz) with class keys; + 2 d_vocab - 5 (top two of Dmax) with class keys c <= n-2."""
-    EU, EV, PV = ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
+    """From the cubic's slot tables (``pessimize.SlotTables``: PVnq, own, base, W). Cost per
+    pair: 3 d_vocab; + 2 d_vocab (Dmax) with keys c <= n-2; + 2 d_vocab - 5 (top two of Dz)
+    with class keys; + 2 d_vocab - 5 (top two of Dmax) with class keys c <= n-2."""
+    S = ck.slots
     q, m = pairs.unbind(1)
-    P = q.numel()
 
     def col(a: Approx) -> Approx:  # [P] -> [P, 1]
         return a.map_layout(lambda t: t[:, None])
 
-    eu = ops.sub(EU[q], col(EU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
-    pvm = ops.add(eu, pvnq[m], label=LABEL)  # + PVnq[m, x]
-    ev_q = ops.sub(EV[q], col(EV[q, m]), label=LABEL)
-    pv_q = ops.sub(PV[-1:].map_layout(lambda t: t.expand(P, -1)), col(PV[-1, m]), label=LABEL)
-    d_z = ops.add(ops.add(eu, ev_q, label=LABEL), pv_q, label=LABEL)  # Dz
+    eu = ops.sub(S.EUPU[q], col(S.EUPU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
+    pvm = ops.add(eu, S.pv[m], label=LABEL)  # + PVnq[m, x]
+    d_z = ops.sub(S.W[q], col(S.W[q, m]), label=LABEL)  # Dz = W[q, x] - W[q, m]
     max_row = _row_map(with_max)
-    ms = m[with_max]
-    d_max = ops.add(pvm[with_max], ops.sub(EV[ms], col(EV[ms, ms]), label=LABEL), label=LABEL)
+    qs, ms = q[with_max], m[with_max]
+    # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
+    d_max = ops.sub(ops.add(S.EUPU[qs], S.own[ms], label=LABEL), col(S.base[qs, ms]), label=LABEL)
 
     def top_two(rows: Approx, sel: Tensor) -> tuple[Approx, Tensor]:
         if not bool(sel.any()):  # (top_k needs d_vocab >= 3)
@@ -331,10 +317,6 @@ def _weighted(parts: list[tuple[Approx, Approx]], ops: Ops) -> Approx:
     return total
 
 
-def pvnq_flops(V: int, n: int) -> int:
-    return (2 * n - 3) * V * V
-
-
 def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor) -> int:
     """Ledger total of ``level1`` on ``keys`` (per output) and ``class_keys`` (class form)."""
     both = torch.cat([keys, class_keys])
@@ -346,8 +328,8 @@ def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor
     def pairs(sel: Tensor) -> int:
         return torch.unique(both[sel, :2], dim=0).shape[0] if bool(sel.any()) else 0
 
-    # per pair: eu, PVnq add, ev_q, pv_q, Dz (2); Dmax (2); top two of Dz, of Dmax
-    total = pairs(last | ~last) * 6 * V + pairs(~last) * 2 * V
+    # per pair: eu, PVnq add, Dz; Dmax (2); top two of Dz, of Dmax
+    total = pairs(last | ~last) * 3 * V + pairs(~last) * 2 * V
     total += (pairs(is_class) + pairs(is_class & ~last)) * (2 * V - 5)
     # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output:
     # 3-group softmax at 2 placements (26), 3 products and 2 sums per placement (10V), max over

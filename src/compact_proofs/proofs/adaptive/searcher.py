@@ -95,20 +95,19 @@ def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.St
     ops = Ops()  # scratch: nothing here is counted
     ck = ck if ck is not None else keys.cubic_keys(weights, ops)
     proven = ck.proven.clone()
-    pvnq = keys.pv_nonquery(ck.circ.PVOU, ops)
     cand = _candidate_keys(proven, V, n)
     # Both forms on every candidate: the class form where it succeeds (cheaper), else per output.
     no_keys = cand[:0]
     ok_class = (
-        keys.level1(ck, no_keys, cand, pvnq, ops)[1]
+        keys.level1(ck, no_keys, cand, ops)[1]
         if V >= 3
         else torch.zeros_like(cand[:, 0], dtype=torch.bool)
     )
-    ok = keys.level1(ck, cand[~ok_class], no_keys, pvnq, ops)[0]
+    ok = keys.level1(ck, cand[~ok_class], no_keys, ops)[0]
     l1c, l1 = cand[ok_class], cand[~ok_class][ok]
     for ks in (l1, l1c):
         proven[ks[:, 0], ks[:, 1], ks[:, 2], ks[:, 3]] = True
-    cnt, istar = _count_keys(ck, pvnq, proven, ops)
+    cnt, istar = _count_keys(ck, proven, ops)
     qm = torch.triu_indices(V, V)
     c0 = qm.T[~ck.proven0[qm[0], qm[1]]].contiguous()
     roots = _roots(proven, istar, V, n)
@@ -140,7 +139,7 @@ def _candidate_keys(proven: Tensor, V: int, n: int) -> Tensor:
     return torch.nonzero(valid & ~proven)
 
 
-def _count_keys(ck, pvnq, proven, ops) -> tuple[Tensor, Tensor]:
+def _count_keys(ck, proven, ops) -> tuple[Tensor, Tensor]:
     """Count keys (q, m, c, i), i = 1, 2, ... while proven (at most ``MAX_COUNT``): the proven
     ones, and the counted prefixes i*."""
     V, n = proven.shape[0], proven.shape[3]
@@ -156,7 +155,7 @@ def _count_keys(ck, pvnq, proven, ops) -> tuple[Tensor, Tensor]:
     first = torch.cumsum(reps, 0) - reps
     i = torch.arange(rows.shape[0]) - first.repeat_interleave(reps) + 1
     cand = torch.cat([rows, i[:, None]], 1)
-    ok = counts.evaluate(ck, pvnq, tops, proven, cand, ops)
+    ok = counts.evaluate(ck, tops, proven, cand, ops)
     istar = counts.prefix(cand, ok, V, n)
     cnt = cand[ok & (cand[:, 3] <= istar[cand[:, 0], cand[:, 1], cand[:, 2]])]
     return cnt, counts.prefix(cnt, torch.ones(cnt.shape[0], dtype=torch.bool), V, n)

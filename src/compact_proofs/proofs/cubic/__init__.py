@@ -129,6 +129,7 @@ class Stage:
     lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
     proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
     tiers: cases.Tiers  # what each cheaper test left to the next (the FLOPs depend on it)
+    slots: pessimize.SlotTables  # step (2)'s per-slot tables
 
 
 def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], None]) -> Stage:
@@ -201,6 +202,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         lse_all=lse_all,
         proven0=proven0,
         tiers=tiers + cases.Tiers(exact_c0=int(left.sum())),
+        slots=st,
     )
 
 
