@@ -19,7 +19,8 @@ position). Hence the cubic's mixture argument (its step (4)) applies unchanged t
 cubic-proven and level-1-proven keys: every input of key (q, m, c) whose non-max tokens all lie in
 that union is correct.
 Proof: as in the cubic's step (5), Ft_x / sum_p w_p = sum_g alpha_g H_g(x) with alpha the softmax
-over the slot groups of their log-weights, and it is affine in S = sum of the max slots'
+over the slot groups of their log-weights (evaluated as ``_relative_bound``, a positive multiple),
+and it is affine in S = sum of the max slots'
 positional weights, so its sign over all placements is decided at the two extremes r = 0, 1.
 The cubic bounds max_x by class-wise maxima (and decouples the EUPU and EVOU parts for
 x not in {m, k}); level 1 evaluates sum_g alpha_g H_g(x) for every x separately and takes the
@@ -247,16 +248,10 @@ def _level1_chunk(
     q = m); key i belongs to the pair ``pair_of[i]`` of ``rows``."""
     q, m, k, c = keys.unbind(1)
     L = q.numel()
-    d_k = _d_k(ck, rows, pair_of, m, k, ops)
-    alpha = ops.softmax(_log_weights(ck, keys, last, ops), dim=-1, label=LABEL)  # [L, r, group]
-    groups = [d_k, rows.d_z[pair_of]]
+    groups = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[pair_of]]  # [L, x] each
     if not last:
         groups.insert(0, rows.d_max[rows.max_row[pair_of]])
-
-    def bcast(a: Approx) -> Approx:  # [L, x] -> [L, 1, x]
-        return a.map_layout(lambda t: t[:, None, :])
-
-    bound = _weighted([(alpha[..., i], bcast(d)) for i, d in enumerate(groups)], ops)
+    bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, x]
     excl = m[:, None, None].expand(L, bound.shape[1], 1)
     worst = ops.amax_excluding(bound, dim=2, exclude=excl, label=LABEL)  # [L, placement]
     return ops.proven_negative(worst, label=LABEL).all(dim=1)
@@ -299,22 +294,36 @@ def _class_chunk(
         mr, tr = rows.max_row[pair_of], rows.max_top_row[pair_of]
         top = ops.first_not_excluded(rows.max_top[tr], rows.max_idx[tr], k_col, label=LABEL)
         groups.insert(0, classes(rows.d_max[mr, k], top))
-    alpha = ops.softmax(_log_weights(ck, keys, last, ops), dim=-1, label=LABEL)  # [L, r, group]
-
-    def bcast(a: Approx) -> Approx:  # [L, class] -> [L, 1, class]
-        return a.map_layout(lambda t: t[:, None, :])
-
-    bound = _weighted([(alpha[..., i], bcast(v)) for i, v in enumerate(groups)], ops)
+    bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, class]
     return ops.proven_negative(bound, label=LABEL).flatten(1).all(dim=1)
 
 
-def _weighted(parts: list[tuple[Approx, Approx]], ops: Ops) -> Approx:
-    """sum_i alpha_i * D_i with alpha_i [..] broadcast against D_i [.., x]."""
-    total = None
-    for a, d in parts:
-        term = ops.mul(a.map_layout(lambda t: t[..., None]), d, label=LABEL)
-        total = term if total is None else ops.add(total, term, label=LABEL)
-    return total
+def _relative_bound(logw: Approx, rows: list[Approx], ops: Ops) -> Approx:
+    """``D_top + sum_{g != top} exp(L_g - L_top) D_g`` per key and placement, with top the group
+    of the largest log-weight: sum_g exp(L_g) D_g divided by exp(L_top) > 0, so it has the same
+    sign as sum_g alpha_g D_g (module docstring). ``logw`` ``[L, r, group]``, ``rows`` one
+    ``[L, X]`` per group; returns ``[L, r, X]``. The ratios are in (0, 1] (``exp_nonpositive``
+    of L_g - L_top, whose float value is <= 0), so the radius stays small.
+    Cost per key and placement: G - 1 (the top), 2 (G - 1) (ratios), 2 (G - 1) X (products and
+    sums)."""
+    Lk, R, G = logw.shape
+    top = logw.mid.argmax(dim=-1, keepdim=True)  # [L, r, 1]
+    others = (top + torch.arange(1, G)) % G  # [L, r, G-1]
+    ops.ledger.add(Lk * R * (G - 1), label=LABEL)
+    L_top = logw.map_layout(lambda t: t.gather(-1, top))
+    ratio = ops.exp_nonpositive(
+        ops.sub(logw.map_layout(lambda t: t.gather(-1, others)), L_top, label=LABEL), label=LABEL
+    )  # [L, r, G-1]
+    D = Ops.stack(rows, dim=1)  # [L, group, X]
+
+    def pick(idx: Tensor) -> Approx:  # [L, r, j] -> [L, r, j, X]
+        return D.map_layout(lambda t: t[torch.arange(Lk)[:, None, None], idx])
+
+    bound = pick(top)[:, :, 0]
+    terms = ops.mul(ratio.map_layout(lambda t: t[..., None]), pick(others), label=LABEL)
+    for j in range(G - 1):
+        bound = ops.add(bound, terms[:, :, j], label=LABEL)
+    return bound
 
 
 def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor) -> int:
@@ -331,19 +340,20 @@ def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor
     # per pair: eu, PVnq add, Dz; Dmax (2); top two of Dz, of Dmax
     total = pairs(last | ~last) * 3 * V + pairs(~last) * 2 * V
     total += (pairs(is_class) + pairs(is_class & ~last)) * (2 * V - 5)
-    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output:
-    # 3-group softmax at 2 placements (26), 3 products and 2 sums per placement (10V), max over
-    # x != m (2(V-1)), decisions (4); 2-group softmax (8), 2 products and 1 sum (3V), max (V-1),
-    # decision (2). Class form: max of Dk over x not in {m, k} (V-1), class maxima of Dmax, Dz
-    # (1 each), softmax, 3 (2) products and 2 (1) sums per placement and class, 4 (2) decisions.
+    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output, with
+    # 3 groups at 2 placements: the top (4), ratios (8), 2 products and 2 sums (8V), max over
+    # x != m (2(V-1)), decisions (4); 2 groups at 1 placement: top (1), ratio (2), 1 product and
+    # 1 sum (2V), max (V-1), decision (2). Class form: max of Dk over x not in {m, k} (V-1),
+    # class maxima of Dmax, Dz (1 each), top and ratios, products and sums per placement and
+    # class (16, or 4 with 2 groups), decisions (8, or 4).
     n_last = int((last & ~is_class).sum())
     n_mid = keys.shape[0] - n_last
     c_last = int((last & is_class).sum())
     c_mid = class_keys.shape[0] - c_last
-    total += n_mid * (2 * V + 4 + 26 + 10 * V + 2 * (V - 1) + 4)
-    total += n_last * (2 * V + 1 + 8 + 3 * V + (V - 1) + 2)
-    total += c_mid * (2 * V + 4 + (V - 1) + 2 + 26 + 12 + 8 + 8)
-    total += c_last * (2 * V + 1 + (V - 1) + 1 + 8 + 4 + 2 + 4)
+    total += n_mid * (2 * V + 4 + 4 + 8 + 8 * V + 2 * (V - 1) + 4)
+    total += n_last * (2 * V + 1 + 1 + 2 + 2 * V + (V - 1) + 2)
+    total += c_mid * (2 * V + 4 + (V - 1) + 2 + 4 + 8 + 16 + 8)
+    total += c_last * (2 * V + 1 + (V - 1) + 1 + 1 + 2 + 4 + 4)
     return total
 
 
