@@ -181,6 +181,7 @@ def test_paper_shape_flops_are_below_the_papers():
         left_diag=64 * 63 // 2,
         left_pairs=pairs - 1,
         left_mk=64 * 63 // 2,
+        left_second=pairs - 1,
         per_c=T,
         rechecked=2 * T,
         exact_c0=pairs,

@@ -166,6 +166,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         left_diag=int((q == m).sum()),
         left_pairs=0 if lt is None else lt.top.shape[0],
         left_mk=0 if lt is None else lt.ev_nk.shape[0],
+        left_second=0 if lt is None else lt.seconds,
     )
     max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
     for t0 in range(0, q.numel(), max_triples):
@@ -270,7 +271,11 @@ def cubic_flops(V: int, n: int, d: int, dh: int, tiers: cases.Tiers) -> int:
         + pessimize.pessimize_flops(V, n)
         + 4 * V * (n - 1)  # log-sum-exp over all non-query slots
         + screen.screen_flops(V, n, pairs, tiers.mid_tests, tiers.last_tests)
-        + (pessimize.leftover_tables_flops(V, tiers.left_pairs, tiers.left_mk) if V >= 3 else 0)
+        + (
+            pessimize.leftover_tables_flops(V, tiers.left_pairs, tiers.left_second, tiers.left_mk)
+            if V >= 3
+            else 0
+        )
         + cases.single_inputs_flops(V, n, tiers.exact_c0)
         + cases.homogeneous_flops(
             V, n, tiers.left_triples, tiers.left_diag, tiers.per_c, tiers.rechecked

@@ -100,8 +100,12 @@ class LeftoverTables:
     """The d_vocab^3-type maxima, computed only for the (q, m) and (m, k) pairs of the triples
     the screen leaves to the per-triple tests (``leftover_tables``); V >= 3.
 
-    ``top``/``idx`` ``[pairs, 2]``: the 2 largest over x != m of EUPU[q, x] + own[m, x] (so one
-    more exclusion, x = k, leaves one), for the pair ``pair_of[t]`` of triple t.
+    ``top``/``idx`` ``[pairs, 2]``: for the pair ``pair_of[t]`` of triple t, the largest over
+    x != m of EUPU[q, x] + own[m, x] (at x = idx[:, 0]), then the largest over x not in
+    {m, idx[:, 0]} (index -1), computed only where a leftover triple of the pair has
+    k = idx[:, 0] (elsewhere -inf, never read: ``first_not_excluded`` with x = k excluded
+    stops at the first entry). So for every leftover triple, ``first_not_excluded`` with k
+    excluded gives the max over x not in {m, k}.
     ``ev_nk`` ``[mk]``: max_{x not in {m, k}} EVOU[k, x] - EVOU[k, m] + PVnq[m, x], for the
     (m, k) pair ``mk_of[t]`` of triple t.
     """
@@ -111,6 +115,7 @@ class LeftoverTables:
     pair_of: Int[Tensor, " triples"]
     ev_nk: Approx
     mk_of: Int[Tensor, " triples"]
+    seconds: int  # pairs with the second maximum
 
 
 def leftover_tables(
@@ -121,34 +126,48 @@ def leftover_tables(
     ops: Ops,
     chunk: int,
 ) -> LeftoverTables:
-    """Cost: ``leftover_tables_flops`` (per distinct (q, m): 3V - 5; per distinct (m, k): 2V);
-    independent of ``chunk`` (rows per working tensor)."""
+    """Cost: ``leftover_tables_flops`` (per distinct (q, m): 2V - 2, and 2V - 1 more for the
+    second maximum; per distinct (m, k): 2V); independent of ``chunk`` (rows per working
+    tensor)."""
     V = st.EUPU.shape[0]
     pairs, pair_of = torch.unique(q * V + m, return_inverse=True)
     mks, mk_of = torch.unique(m * V + k, return_inverse=True)
+
+    def sums(sel: Tensor) -> Approx:  # EUPU[q, x] + own[m, x] for the pairs ``sel``, [P, x]
+        return ops.add(st.EUPU[pairs[sel] // V], st.own[pairs[sel] % V], label="cubic:ov")
+
     tops, idxs, evs = [], [], []
     for s in range(0, max(pairs.numel(), 1), chunk):  # at least once: empty tables
-        pq, pm = pairs[s : s + chunk] // V, pairs[s : s + chunk] % V
-        sums = ops.add(st.EUPU[pq], st.own[pm], label="cubic:ov")  # [P, x]
-        top, idx = ops.top_k(sums, 2, exclude=pm, label="cubic:ov")
+        sel = torch.arange(s, min(s + chunk, pairs.numel()))
+        top, idx = ops.top_k(sums(sel), 1, exclude=pairs[sel] % V, label="cubic:ov")
         tops.append(top)
         idxs.append(idx)
+    first, first_idx = Ops.cat(tops, dim=0), torch.cat(idxs)  # [pairs, 1]
+    second = torch.full_like(first.mid, -torch.inf)
+    need = torch.unique(pair_of[k == first_idx[pair_of, 0]])  # pairs whose first is some k
+    for s in range(0, need.numel(), chunk):
+        sel = need[s : s + chunk]
+        excl = torch.stack([pairs[sel] % V, first_idx[sel, 0]], -1)
+        second[sel, 0] = ops.amax_excluding(sums(sel), 1, excl, label="cubic:ov").mid
     for s in range(0, max(mks.numel(), 1), chunk):
         mm, kk = mks[s : s + chunk] // V, mks[s : s + chunk] % V
         r = ops.add(st.pv[mm], st.EVOU[kk], label="cubic:ov")  # [Q, x]
         best = ops.amax_excluding(r, dim=1, exclude=torch.stack([mm, kk], -1), label="cubic:ov")
         evs.append(ops.sub(best, st.EVOU[kk, mm], label="cubic:ov"))
     return LeftoverTables(
-        top=Ops.cat(tops, dim=0),
-        idx=torch.cat(idxs),
+        top=Approx(torch.cat([first.mid, second], 1), first.rad, first.mag),
+        idx=torch.cat([first_idx, torch.full_like(first_idx, -1)], 1),
         pair_of=pair_of,
         ev_nk=Ops.cat(evs, dim=0),
         mk_of=mk_of,
+        seconds=need.numel(),
     )
 
 
-def leftover_tables_flops(V: int, pairs: int, mks: int) -> int:
-    return pairs * (V + 2 * (V - 2) - 1) + mks * (V + (V - 1) + 1)
+def leftover_tables_flops(V: int, pairs: int, seconds: int, mks: int) -> int:
+    """``pairs`` distinct (q, m), ``seconds`` of them needing the second maximum, ``mks``
+    distinct (m, k)."""
+    return pairs * (V + (V - 2)) + seconds * (V + (V - 1)) + mks * (V + (V - 1) + 1)
 
 
 def triple_values(
