@@ -12,7 +12,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs import adaptive, cubic
 from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher
-from compact_proofs.proofs.cubic import cases
+from compact_proofs.proofs.cubic import cases, pessimize
 
 SMALL = ["trained-V8-K3", "random-V6-K4-sharp", "planted-V8-K4-noisy", "neartie-planted-V7-K4"]
 
@@ -226,6 +226,25 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         beats[:, mv] = False
         assert not bool((beats & ~live[q[sel]]).any())
     assert dead > 0
+
+
+@pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial"])
+def test_class_form_reads_the_cubic_tables_only_where_they_hold(model_name, soundness_model):
+    """The class form reads its Dmax class maxima from the cubic's leftover tables: they cover
+    every key the cubic leaves unproven, and a key they do not cover (its pair is not there, or
+    its k is the row maximum whose runner-up was not computed) is never proven."""
+    w, _ = soundness_model(model_name)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ck = keys.cubic_keys(w, Ops())
+    cand = searcher._candidate_keys(ck.proven, V, n)
+    q, m, k, _ = cand.unbind(1)
+    assert bool(pessimize.leftover_rows(ck.leftover, q, m, k, V)[1].all())
+    grid = torch.cartesian_prod(*[torch.arange(V)] * 3, torch.arange(n))
+    every = grid[keys.valid_keys(grid, V, n) & (grid[:, 3] <= n - 2)]
+    _, usable = pessimize.leftover_rows(ck.leftover, *every[:, :3].unbind(1), V)
+    assert not bool(usable.all())  # some pairs were fully screened
+    _, in_classes = keys.level1(ck, every[:0], every, Ops())
+    assert not bool((in_classes & ~usable).any())
 
 
 @pytest.mark.parametrize(

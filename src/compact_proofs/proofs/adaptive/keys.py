@@ -48,7 +48,7 @@ from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
-from compact_proofs.proofs.cubic import count
+from compact_proofs.proofs.cubic import count, pessimize
 from compact_proofs.weights import Weights
 
 LABEL = "adaptive:level1"
@@ -124,9 +124,7 @@ def level1(
     def pairs_with(sel: Tensor) -> Tensor:
         return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
 
-    rows = _pair_rows(
-        ck, pairs, pairs_with(~last), pairs_with(is_class), pairs_with(is_class & ~last), ops
-    )
+    rows = _pair_rows(ck, pairs, pairs_with(~is_class), pairs_with(~is_class & ~last), ops)
     out = torch.zeros(both.shape[0], dtype=torch.bool)
     for s in range(0, both.shape[0], KEY_CHUNK):
         chunk = slice(s, s + KEY_CHUNK)
@@ -141,21 +139,15 @@ def level1(
 
 @dataclass(frozen=True)
 class _PairRows:
-    """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x],
-    ``d_z`` = Dz[q, m, x] and ``d_max`` = Dmax[q, m, x]; for the class form, the two largest
-    entries x != m of Dz and Dmax (values and outputs). Tables that only some pairs need hold
-    those pairs' rows; ``*_row[pair]`` is the row (-1: none)."""
+    """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x]
+    (every pair), and for the per-output keys ``d_z`` = Dz[q, m, x] and ``d_max`` =
+    Dmax[q, m, x], held for the pairs that need them (row ``*_row[pair]``, -1: none)."""
 
     pvm: Approx  # [pairs, x]
-    d_z: Approx  # [pairs, x]
-    d_max: Approx  # [pairs with keys c <= n-2, x]
-    z_top: Approx  # [pairs with class keys, 2]
-    z_idx: Tensor
-    max_top: Approx  # [pairs with class keys c <= n-2, 2]
-    max_idx: Tensor
+    d_z: Approx  # [pairs with per-output keys, x]
+    d_max: Approx  # [pairs with per-output keys c <= n-2, x]
+    z_row: Tensor  # [pairs]
     max_row: Tensor  # [pairs]
-    z_top_row: Tensor
-    max_top_row: Tensor
 
 
 def _row_map(sel: Tensor) -> Tensor:
@@ -166,16 +158,11 @@ def _row_map(sel: Tensor) -> Tensor:
 
 
 def _pair_rows(
-    ck: CubicKeys,
-    pairs: Int[Tensor, "pairs 2"],
-    with_max: Tensor,
-    with_class: Tensor,
-    with_class_max: Tensor,
-    ops: Ops,
+    ck: CubicKeys, pairs: Int[Tensor, "pairs 2"], with_z: Tensor, with_max: Tensor, ops: Ops
 ) -> _PairRows:
     """From the cubic's slot tables (``pessimize.SlotTables``: PVnq, own, base, W). Cost per
-    pair: 3 d_vocab; + 2 d_vocab (Dmax) with keys c <= n-2; + 2 d_vocab - 5 (top two of Dz)
-    with class keys; + 2 d_vocab - 5 (top two of Dmax) with class keys c <= n-2."""
+    pair: 2 d_vocab; + d_vocab (Dz) with per-output keys; + 2 d_vocab (Dmax) with per-output
+    keys c <= n-2."""
     S = ck.slots
     q, m = pairs.unbind(1)
 
@@ -184,32 +171,13 @@ def _pair_rows(
 
     eu = ops.sub(S.EUPU[q], col(S.EUPU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
     pvm = ops.add(eu, S.pv[m], label=LABEL)  # + PVnq[m, x]
-    d_z = ops.sub(S.W[q], col(S.W[q, m]), label=LABEL)  # Dz = W[q, x] - W[q, m]
-    max_row = _row_map(with_max)
+    qz, mz = q[with_z], m[with_z]
+    d_z = ops.sub(S.W[qz], col(S.W[qz, mz]), label=LABEL)  # Dz = W[q, x] - W[q, m]
     qs, ms = q[with_max], m[with_max]
     # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
     d_max = ops.sub(ops.add(S.EUPU[qs], S.own[ms], label=LABEL), col(S.base[qs, ms]), label=LABEL)
-
-    def top_two(rows: Approx, sel: Tensor) -> tuple[Approx, Tensor]:
-        if not bool(sel.any()):  # (top_k needs d_vocab >= 3)
-            return Approx(rows.mid[:0, :2], rows.rad, rows.mag), torch.zeros(
-                0, 2, dtype=torch.int64
-            )
-        return ops.top_k(rows, 2, exclude=m[sel], label=LABEL)
-
-    z_top, z_idx = top_two(d_z[with_class], with_class)
-    max_top, max_idx = top_two(d_max[max_row[with_class_max]], with_class_max)
     return _PairRows(
-        pvm=pvm,
-        d_z=d_z,
-        d_max=d_max,
-        z_top=z_top,
-        z_idx=z_idx,
-        max_top=max_top,
-        max_idx=max_idx,
-        max_row=max_row,
-        z_top_row=_row_map(with_class),
-        max_top_row=_row_map(with_class_max),
+        pvm=pvm, d_z=d_z, d_max=d_max, z_row=_row_map(with_z), max_row=_row_map(with_max)
     )
 
 
@@ -248,7 +216,7 @@ def _level1_chunk(
     q = m); key i belongs to the pair ``pair_of[i]`` of ``rows``."""
     q, m, k, c = keys.unbind(1)
     L = q.numel()
-    groups = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[pair_of]]  # [L, x] each
+    groups = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
     if not last:
         groups.insert(0, rows.d_max[rows.max_row[pair_of]])
     bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, x]
@@ -272,30 +240,39 @@ def _class_chunk(
     last: bool,
     ops: Ops,
 ) -> Bool[Tensor, " keys"]:
-    """Class-form test (module docstring) of keys as in ``_level1_chunk``."""
+    """Class-form test (module docstring) of keys as in ``_level1_chunk``. The class maxima of
+    Dz and Dmax come from the cubic's row tops and leftover tables (``pessimize``: the maxima
+    of W[q, x] and of EUPU[q, x] + own[m, x] over x not in {m, k}); a key whose pair they do
+    not cover (never the case for a key the cubic left unproven) is not proven."""
+    S, tops = ck.slots, ck.row_tops
     q, m, k, c = keys.unbind(1)
-    L = q.numel()
+    L, V = q.numel(), S.EUPU.shape[1]
     ar = torch.arange(L)
     d_k = _d_k(ck, rows, pair_of, m, k, ops)
-    k_col = k[:, None]
+    mk = torch.stack([m, k], 1)
 
-    def classes(row: Approx, rest: Approx) -> Approx:  # [L, class]: x = k, x not in {m, k}
-        return Ops.stack([row, rest], dim=1)
+    def classes(at_k: Approx, rest: Approx) -> Approx:  # [L, class]: x = k, x not in {m, k}
+        return Ops.stack([at_k, rest], dim=1)
 
-    zr = rows.z_top_row[pair_of]
+    w_qm = S.W[q, m]
     groups = [
-        classes(d_k[ar, k], ops.amax_excluding(d_k, 1, torch.stack([m, k], 1), label=LABEL)),
+        classes(d_k[ar, k], ops.amax_excluding(d_k, 1, mk, label=LABEL)),
         classes(
-            rows.d_z[pair_of, k],
-            ops.first_not_excluded(rows.z_top[zr], rows.z_idx[zr], k_col, label=LABEL),
+            ops.sub(S.W[q, k], w_qm, label=LABEL),
+            ops.sub(
+                ops.first_not_excluded(tops.W[q], tops.W_idx[q], mk, label=LABEL), w_qm, label=LABEL
+            ),
         ),
     ]
+    usable = torch.ones(L, dtype=torch.bool)
     if not last:
-        mr, tr = rows.max_row[pair_of], rows.max_top_row[pair_of]
-        top = ops.first_not_excluded(rows.max_top[tr], rows.max_idx[tr], k_col, label=LABEL)
-        groups.insert(0, classes(rows.d_max[mr, k], top))
+        row, usable = pessimize.leftover_rows(ck.leftover, q, m, k, V)
+        lt, base = ck.leftover, S.base[q, m]
+        at_k = ops.sub(ops.add(S.EUPU[q, k], S.own[m, k], label=LABEL), base, label=LABEL)
+        rest = ops.first_not_excluded(lt.top[row], lt.idx[row], k[:, None], label=LABEL)
+        groups.insert(0, classes(at_k, ops.sub(rest, base, label=LABEL)))
     bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, class]
-    return ops.proven_negative(bound, label=LABEL).flatten(1).all(dim=1)
+    return ops.proven_negative(bound, label=LABEL).flatten(1).all(dim=1) & usable
 
 
 def _relative_bound(logw: Approx, rows: list[Approx], ops: Ops) -> Approx:
@@ -337,23 +314,22 @@ def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor
     def pairs(sel: Tensor) -> int:
         return torch.unique(both[sel, :2], dim=0).shape[0] if bool(sel.any()) else 0
 
-    # per pair: eu, PVnq add, Dz; Dmax (2); top two of Dz, of Dmax
-    total = pairs(last | ~last) * 3 * V + pairs(~last) * 2 * V
-    total += (pairs(is_class) + pairs(is_class & ~last)) * (2 * V - 5)
+    # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
+    total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V
     # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output, with
     # 3 groups at 2 placements: the top (4), ratios (8), 2 products and 2 sums (8V), max over
     # x != m (2(V-1)), decisions (4); 2 groups at 1 placement: top (1), ratio (2), 1 product and
     # 1 sum (2V), max (V-1), decision (2). Class form: max of Dk over x not in {m, k} (V-1),
-    # class maxima of Dmax, Dz (1 each), top and ratios, products and sums per placement and
-    # class (16, or 4 with 2 groups), decisions (8, or 4).
+    # Dz at k and its class max (1 + 2), Dmax at k and its class max (2 + 2), top and ratios,
+    # products and sums per placement and class (16, or 4 with 2 groups), decisions (8, or 4).
     n_last = int((last & ~is_class).sum())
     n_mid = keys.shape[0] - n_last
     c_last = int((last & is_class).sum())
     c_mid = class_keys.shape[0] - c_last
     total += n_mid * (2 * V + 4 + 4 + 8 + 8 * V + 2 * (V - 1) + 4)
     total += n_last * (2 * V + 1 + 1 + 2 + 2 * V + (V - 1) + 2)
-    total += c_mid * (2 * V + 4 + (V - 1) + 2 + 4 + 8 + 16 + 8)
-    total += c_last * (2 * V + 1 + (V - 1) + 1 + 1 + 2 + 4 + 4)
+    total += c_mid * (2 * V + 4 + (V - 1) + 3 + 4 + 4 + 8 + 16 + 8)
+    total += c_last * (2 * V + 1 + (V - 1) + 3 + 1 + 2 + 4 + 4)
     return total
 
 

@@ -130,6 +130,8 @@ class Stage:
     proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
     tiers: cases.Tiers  # what each cheaper test left to the next (the FLOPs depend on it)
     slots: pessimize.SlotTables  # step (2)'s per-slot tables
+    row_tops: pessimize.RowTops  # ... their row maxima
+    leftover: pessimize.LeftoverTables | None  # ... and those of the leftover triples
 
 
 def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], None]) -> Stage:
@@ -204,6 +206,8 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         proven0=proven0,
         tiers=tiers + cases.Tiers(exact_c0=int(left.sum())),
         slots=st,
+        row_tops=rows,
+        leftover=lt,
     )
 
 

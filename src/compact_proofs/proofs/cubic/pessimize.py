@@ -18,7 +18,7 @@ with PVnq[m, x] = max_{p < n-1} (PVOU[p, x] - PVOU[p, m]).
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
@@ -112,6 +112,8 @@ class LeftoverTables:
 
     top: Approx
     idx: Tensor
+    pairs: Int[Tensor, " pairs"]  # q * d_vocab + m, ascending
+    has_second: Bool[Tensor, " pairs"]
     pair_of: Int[Tensor, " triples"]
     ev_nk: Approx
     mk_of: Int[Tensor, " triples"]
@@ -157,11 +159,28 @@ def leftover_tables(
     return LeftoverTables(
         top=Approx(torch.cat([first.mid, second], 1), first.rad, first.mag),
         idx=torch.cat([first_idx, torch.full_like(first_idx, -1)], 1),
+        pairs=pairs,
+        has_second=torch.zeros(pairs.numel(), dtype=torch.bool).index_fill_(0, need, True),
         pair_of=pair_of,
         ev_nk=Ops.cat(evs, dim=0),
         mk_of=mk_of,
         seconds=need.numel(),
     )
+
+
+def leftover_rows(
+    lt: LeftoverTables, q: Tensor, m: Tensor, k: Tensor, V: int
+) -> tuple[Int[Tensor, " keys"], Bool[Tensor, " keys"]]:
+    """Row of the pair (q, m) in ``lt`` per triple (q, m, k), and whether it is usable:
+    the pair is there, and ``first_not_excluded`` of its row with k excluded is the max over
+    x not in {m, k} (its second maximum is computed when k is its first). Every leftover
+    triple is usable (index work only)."""
+    code = q * V + m
+    row = torch.searchsorted(lt.pairs, code).clamp(max=max(lt.pairs.numel() - 1, 0))
+    if lt.pairs.numel() == 0:
+        return row, torch.zeros_like(code, dtype=torch.bool)
+    usable = (lt.pairs[row] == code) & ((lt.idx[row, 0] != k) | lt.has_second[row])
+    return row, usable
 
 
 def leftover_tables_flops(V: int, pairs: int, seconds: int, mks: int) -> int:
