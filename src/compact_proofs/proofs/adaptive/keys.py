@@ -117,7 +117,9 @@ def level1(
     both = torch.cat([keys, class_keys])
     if both.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)
-    pairs, pair_of = torch.unique(both[:, :2], dim=0, return_inverse=True)
+    V = ck.circ.EVOU.shape[0]
+    codes, pair_of = torch.unique(both[:, 0] * V + both[:, 1], return_inverse=True)
+    pairs = torch.stack([codes // V, codes % V], 1)  # (q, m), in (q, m) order
     last = both[:, 3] == n - 1
     is_class = torch.arange(both.shape[0]) >= keys.shape[0]
 
@@ -312,7 +314,7 @@ def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor
     is_class = torch.arange(both.shape[0]) >= keys.shape[0]
 
     def pairs(sel: Tensor) -> int:
-        return torch.unique(both[sel, :2], dim=0).shape[0] if bool(sel.any()) else 0
+        return torch.unique(both[sel, 0] * V + both[sel, 1]).numel()
 
     # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
     total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V

@@ -293,7 +293,8 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     ops = Ops()
     # The keys (q, m) of the roots, in (q, m) order. The order decides which keys share a batch
     # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
-    pairs, inverse = torch.unique(roots[:, :2], dim=0, return_inverse=True)
+    codes, inverse = torch.unique(roots[:, 0] * V + roots[:, 1], return_inverse=True)
+    pairs = torch.stack([codes // V, codes % V], 1)
     live = torch.full((V, V, 2), -1, dtype=torch.int64)
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
