@@ -1,5 +1,6 @@
-"""Adaptive proof, stages 1 and 2: the cubic proof's per-key verdicts, and the per-output
-re-check ("level 1") of the homogeneous keys the cubic bound leaves unproven.
+"""Adaptive proof, stages 1 and 2: the cubic proof's per-key verdicts, and the re-check
+("level 1", per output logit or in a class form) of the homogeneous keys the cubic bound leaves
+unproven.
 
 Shape glossary (``core/circuits.py``): ``d_vocab_q`` query token q, ``d_vocab_max`` max token m,
 ``d_vocab_k`` non-max token k, ``d_vocab_out`` output logit x, ``n_ctx`` positions; ``keys`` a
@@ -19,23 +20,24 @@ position). Hence the cubic's mixture argument (its step (4)) applies unchanged t
 cubic-proven and level-1-proven keys: every input of key (q, m, c) whose non-max tokens all lie in
 that union is correct.
 Proof: as in the cubic's step (5), Ft_x / sum_p w_p = sum_g alpha_g H_g(x) with alpha the softmax
-over the slot groups of their log-weights (evaluated as ``_relative_bound``, a positive multiple),
-and it is affine in S = sum of the max slots'
-positional weights, so its sign over all placements is decided at the two extremes r = 0, 1.
-The cubic bounds max_x by class-wise maxima (and decouples the EUPU and EVOU parts for
-x not in {m, k}); level 1 evaluates sum_g alpha_g H_g(x) for every x separately and takes the
-max over x != m, which is the quantity itself. For c = n-1 (q = m) there are no max slots outside
-the query: groups (non-max, query).                                                      QED
+over the slot groups of their log-weights (evaluated as ``_relative_bound``, a positive
+multiple), and it is affine in S = sum of the max slots' positional weights, so its sign over all
+placements is decided at the two extremes r = 0, 1. The cubic bounds max_x by class-wise maxima
+(and decouples the EUPU and EVOU parts for x not in {m, k}); level 1 evaluates
+sum_g alpha_g H_g(x) for every x separately and takes the max over x != m, which is the quantity
+itself. For c = n-1 (q = m) there are no max slots outside the query: groups (non-max, query).
+                                                                                          QED
 Class form (``class_keys``). Claim: a key the class form proves satisfies the same property.
 Proof: the outputs x != m fall in two classes, {k} and the rest; for x in a class C,
 sum_g alpha_g H_g(x) <= sum_g alpha_g max_{x' in C} H_g(x') as every alpha_g > 0. The class
-maxima are float maxima of the same rows over the same index sets (``Ops.amax_excluding``,
-``Ops.top_k`` + ``first_not_excluded``), hence within the rows' radius of the exact maxima; so
-the class bound, proven negative at both placements for both classes, gives Ft_x < 0 for every
+maxima are float maxima of the same rows over the same index sets, hence within the rows'
+radius of the exact maxima: Dk's by ``Ops.amax_excluding``, Dz's and Dmax's from the cubic's
+row tops of W and leftover tables of EUPU + own (``pessimize``; ``first_not_excluded``). So the
+class bound, proven negative at both placements for both classes, gives Ft_x < 0 for every
 x != m. Unlike the cubic's class bound it takes the exact maximum of Dk over x (the cubic
 bounds the EUPU and EVOU parts separately).                                              QED
-Cost: ``level1_flops``; per key about 14 d_vocab per output, 3 d_vocab in the class form, and
-8 - 12 d_vocab per pair (q, m).
+Cost: ``level1_flops``; per key about 12 d_vocab per output, 3 d_vocab in the class form, and
+2 - 5 d_vocab per pair (q, m).
 """
 
 import itertools
