@@ -63,11 +63,22 @@ def test_budget_never_overclaims_and_fits(model_name, frac, soundness_model):
     budget = base + int(frac * (full - base))
     cert = searcher.search(w, budget=budget)
     out, ledger = _run(w, cert)
-    assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) <= budget
+    assert ledger.flop <= budget  # exact near-tie decisions included
     cov = out.covered()
     assert int(cov.sum()) == out.correct <= int(truth.sum())
     assert not bool((cov & ~truth).any())
     assert out.correct >= out.details["cubic_correct"]
+
+
+@pytest.mark.parametrize("model_name", ["neartie-planted-V7-K4", "neartie-c0-V6-K4"])
+def test_exact_charge_bound_covers_the_exact_decisions(model_name, soundness_model):
+    """The search's bound on the exact (python-flint) stage of the full certificate is at least
+    what the check charges for it, on models with near-ties."""
+    w, _ = soundness_model(model_name)
+    st = searcher.explore(w)
+    _, ledger = _run(w, searcher.for_budget(w.config, st, None))
+    charged = ledger.by_label.get("adaptive:exact", 0)
+    assert 0 < charged <= searcher._exact_charge_bound(w.config, st)
 
 
 def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):

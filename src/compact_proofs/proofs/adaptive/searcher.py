@@ -22,7 +22,7 @@ from torch import Tensor
 
 from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Approx, Ops
-from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan, tree
+from compact_proofs.proofs.adaptive import boxes, cost, counts, keys, plan, singles, tree
 from compact_proofs.proofs.adaptive import budget as budget_mod
 from compact_proofs.proofs.protocol import Certificate
 from compact_proofs.weights import Weights
@@ -124,9 +124,26 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     cert = budget_mod.certificate(st.tr, st.l1, st.l1c, st.cnt, st.c0, st.roots, keep)
     cert["budget"] = -1 if budget is None else int(budget)
     cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
-    if budget is None or cert["predicted"] <= budget:  # everything fits: the full refinement
+    if budget is None:
+        return cert
+    # Everything fits, with the exact decisions of near-ties (charged as they happen, not in
+    # ``predicted``) at their most: the full refinement. Otherwise ``fit``, whose certificates
+    # make no exact decisions.
+    if cert["predicted"] + _exact_charge_bound(cfg, st) <= budget:
         return cert
     return budget_mod.fit(cfg, state, budget)
+
+
+def _exact_charge_bound(cfg: ModelConfig, st: budget_mod.State) -> int:
+    """Upper bound on the exact-stage charge of the full certificate: its c = 0 inputs and its
+    single-input leaves claimed "exact" (``singles.exact_charge_bound``)."""
+    ck, tr = st.ck, st.tr
+    c0 = st.c0[~ck.proven0[st.c0[:, 0], st.c0[:, 1]]]
+    ex = torch.nonzero(tr.claim == plan.EXACT, as_tuple=True)[0]
+    leaf_tokens = torch.cat([tr.masks[ex].to(torch.int64).argmax(dim=2), tr.q[ex, None]], dim=1)
+    tokens = torch.cat([singles.c0_tokens(c0[:, 0], c0[:, 1], cfg.n_ctx), leaf_tokens])
+    tables = (ck.EQKE_s, ck.EQKP_s, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+    return singles.exact_charge_bound(tokens, tables, cfg.d_model)
 
 
 def _candidate_keys(proven: Tensor, V: int, n: int) -> Tensor:

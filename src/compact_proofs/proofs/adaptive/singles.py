@@ -133,6 +133,25 @@ def decide(
     return out
 
 
+def exact_charge_bound(
+    tokens: Int[Tensor, "inputs n_ctx"],
+    tables: tuple[Approx, Approx, Approx, Approx, Approx],
+    d_model: int,
+) -> int:
+    """An upper bound on what ``decide`` (one ``ExactDecider``) charges ``exact_tie.exact_cost``
+    for ``tokens``, for the search's budget: the inputs the float stage leaves undecided need at
+    most their distinct cached rows (query, position, token) and one term per output not yet
+    below m. Uncounted (scratch ``Ops``)."""
+    if tokens.shape[0] == 0:
+        return 0
+    below, above = float_stage(tokens, *tables, Ops())
+    open_ = ~below.all(dim=1) & ~above.any(dim=1)
+    t = tokens[open_]
+    n, V = tokens.shape[1], below.shape[1]
+    rows = torch.unique((t[:, -1:] * n + torch.arange(n)) * V + t).numel()
+    return exact_cost(n, d_model, V, rows, int((~below[open_]).sum()))
+
+
 def c0_tokens(q: Int[Tensor, " inputs"], m: Int[Tensor, " inputs"], n: int) -> Tensor:
     """The c = 0 inputs (m, ..., m, q)."""
     return torch.cat([m[:, None].expand(-1, n - 1), q[:, None]], dim=1)
