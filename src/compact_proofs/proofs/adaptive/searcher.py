@@ -74,7 +74,7 @@ class _Tree:
 def search(weights: Weights, budget: int | None = None) -> Certificate:
     """Build a certificate; with ``budget`` (FLOPs of the check), keep only the refinements
     with the most proven inputs per FLOP that fit (the check then costs at most ``budget``
-    FLOPs, apart from the rare exact decisions, unless the cubic stage alone exceeds it).
+    FLOPs, exact near-tie decisions included, unless the cubic stage alone exceeds it).
     When the cubic stage alone uses the whole budget, no refinement can fit: the certificate is
     the empty one (the cubic proof), without exploring (at d_vocab 128, Max-of-10 the
     exploration takes minutes)."""
