@@ -168,7 +168,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         left_diag=int((q == m).sum()),
         left_pairs=0 if lt is None else lt.top.shape[0],
         left_mk=0 if lt is None else lt.ev_nk.shape[0],
-        left_second=0 if lt is None else lt.seconds,
+        left_second=0 if lt is None else int(lt.has_second.sum()),
     )
     max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
     for t0 in range(0, q.numel(), max_triples):

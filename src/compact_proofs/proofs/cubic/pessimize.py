@@ -113,11 +113,10 @@ class LeftoverTables:
     top: Approx
     idx: Tensor
     pairs: Int[Tensor, " pairs"]  # q * d_vocab + m, ascending
-    has_second: Bool[Tensor, " pairs"]
+    has_second: Bool[Tensor, " pairs"]  # the runner-up was computed
     pair_of: Int[Tensor, " triples"]
     ev_nk: Approx
     mk_of: Int[Tensor, " triples"]
-    seconds: int  # pairs with the second maximum
 
 
 def leftover_tables(
@@ -164,7 +163,6 @@ def leftover_tables(
         pair_of=pair_of,
         ev_nk=Ops.cat(evs, dim=0),
         mk_of=mk_of,
-        seconds=need.numel(),
     )
 
 
