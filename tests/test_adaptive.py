@@ -140,7 +140,15 @@ def test_box_bound_against_enumeration(monkeypatch):
     for m in range(1, V):
         qs = torch.arange(m + 1)
         t = boxes.tables(
-            m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
+            qs,
+            qs * 0 + m,
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            ck.circ.EUPU,
+            ck.circ.EVOU,
+            ck.circ.PVOU,
+            ops,
         )
         B = 40
         rows = torch.randint(0, m + 1, (B,), generator=g)
@@ -186,16 +194,71 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
     """The tables of the keys (q, m) with every output x != m live (no key-level bound)."""
     with monkeypatch.context() as mp:
 
-        def every_live(m, qs, a, bk, E, c, e, Fq, ops):
-            return (torch.arange(c.shape[2]) != m).expand(qs.numel(), -1).clone()
+        def every_live(qs, ms, a, bk, beyond, E, c, e_m, Fq, ops):
+            return torch.arange(c.shape[2])[None, :] != ms[:, None]
 
         mp.setattr(boxes, "_live", every_live)
         t = boxes.tables(
-            m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, Ops()
+            qs,
+            qs * 0 + m,
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            ck.circ.EUPU,
+            ck.circ.EVOU,
+            ck.circ.PVOU,
+            Ops(),
         )
     V = ck.circ.EVOU.shape[1]
     assert bool((t.n_live == V - 1).all())
     return t
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2),
+        models.random_small_model(11),
+        models.random_small_model(37),
+    ],
+)
+def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
+    """``boxes.tables`` on the keys of every max token at once (padded to the largest) gives
+    each key the live outputs, values and radii it gets with its max token alone, -inf past its
+    max token, and the sum of their charges; alone (nothing padded), the charge is exactly what
+    the rigorous operations counted."""
+    V = w.config.d_vocab
+    ck = keys.cubic_keys(w, Ops())
+    tabs = (ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+    scratch = []
+
+    class Recording(Ops):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scratch.append(self)
+
+    monkeypatch.setattr(boxes, "Ops", Recording)
+    qm = torch.triu_indices(V, V)
+    order = torch.randperm(qm.shape[1], generator=torch.Generator().manual_seed(0))
+    qs, ms = qm[0, order], qm[1, order]
+    every = Ops()
+    t = boxes.tables(qs, ms, *tabs, every)
+    charged, checked = 0, 0
+    for m in range(V):
+        sel = torch.nonzero(ms == m, as_tuple=True)[0]
+        alone, scratch[:] = Ops(), []
+        tm = boxes.tables(qs[sel], ms[sel], *tabs, alone)
+        assert alone.ledger.flop == scratch[0].ledger.flop  # the formula counts the operations
+        charged += alone.ledger.flop
+        assert torch.equal(t.live[sel], tm.live)
+        cols = t.col[sel][tm.live]  # the same outputs, in the same order
+        assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
+        assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
+        assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
+        assert (t.F.rad, t.Fq.rad) == (tm.F.rad, tm.Fq.rad)
+        checked += cols.numel()
+    assert every.ledger.flop == charged
+    assert checked == t.pair.numel() > 0
 
 
 @pytest.mark.parametrize(
@@ -223,14 +286,20 @@ def test_dead_outputs_never_reach_the_max_logit(w):
     for mv in range(V):
         qs = torch.arange(mv + 1)
         t = boxes.tables(
-            mv, qs, ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ops
+            qs,
+            qs * 0 + mv,
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            ck.circ.EUPU,
+            ck.circ.EVOU,
+            ck.circ.PVOU,
+            ops,
         )
         # Both forms of the key bound: the separable one (the tables' live outputs) and the
         # exact one at those.
         live = t.live.clone()  # [q, x]
-        exact = boxes.exact_key_live(t, ops)  # [q, column]
-        for i in range(mv + 1):
-            live[i, t.xs[i, : int(t.n_live[i])]] = exact[i, : int(t.n_live[i])]
+        live[t.pair, t.x] = boxes.exact_key_live(t, ops)  # per column
         dead += int((~live).sum()) - (mv + 1)  # x = m is never live and never counts
         sel = m == mv
         beats = logits[sel] >= logits[sel, mv][:, None] - 1e-9  # [inputs, x]

@@ -57,25 +57,68 @@ from compact_proofs.core.rigorous import Approx, Ops
 LABEL = "adaptive:boxes"
 # float64 elements gathered per evaluation chunk (boxes x slots x tokens x outputs): 32 MB
 CHUNK_ELEMENTS = 1 << 22
+# float64 elements of the tables F built at once (pairs x columns x slots x tokens): 128 MB
+TABLE_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
 class Tables:
-    """F and Fq (module docstring) for the keys (q, m) of one max token m, q in ``qs``, at each
-    key's live outputs ``xs[i, :n_live[i]]`` (claim (c); padding entries are -inf)."""
+    """F and Fq (module docstring) for the keys (qs[i], ms[i]) at their live outputs (claim
+    (c)): one COLUMN per (key, live output), key i's columns being start[i] .. start[i] +
+    n_live[i] - 1 in increasing output order. Key tokens k run over [0, K), K = max(ms) + 1;
+    entries k > m of a column are -inf."""
 
-    m: int
-    qs: Int[Tensor, " queries"]
-    live: Bool[Tensor, "queries d_vocab_out"]
-    n_live: Int[Tensor, " queries"]
-    xs: Int[Tensor, "queries live"]
-    F: Approx  # [queries, live, slots, m + 1 (key token k <= m)]
-    Fq: Approx  # [queries, live]
+    qs: Int[Tensor, " pairs"]
+    ms: Int[Tensor, " pairs"]
+    n_live: Int[Tensor, " pairs"]
+    start: Int[Tensor, " pairs"]
+    col: Int[Tensor, "pairs d_vocab_out"]  # column of output x of key i (-1: not live)
+    pair: Int[Tensor, " columns"]  # each column's key
+    x: Int[Tensor, " columns"]  # ... and output
+    F: Approx  # [columns, slots, K]
+    Fq: Approx  # [columns]
+
+    @property
+    def live(self) -> Bool[Tensor, "pairs d_vocab_out"]:
+        return self.col >= 0
+
+    def keep(self, keep: Bool[Tensor, " columns"]) -> "Tables":
+        """The same keys with only the columns ``keep``."""
+        V = self.col.shape[1]
+        return _columns(
+            self.qs, self.ms, self.pair[keep], self.x[keep], V, self.F[keep], self.Fq[keep]
+        )
+
+
+def _columns(qs, ms, pair, x, V: int, F: Approx, Fq: Approx) -> Tables:
+    """Tables from columns (``pair``, ``x``) sorted by key, then output."""
+    P = qs.numel()
+    n_live = torch.bincount(pair, minlength=P)
+    col = torch.full((P, V), -1, dtype=torch.int64)
+    col[pair, x] = torch.arange(pair.numel())
+    start = torch.cumsum(n_live, 0) - n_live
+    return Tables(qs=qs, ms=ms, n_live=n_live, start=start, col=col, pair=pair, x=x, F=F, Fq=Fq)
+
+
+def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
+    """Ranges [lo, hi) of the pairs (sorted by max token ``ms``) to build together: whole
+    groups of one max token, each range's tables (at most V columns) within ``TABLE_ELEMENTS``
+    unless one group alone exceeds it."""
+    bounds = torch.cumsum(torch.unique_consecutive(ms, return_counts=True)[1], 0).tolist()
+    out, lo = [], 0
+    for i, end in enumerate(bounds):
+        last = i + 1 == len(bounds)
+        nxt = bounds[i + 1] if not last else end
+        K = int(ms[nxt - 1]) + 1
+        if last or (nxt - lo) * (n - 1) * V * K > TABLE_ELEMENTS:
+            out.append((lo, end))
+            lo = end
+    return out
 
 
 def tables(
-    m: int,
-    qs: Int[Tensor, " queries"],
+    qs: Int[Tensor, " pairs"],
+    ms: Int[Tensor, " pairs"],
     EQKE_s: Approx,
     EQKP_s: Approx,
     z: Approx,
@@ -84,124 +127,119 @@ def tables(
     PVOU: Approx,
     ops: Ops,
 ) -> Tables:
-    """Live outputs (claim (c)) and F, Fq at them for the keys (q, m), q in ``qs`` (all q <= m).
-    Cost: ``table_flops`` with the total number of live outputs."""
-    Q, n = qs.numel(), PVOU.shape[0]
-    s1, K = n - 1, m + 1
+    """Live outputs (claim (c)) and F, Fq at them for the keys (qs[i], ms[i]) (qs <= ms), all at
+    once. The arithmetic is rigorous ``Ops`` on tensors padded to K = max(ms) + 1 key tokens;
+    the radii are those of the unpadded operations (they depend on the inputs' bounds only).
+    The ledger is charged ``table_flops`` per max token, for the real entries only."""
+    P, n, V = qs.numel(), PVOU.shape[0], EVOU.shape[1]
+    s1 = n - 1
+    mu, u = torch.unique(ms, return_inverse=True)  # the max tokens [U]; each pair's index in mu
+    K = int(mu.max()) + 1 if P else 1
+    beyond = torch.arange(K)[None, :] > mu[:, None]  # [U, K]: k > m (and q' > m)
+    s = Ops()  # scratch: charged per max token below
     # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). E[x] takes the range
-    # of b_k over every query q' <= m (the same for every group of queries of this m).
+    # of b_k over every query q' <= m (the same for every key of this m).
     # exp is increasing, so the range of b_k is that of the shifted scores: 2 exps per k.
-    d, top = ops.shift_by_max(EQKE_s[:K, :K], dim=1, label=LABEL)  # [q' <= m, K], M_b [q', 1]
-    b_hi = ops.exp_nonpositive(ops.amax(d, dim=0, label=LABEL), label=LABEL)  # [K]
-    b_lo = ops.exp_nonpositive(ops.amin(d, dim=0, label=LABEL), label=LABEL)
-    bk = ops.exp_nonpositive(d[qs], label=LABEL)  # exp(EQKE_s - M_b), [Q, K]
-    shift = Approx(top[qs, 0], 0.0, EQKE_s.mag)  # M_b: exact floats
-    zq = ops.sub(z[qs], shift, label=LABEL)
-    pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [Q, n]
-    a = ops.exp_shifted(pos, dim=1, label=LABEL)  # [Q, n]
-    # Centred value rows: c[q, p, x] and e[k, x].
-    eu = ops.sub(EUPU[qs], EUPU[qs, m].map_layout(lambda t: t[:, None]), label=LABEL)  # [Q, x]
-    pv = ops.sub(PVOU, PVOU[:, m : m + 1], label=LABEL)  # [n, x]
-    e = ops.sub(EVOU[:K], EVOU[:K, m : m + 1], label=LABEL)  # [K, x]
-    c = ops.add(
-        eu.map_layout(lambda t: t[:, None, :]), pv.map_layout(lambda t: t[None]), label=LABEL
-    )  # [Q, n, x]
-    dq = ops.add(c[:, s1], e[qs], label=LABEL)  # query slot (token q <= m)
-    Fq = ops.mul(a[:, s1:], dq, label=LABEL)  # [Q, x]
-    live = _live(m, qs, a, bk, _shared_E(b_hi, b_lo, e, ops), c, e, Fq, ops)
-    ab = ops.mul(
-        a[:, :s1].map_layout(lambda t: t[:, :, None]),
-        bk.map_layout(lambda t: t[:, None, :]),
-        label=LABEL,
-    )  # [Q, slots, K]
-    n_live = live.sum(dim=1)
-    width = max(int(n_live.max()) if Q else 0, 1)
-    xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
-    # F at the outputs xs, padded to ``width``: rigorous Ops on the padded tensors (uncounted),
-    # charged for the real entries only (2 per entry: the sum, then the product).
-    scratch = Ops()
-    cx = c[:, :s1].map_layout(
-        lambda t: t.gather(2, xs[:, None, :].expand(Q, s1, width)).transpose(1, 2)[..., None]
-    )  # [Q, W, slots, 1]
-    ex = e.map_layout(lambda t: t[:, xs].permute(1, 2, 0)[:, :, None, :])  # [Q, W, 1, K]
-    delta = scratch.add(cx, ex)
-    F = scratch.mul(ab.map_layout(lambda t: t[:, None]), delta)  # [Q, W, slots, K]
-    ops.ledger.add(2 * s1 * K * int(n_live.sum()), label=LABEL)
-    pad = torch.arange(width)[None, :] >= n_live[:, None]  # [Q, W]
-    mid, fq = F.mid, Fq.mid.gather(1, xs)  # fresh tensors: padded in place with -inf
-    mid[pad] = -torch.inf
-    fq[pad] = -torch.inf
-    return Tables(
-        m=m,
-        qs=qs,
-        live=live,
-        n_live=n_live,
-        xs=xs,
-        F=Approx(mid, F.rad, F.mag),
-        Fq=Approx(fq, Fq.rad, Fq.mag),
-    )
+    scores = EQKE_s[:K, :K].map_layout(lambda t: torch.where(beyond[:, None, :], -torch.inf, t))
+    d, top = s.shift_by_max(scores, dim=2)  # [U, q', K] (k > m: -inf), M_b [U, q', 1]
+    above = beyond[:, :, None]  # [U, q', 1]: queries q' > m take no part in the range
+    b_hi = s.exp_nonpositive(s.amax(d.map_layout(lambda t: t.masked_fill(above, -torch.inf)), 1))
+    b_lo = s.exp_nonpositive(s.amin(d.map_layout(lambda t: t.masked_fill(above, torch.inf)), 1))
+    bk = s.exp_nonpositive(d[u, qs])  # exp(EQKE_s - M_b), [P, K] (k > m: 0)
+    shift = Approx(top[u, qs, 0], 0.0, EQKE_s.mag)  # M_b: exact floats
+    zq = s.sub(z[qs], shift)
+    pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [P, n]
+    a = s.exp_shifted(pos, dim=1)  # [P, n]
+    # Centred value rows: c[i, p, x] and e[m, k, x].
+    eu = s.sub(EUPU[qs], EUPU[qs, ms].map_layout(lambda t: t[:, None]))  # [P, x]
+    pv = s.sub(PVOU[None], PVOU[:, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, n, x]
+    e = s.sub(EVOU[None, :K], EVOU[:K, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, K, x]
+    c = s.add(eu.map_layout(lambda t: t[:, None, :]), pv[u])  # [P, n, x]
+    dq = s.add(c[:, s1], e[u, qs])  # query slot (token q <= m)
+    Fq = s.mul(a[:, s1:], dq)  # [P, x]
+    E = _shared_E(b_hi, b_lo, e, beyond, s)  # [U, x]
+    live = _live(qs, ms, a, bk, beyond[u], E[u], c, e[u, ms], Fq, s)
+    ab = s.mul(
+        a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
+    )  # [P, slots, K]
+    pair, x = torch.nonzero(live, as_tuple=True)  # the columns, by key, then output
+    cx = c.map_layout(lambda t: t[pair, :s1, x][:, :, None])  # [R, slots, 1]
+    ex = e.map_layout(lambda t: t[u[pair], :, x][:, None, :])  # [R, 1, K]
+    F = s.mul(ab[pair], s.add(cx, ex))  # [R, slots, K]
+    F = F.map_layout(lambda t: t.masked_fill(beyond[u[pair]][:, None, :], -torch.inf))
+    ops.ledger.add(keys_table_flops(qs, ms, live.sum(dim=1), n, V), label=LABEL)
+    return _columns(qs, ms, pair, x, V, F, Fq[pair, x])
 
 
-def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, ops: Ops) -> Approx:
-    """``E[x] >= max_{k <= m} b_k e[k, x]`` for every query q' <= m: with b_k in [lo_k, hi_k]
-    (min and max over q'), b_k e <= max(hi_k e, lo_k e). Cost: 3 K V + (K - 1) V."""
-    hi = b_hi.map_layout(lambda t: t[:, None])  # [K, 1]
-    lo = b_lo.map_layout(lambda t: t[:, None])
-    most = ops.maximum(ops.mul(hi, e, label=LABEL), ops.mul(lo, e, label=LABEL), label=LABEL)
-    return ops.amax(most, dim=0, label=LABEL)  # [x]
+def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:
+    """``E[m, x] >= max_{k <= m} b_k e[m, k, x]`` for every query q' <= m: with b_k in
+    [lo_k, hi_k] (min and max over q'), b_k e <= max(hi_k e, lo_k e). ``beyond``: k > m
+    [U, K]. Cost per max token: 3 K V + (K - 1) V."""
+    hi = b_hi.map_layout(lambda t: t[:, :, None])  # [U, K, 1]
+    lo = b_lo.map_layout(lambda t: t[:, :, None])
+    most = ops.maximum(ops.mul(hi, e), ops.mul(lo, e))
+    most = most.map_layout(lambda t: t.masked_fill(beyond[:, :, None], -torch.inf))
+    return ops.amax(most, dim=1)  # [U, x]
 
 
 def _live(
-    m: int,
     qs: Tensor,
+    ms: Tensor,
     a: Approx,
     bk: Approx,
+    beyond: Tensor,
     E: Approx,
     c: Approx,
-    e: Approx,
+    e_m: Approx,
     Fq: Approx,
     ops: Ops,
-) -> Bool[Tensor, "queries d_vocab_out"]:
-    """Claim (c): the outputs x != m whose KB_x is not proven negative (``E`` from
-    ``_shared_E``)."""
-    Q, n, V = c.shape
+) -> Bool[Tensor, "pairs d_vocab_out"]:
+    """Claim (c): the outputs x != m whose KB_x is not proven negative, per key (q, m)
+    (``bk`` [P, K], 0 at k > m, i.e. where ``beyond``; ``E`` from ``_shared_E``;
+    ``e_m[i, x] = e[m, m, x]``)."""
+    P, n, V = c.shape
     s1 = n - 1
-    b_hi = ops.amax(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
-    b_lo = ops.amin(bk, dim=1, label=LABEL).map_layout(lambda t: t[:, None, None])
-    cs = c[:, :s1]  # [Q, slots, x]
+    b_hi = ops.amax(bk, dim=1).map_layout(lambda t: t[:, None, None])  # bk >= 0 = padding
+    b_lo = ops.amin(bk.map_layout(lambda t: t.masked_fill(beyond, torch.inf)), dim=1)
+    b_lo = b_lo.map_layout(lambda t: t[:, None, None])
+    cs = c[:, :s1]  # [P, slots, x]
     N = ops.add(
-        ops.maximum(ops.mul(b_hi, cs, label=LABEL), ops.mul(b_lo, cs, label=LABEL), label=LABEL),
-        E.map_layout(lambda t: t[None, None, :]),
-        label=LABEL,
+        ops.maximum(ops.mul(b_hi, cs), ops.mul(b_lo, cs)),
+        E.map_layout(lambda t: t[:, None, :]),
     )
-    a_s = a[:, :s1].map_layout(lambda t: t[:, :, None])  # [Q, slots, 1]
-    kb = ops.add(Fq, ops.sum(ops.mul(a_s, N, label=LABEL), dim=1, label=LABEL), label=LABEL)
-    has_max_slot = qs < m
+    a_s = a[:, :s1].map_layout(lambda t: t[:, :, None])  # [P, slots, 1]
+    kb = ops.add(Fq, ops.sum(ops.mul(a_s, N), dim=1))
+    has_max_slot = qs < ms
     if bool(has_max_slot.any()):
         sel = torch.nonzero(has_max_slot, as_tuple=True)[0]
-        b_m = bk[sel, m].map_layout(lambda t: t[:, None, None])
-        T = ops.mul(
-            b_m,
-            ops.add(cs[sel], e[m].map_layout(lambda t: t[None, None]), label=LABEL),
-            label=LABEL,
-        )
-        gap = ops.amax(
-            ops.mul(a_s[sel], ops.sub(T, N[sel], label=LABEL), label=LABEL), dim=1, label=LABEL
-        )
-        with_gap = ops.add(kb[sel], gap, label=LABEL)
+        b_m = bk.map_layout(lambda t: t[sel, ms[sel], None, None])
+        T = ops.mul(b_m, ops.add(cs[sel], e_m[sel].map_layout(lambda t: t[:, None])))
+        gap = ops.amax(ops.mul(a_s[sel], ops.sub(T, N[sel])), dim=1)
+        with_gap = ops.add(kb[sel], gap)
         kb = Approx(
             kb.mid.index_copy(0, sel, with_gap.mid),
             max(kb.rad, with_gap.rad),
             max(kb.mag, with_gap.mag),
         )
-    live = ~ops.proven_negative(kb, label=LABEL)
-    live[:, m] = False
+    live = ~ops.proven_negative(kb)
+    live[torch.arange(P), ms] = False
     return live
 
 
-def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) -> int:
+def keys_table_flops(qs: Tensor, ms: Tensor, n_live: Tensor, n: int, V: int) -> int:
+    """Ledger total of ``tables`` for the keys (qs[i], ms[i]) with ``n_live[i]`` live outputs:
+    ``table_flops`` per max token."""
+    mu, u = torch.unique(ms, return_inverse=True)
+    Q, Q_max_slot, L = (
+        torch.zeros(mu.numel(), dtype=torch.int64).index_add_(0, u, v.to(torch.int64))
+        for v in (torch.ones_like(qs), qs < ms, n_live)
+    )
+    return int(table_flops(mu, Q, n, V, L, Q_max_slot).sum())
+
+
+def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot):
     """Ledger total of ``tables`` for max token m, Q queries (``Q_max_slot`` of them q < m) and
-    ``n_live`` live outputs in all."""
+    ``n_live`` live outputs in all (ints, or int64 tensors: one entry per max token)."""
     s1, K = n - 1, m + 1
     b_range = K * (K - 1) + K * K + K * (2 * (K - 1) + 2)  # shifted scores, their range, exps
     shared_E = 3 * K * V + (K - 1) * V
@@ -215,105 +253,85 @@ def table_flops(m: int, Q: int, n: int, V: int, n_live: int, Q_max_slot: int) ->
     )
 
 
-def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, "queries live"]:
+def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
     """Claim (c) in its exact form at the tables' columns: with M[p, x] = max_{k <= m}
     F[p, k, x], KB_x = Fq[x] + sum_p M[p, x] + max_p (F[p, m, x] - M[p, x]) (the last term for
     q < m only) bounds G_x on every input of the key, as in claim (c) (the slot holding m
     contributes exactly F[p, m, x], every other slot at most M[p, x]). True where KB_x is not
-    proven negative (padding columns: False). Rigorous ``Ops`` on the padded tensors, charged
-    ``exact_live_flops`` for the real columns only."""
-    Q, W, s1, K = t.F.shape
-    real = torch.arange(W)[None, :] < t.n_live[:, None]  # [Q, W]
+    proven negative. Rigorous ``Ops``, charged ``exact_live_flops``."""
+    R, s1, K = t.F.shape
     scratch = Ops()
-    F, fq = t.F, t.Fq
-    if not bool(real.all()):  # padding (-inf) to 0: no inf - inf below
-        F = Approx(F.mid.masked_fill(~real[:, :, None, None], 0.0), F.rad, F.mag)
-        fq = Approx(fq.mid.masked_fill(~real, 0.0), fq.rad, fq.mag)
-    M = scratch.amax(F, dim=3)  # [Q, W, slots]
-    kb = scratch.add(fq, scratch.sum(M, dim=2))
-    gap = scratch.amax(scratch.sub(F[:, :, :, t.m], M), dim=2)
-    with_max = scratch.add(kb, gap)
-    has_max = (t.qs < t.m)[:, None].expand(Q, W)
+    m = t.ms[t.pair]
+    M = scratch.amax(t.F, dim=2)  # [R, slots] (entries k > m are -inf)
+    kb = scratch.add(t.Fq, scratch.sum(M, dim=1))
+    at_m = t.F.map_layout(lambda f: f.gather(2, m.view(R, 1, 1).expand(R, s1, 1))[..., 0])
+    with_max = scratch.add(kb, scratch.amax(scratch.sub(at_m, M), dim=1))
+    has_max = (t.qs < t.ms)[t.pair]
     kb = Approx(
         torch.where(has_max, with_max.mid, kb.mid),
         max(kb.rad, with_max.rad),
         max(kb.mag, with_max.mag),
     )
-    live = ~scratch.proven_negative(kb) & real
-    ops.ledger.add(exact_live_flops(s1, K, t.n_live, t.qs < t.m), label=LABEL)
-    return live
+    ops.ledger.add(exact_live_flops(s1, t.ms + 1, t.n_live, t.qs < t.ms), label=LABEL)
+    return ~scratch.proven_negative(kb)
 
 
-def exact_live_flops(s1: int, K: int, n_live: Tensor, has_max: Tensor) -> int:
+def exact_live_flops(s1: int, K, n_live: Tensor, has_max: Tensor) -> int:
     """Per real column: max over k (s1 (K - 1)), sum over slots (s1 - 1), add (1), decision
-    (2); with a max slot (q < m) also s1 (differences) + s1 - 1 (max) + 1 (add)."""
+    (2); with a max slot (q < m) also s1 (differences) + s1 - 1 (max) + 1 (add). ``K``: an
+    int, or one per key."""
     return int(_exact_cost(s1, K, n_live, has_max).sum())
 
 
-def _exact_cost(s1: int, K: int, n_live: Tensor, has_max: Tensor) -> Tensor:
+def _exact_cost(s1: int, K, n_live: Tensor, has_max: Tensor) -> Tensor:
     per = s1 * (K - 1) + (s1 - 1) + 1 + 2
     extra = s1 + (s1 - 1) + 1
     return n_live.to(torch.int64) * (per + extra * has_max.to(torch.int64))
 
 
 def use_exact_bound(
-    t_live: Tensor, m: int, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+    t_live: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
 ) -> Bool[Tensor, " queries"]:
-    """Whether the exact key bound pays off for each query: its prove claims (boxes ``rows``
-    with slot set sizes ``sizes``) at every live output cost more than the bound itself (a
-    rule the search can predict). ``t_live``: live outputs per query."""
+    """Whether the exact key bound pays off for each key (qs[i], ms[i]) (``ms``: a tensor, or
+    one max token for all): its prove claims (boxes ``rows`` with slot set sizes ``sizes``) at
+    every live output cost more than the bound itself (a rule the search can predict).
+    ``t_live``: live outputs per key."""
     full = torch.zeros(t_live.numel(), dtype=torch.int64)
     full.index_add_(0, rows, _prove_box_flops(sizes, t_live[rows]))
-    return full > _exact_cost(n - 1, m + 1, t_live, qs < m)
+    return full > _exact_cost(n - 1, ms + 1, t_live, qs < ms)
 
 
 def prove_claims_flops(
-    t_live: Tensor, t_exact: Tensor, m: int, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
 ) -> int:
-    """What the checker charges for the prove claims of one (max token, queries) group after
-    its tables: the exact key bound where ``use_exact_bound`` (live outputs per query
-    ``t_live``), then ``prove`` at ``t_exact`` live outputs there and ``t_live`` elsewhere."""
-    use = use_exact_bound(t_live, m, n, rows, sizes, qs)
-    exact = exact_live_flops(n - 1, m + 1, t_live[use], qs[use] < m)
+    """What the checker charges for the prove claims of the keys (qs[i], ms[i]) (``ms``: a
+    tensor, or one max token for all) after their tables: the exact key bound where
+    ``use_exact_bound`` (live outputs per key ``t_live``), then ``prove`` at ``t_exact`` live
+    outputs there and ``t_live`` elsewhere. Additive over keys."""
+    ms = torch.as_tensor(ms).expand_as(qs)
+    use = use_exact_bound(t_live, ms, n, rows, sizes, qs)
+    exact = exact_live_flops(n - 1, ms[use] + 1, t_live[use], qs[use] < ms[use])
     return exact + prove_flops(sizes, torch.where(use, t_exact, t_live)[rows])
 
 
-def refine(t: Tables, use: Bool[Tensor, " queries"], ops: Ops) -> Tables:
-    """``t`` with the queries ``use`` restricted to the columns their exact key bound leaves
-    live (``exact_key_live``); the other queries unchanged. Cost: the bound's, on ``use``."""
-    Q, W = t.xs.shape
-    keep = torch.arange(W)[None, :] < t.n_live[:, None]
+def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:
+    """``t`` with the keys ``use`` restricted to the columns their exact key bound leaves live
+    (``exact_key_live``); the other keys unchanged. Cost: the bound's, on ``use``."""
+    keep = torch.ones(t.pair.numel(), dtype=torch.bool)
     if bool(use.any()):
+        on = use[t.pair]
         sub = torch.nonzero(use, as_tuple=True)[0]
-        part = Tables(
-            m=t.m,
-            qs=t.qs[sub],
-            live=t.live[sub],
-            n_live=t.n_live[sub],
-            xs=t.xs[sub],
-            F=t.F[sub],
-            Fq=t.Fq[sub],
+        part = _columns(
+            t.qs[sub],
+            t.ms[sub],
+            torch.cumsum(use, 0)[t.pair[on]] - 1,  # index among ``sub``
+            t.x[on],
+            t.col.shape[1],
+            t.F[on],
+            t.Fq[on],
         )
-        keep[sub] = exact_key_live(part, ops)
-    n_live = keep.sum(dim=1)
-    width = max(int(n_live.max()) if Q else 0, 1)
-    order = keep.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :width]
-    pad = torch.arange(width)[None, :] >= n_live[:, None]
-    xs = t.xs.gather(1, order)
-    F = t.F.mid[torch.arange(Q)[:, None], order].masked_fill(pad[:, :, None, None], -torch.inf)
-    Fq = t.Fq.mid.gather(1, order).masked_fill(pad, -torch.inf)
-    live = torch.zeros_like(t.live)
-    qi, j = torch.nonzero(~pad, as_tuple=True)
-    live[qi, xs[qi, j]] = True
-    return Tables(
-        m=t.m,
-        qs=t.qs,
-        live=live,
-        n_live=n_live,
-        xs=xs,
-        F=Approx(F, t.F.rad, t.F.mag),
-        Fq=Approx(Fq, t.Fq.rad, t.Fq.mag),
-    )
+        keep[on] = exact_key_live(part, ops)
+    return t.keep(keep)
 
 
 def _extreme(
@@ -363,7 +381,7 @@ def prove(
     out[n_live == 0] = True  # every output is below m on the whole key
     todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
     order = todo[n_live[todo].argsort(stable=True)]
-    s1, K = t.F.shape[2], t.F.shape[3]
+    s1, K = t.F.shape[1], t.F.shape[2]
     counts = n_live[order].tolist()
     scratch = Ops()  # not charged: the real entries are charged below
     i = 0
@@ -373,12 +391,14 @@ def prove(
         end = min(i + size, len(counts))
         idx, r, W = order[i:end], rows[order[i:end]], counts[end - 1]
         i = end
-        Fx = t.F.mid[r, :W].permute(0, 2, 1, 3)  # [b, slots, W, k]
-        hi = Fx.masked_fill(~masks[idx][:, :, None, :], -torch.inf).amax(dim=3)  # [b, slots, W]
-        # Gathering keeps the uniform bounds (as Approx indexing does).
-        per_slot = Approx(hi.contiguous(), t.F.rad, t.F.mag)
-        fq = Approx(t.Fq.mid[r, :W], t.Fq.rad, t.Fq.mag)  # [b, W]
-        ub = scratch.add(fq, scratch.sum(per_slot, dim=1))
+        pad = torch.arange(W)[None, :] >= n_live[idx][:, None]  # [b, W]
+        cols = (t.start[r][:, None] + torch.arange(W)[None, :]).masked_fill(pad, 0)
+        Fx = t.F.mid[cols]  # [b, W, slots, k]
+        hi = Fx.masked_fill(~masks[idx][:, None, :, :], -torch.inf).amax(dim=3)  # [b, W, slots]
+        # Gathering keeps the uniform bounds (as Approx indexing does); padding columns -inf.
+        per_slot = Approx(hi.masked_fill(pad[:, :, None], -torch.inf), t.F.rad, t.F.mag)
+        fq = Approx(t.Fq.mid[cols].masked_fill(pad, -torch.inf), t.Fq.rad, t.Fq.mag)  # [b, W]
+        ub = scratch.add(fq, scratch.sum(per_slot, dim=2))
         out[idx] = scratch.proven_negative(scratch.amax(ub, dim=1))
     ops.ledger.add(prove_flops(masks.sum(dim=2), n_live), label=LABEL)
     return out
@@ -411,17 +431,13 @@ def refute(
     (c)), so a dead one is refused without cost. Cost: ``refute_flops`` for the live ones."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
-    hit = (t.xs[rows] == witness[:, None]) & (
-        torch.arange(t.xs.shape[1])[None, :] < t.n_live[rows][:, None]
-    )
-    ok = torch.nonzero(hit.any(dim=1), as_tuple=True)[0]
+    cols = t.col[rows, witness]  # -1: x* is not live
+    ok = torch.nonzero(cols >= 0, as_tuple=True)[0]
     if ok.numel() == 0:
         return out
-    r, j = rows[ok], hit[ok].to(torch.int8).argmax(dim=1)
-    Fx = Approx(t.F.mid[r, j], t.F.rad, t.F.mag)  # [b, slots, k]
+    Fx = t.F[cols[ok]]  # [b, slots, k]
     per_slot = _extreme(Fx, torch.arange(ok.numel()), masks[ok], False, ops)  # [b, slots]
-    fq = Approx(t.Fq.mid[r, j], t.Fq.rad, t.Fq.mag)
-    lb = ops.add(fq, ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
+    lb = ops.add(t.Fq[cols[ok]], ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
     low = ops.lower(lb, label=LABEL)
     ops.ledger.add(ok.numel(), label=LABEL)  # the comparison with 0
     out[ok] = low > 0

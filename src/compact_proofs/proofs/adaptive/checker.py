@@ -149,7 +149,7 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
 
 
 def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
-    """Re-check the prove / refute claims of non-empty leaves, grouped by max token."""
+    """Re-check the prove / refute claims of non-empty leaves, with the tables of their keys."""
     circ = ck.circ
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
     if not bool(want.any()):
@@ -160,15 +160,21 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
     ):
         raise ProofPreconditionError("a refute claim needs a witness output x != m in range")
     idx = torch.nonzero(want, as_tuple=True)[0]
-    for m in nodes.m[idx].unique().tolist():
-        sel = idx[nodes.m[idx] == m]
-        qs, rows = nodes.q[sel].unique(return_inverse=True)
-        t = boxes.tables(m, qs, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
-        masks = nodes.masks[sel, :, : m + 1]
+    V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
+    # The keys (q, m) of the leaves, by max token, then query; their tables in a few batches.
+    codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
+    ms, qs = codes // V, codes % V
+    for lo, hi in boxes.batches(ms, n, V):
+        inb = (pair >= lo) & (pair < hi)
+        sel, rows = idx[inb], pair[inb] - lo
+        t = boxes.tables(
+            qs[lo:hi], ms[lo:hi], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
+        )
+        masks = nodes.masks[sel, :, : t.F.shape[2]]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            n = circ.PVOU.shape[0]
-            use = boxes.use_exact_bound(t.n_live, m, n, rows[pr], masks[pr].sum(dim=2), qs)
+            sizes = masks[pr].sum(dim=2)
+            use = boxes.use_exact_bound(t.n_live, t.ms, n, rows[pr], sizes, t.qs)
             t = boxes.refine(t, use, ops)
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)
         if bool((~pr).any()):

@@ -1,7 +1,7 @@
 """Adaptive proof: the closed-form FLOP count of the check for a given certificate.
 
 ``predict`` adds up the stage costs (stage 1 ``CubicKeys.flops``, ``keys.level1_flops``,
-``counts.count_flops``, ``singles.float_flops``, ``boxes.table_flops`` / ``prove_flops`` /
+``counts.count_flops``, ``singles.float_flops``, ``boxes.keys_table_flops`` / ``prove_flops`` /
 ``refute_flops``); it equals the checker's ledger total except for the exact
 (python-flint) decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they
 happen (tests/test_adaptive.py asserts the equality).
@@ -51,15 +51,14 @@ def predict(
     sizes = nodes.sizes
     nonempty = (sizes > 0).all(dim=1)
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
-    for mv in nodes.m[want].unique().tolist():
-        sel = want & (nodes.m == mv)
-        qs, rows = nodes.q[sel].unique(return_inverse=True)
-        L, L_exact = n_live[qs, mv, 0], n_live[qs, mv, 1]
-        total += boxes.table_flops(mv, qs.numel(), n, V, int(L.sum()), int((qs < mv).sum()))
-        pr = claim[sel] == plan.PROVE
-        if bool(pr.any()):
-            total += boxes.prove_claims_flops(L, L_exact, mv, n, rows[pr], sizes[sel][pr], qs)
-        total += boxes.refute_flops(sizes[sel & (claim == plan.REFUTE)])
+    idx = torch.nonzero(want, as_tuple=True)[0]
+    codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
+    ms, qs = codes // V, codes % V  # the keys (q, m) with claims, as the checker groups them
+    L, L_exact = n_live[qs, ms, 0], n_live[qs, ms, 1]
+    total += boxes.keys_table_flops(qs, ms, L, n, V)
+    pr = claim[idx] == plan.PROVE
+    total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], sizes[idx][pr], qs)
+    total += boxes.refute_flops(sizes[idx][claim[idx] == plan.REFUTE])
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)
     return total

@@ -229,49 +229,51 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
     return roots
 
 
-def _stack_tables(
-    ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops
-) -> tuple[Approx, Approx, Tensor, Tensor]:
+@dataclass(frozen=True)
+class _Stack:
+    """The box tables of a batch of keys (q, m), one column per (key, live output), as the
+    checker builds them (``boxes.tables``: the same values and radii), plus a last column of
+    -inf that stands for "no column"."""
+
+    F: Approx  # [columns + 1, slots, d_vocab_k] (k past the batch's largest m: uninitialised)
+    Fq: Approx  # [columns + 1]
+    below: Tensor  # [columns + 1, slots]: max_{k < m} F (-inf when m = 0)
+    col: Tensor  # [pair, x]: the column of output x of the key (the last one if not live)
+    start: Tensor  # [pair]: a key's columns are start .. start + n_live - 1
+    n_live: Tensor  # [pair]
+
+
+def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops) -> _Stack:
     """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
-    ``boxes``: the search only ever evaluates those), as the checker builds them, stacked with
-    the key tokens padded to d_vocab; the uniform radius is the largest of the groups', so
-    decisions are at least as cautious as the checker's. Returns F ``[pair, slot, column, k]``
-    (gathering whole rows over k is what the search does most), Fq ``[pair, column]``,
-    ``below[pair, slot, column] = max_{k < m} F`` (-inf when m = 0) and ``col[pair, x]``, the
-    column of output x (-1 if not live).
-    Columns past a key's live outputs and entries k > m of a pair's rows are left
-    uninitialised: no reader uses them (boxes are evaluated at live outputs only, box masks
-    hold tokens <= m, and ``_prune_outputs`` maps only real columns back to outputs). Records
-    each key's numbers of live outputs (separable and exact key bounds, as the checker will
-    find them) in ``live``."""
+    ``boxes``: the search only ever evaluates those), with the key tokens padded to d_vocab
+    (gathering whole rows over k is what the search does most; box masks hold tokens <= m, and
+    entries m < k < max(m) + 1 are -inf). Records each key's numbers of live outputs (separable
+    and exact key bounds, as the checker will find them) in ``live``."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
-    P = pairs.shape[0]
-    groups = []
-    for m in pairs[:, 1].unique().tolist():
-        sel = torch.nonzero(pairs[:, 1] == m, as_tuple=True)[0]
-        t = boxes.tables(
-            m, pairs[sel, 0], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
-        )
-        exact = boxes.exact_key_live(t, ops)
-        live[pairs[sel, 0], m] = torch.stack([t.n_live, exact.sum(dim=1)], dim=1)
-        groups.append((m, sel, t))
-    W = max(t.F.shape[1] for _, _, t in groups)
-    F = torch.empty(P, n - 1, W, V, dtype=torch.float64)
-    Fq = torch.full((P, W), -torch.inf, dtype=torch.float64)
-    below = torch.full((P, n - 1, W), -torch.inf, dtype=torch.float64)
-    col = torch.full((P, V), -1, dtype=torch.int64)
-    rad = mag = 0.0
-    for m, sel, t in groups:
-        w = t.F.shape[1]
-        F[sel, :, :w, : m + 1] = t.F.mid.permute(0, 2, 1, 3)  # [Q, slots, column, k]
-        Fq[sel, :w] = t.Fq.mid
-        if m:
-            below[sel, :, :w] = t.F.mid[..., :m].amax(dim=3).transpose(1, 2)
-        qi, j = torch.nonzero(torch.arange(w)[None, :] < t.n_live[:, None], as_tuple=True)
-        col[sel[qi], t.xs[qi, j]] = j
-        rad, mag = max(rad, t.F.rad, t.Fq.rad), max(mag, t.F.mag, t.Fq.mag)
-    return Approx(F, rad, mag), Approx(Fq, rad, mag), below, col
+    P, s1 = pairs.shape[0], n - 1
+    qs, ms = pairs[:, 0], pairs[:, 1]
+    t = boxes.tables(qs, ms, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
+    exact = boxes.exact_key_live(t, ops)
+    n_exact = torch.zeros(P, dtype=torch.int64).index_add_(0, t.pair, exact.to(torch.int64))
+    live[qs, ms] = torch.stack([t.n_live, n_exact], dim=1)
+    R, K = t.pair.numel(), t.F.shape[2]
+    F = torch.empty(R + 1, s1, V, dtype=torch.float64)
+    F[:R, :, :K] = t.F.mid
+    F[R] = -torch.inf
+    is_m = torch.arange(K)[None, :] == ms[t.pair][:, None]  # [R, K]
+    below = t.F.mid.masked_fill(is_m[:, None, :], -torch.inf).amax(dim=2)  # [R, slots]
+    below = torch.cat([below, torch.full((1, s1), -torch.inf, dtype=torch.float64)])
+    Fq = torch.cat([t.Fq.mid, torch.full((1,), -torch.inf, dtype=torch.float64)])
+    rad, mag = max(t.F.rad, t.Fq.rad), max(t.F.mag, t.Fq.mag)
+    return _Stack(
+        F=Approx(F, rad, mag),
+        Fq=Approx(Fq, rad, mag),
+        below=below,
+        col=torch.where(t.col >= 0, t.col, R),
+        start=t.start,
+        n_live=t.n_live,
+    )
 
 
 @dataclass
@@ -316,15 +318,15 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        F, Fq, below, col = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
+        st = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
-        _prune_outputs(root_block, local, F, Fq, below, col, ops)
+        _prune_outputs(root_block, local, st, ops)
         for _ in range(MAX_DEPTH):
             if local.numel() == 0 or total > MAX_NODES[n <= SMALL_CTX]:
                 break
-            child = _step(block, local, F, Fq, col, total, splits, ops)
+            child = _step(block, local, st, total, splits, ops)
             if child is None:
                 break
             blocks.append(child)
@@ -333,23 +335,28 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     return _flatten(blocks, splits, V, live)
 
 
-def _prune_outputs(
-    blk: _Block, local: Tensor, F: Approx, Fq: Approx, below: Tensor, col: Tensor, ops: Ops
-) -> None:
+def _prune_outputs(blk: _Block, local: Tensor, st: _Stack, ops: Ops) -> None:
     """Outputs certainly below 0 on a whole root box, from a coarse bound: every non-max slot
     set lies in [0, m), so its max is at most ``below``; max slots read F at k = m. Same
     radius and sums as ``_bounds``, so what is dead here is dead in every sub-box (there and
-    in the checker). Evaluated per column, then mapped back to the outputs (``col``); outputs
-    without a column are not live for the key (claim (c) of ``boxes``)."""
+    in the checker). Evaluated per column of the box's key; outputs without a column are not
+    live for the key (claim (c) of ``boxes``)."""
     if local.numel() == 0:
         return
     rows, m, masks = blk.row[local], blk.m[local], blk.masks[local]
-    is_max = masks[torch.arange(local.numel()), :, m]  # [b, slots] (a max slot is {m})
-    at_m = F.mid[rows[:, None], torch.arange(F.shape[1])[None, :], :, m[:, None]]  # [b, s, c]
-    hi = torch.where(is_max[:, :, None], at_m, below[rows])
-    ub = ops.upper(ops.add(Fq[rows], ops.sum(Approx(hi, F.rad, F.mag), dim=1)))  # [b, c]
-    c = col[rows]  # [b, x]
-    blk.live[local] &= (c >= 0) & (ub.gather(1, c.clamp(min=0)) >= 0)
+    b = local.numel()
+    is_max = masks[torch.arange(b), :, m]  # [b, slots] (a max slot is {m})
+    n_live = st.n_live[rows]
+    W = max(int(n_live.max()), 1)
+    pad = torch.arange(W)[None, :] >= n_live[:, None]  # [b, W]
+    cols = torch.where(pad, st.Fq.shape[0] - 1, st.start[rows][:, None] + torch.arange(W))
+    at_m = st.F.mid[cols, :, m[:, None]]  # [b, W, slots]
+    hi = torch.where(is_max[:, None, :], at_m, st.below[cols])
+    ub = ops.upper(ops.add(st.Fq[cols], ops.sum(Approx(hi, st.F.rad, st.F.mag), dim=2)))
+    c = st.col[rows]  # [b, x]
+    real = c < st.Fq.shape[0] - 1
+    j = (c - st.start[rows][:, None]).clamp(min=0, max=W - 1)
+    blk.live[local] &= real & (ub.gather(1, j) >= 0)
 
 
 def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
@@ -375,34 +382,34 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
 
 
 def _bounds(
-    F: Approx, Fq: Approx, rows: Tensor, masks: Tensor, m: Tensor, xs: Tensor, ops: Ops
+    F: Approx, Fq: Approx, masks: Tensor, m: Tensor, cols: Tensor, ops: Ops
 ) -> tuple[Tensor, Tensor]:
-    """Rigorous upper / lower bounds of the box sums at the output columns ``xs`` [B, A], with the
-    checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
+    """Rigorous upper / lower bounds of the box sums at the table columns ``cols`` [B, A], with
+    the checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
     checker's ``Ops``). One gather serves both extremes; singleton slots are read directly.
 
     Outputs whose bound was already below 0 at an ancestor stay below 0 (maxima over subsets
     are smaller, float sums are monotone, the radius is the same), so the search only
     evaluates the ``live`` ones: the decisions equal the checker's over all outputs."""
     B, s1 = masks.shape[:2]
-    A = xs.shape[1]
+    A = cols.shape[1]
     kmax = int(m.max()) + 1
     size = masks.sum(dim=2)
     hi = torch.empty((B, s1, A), dtype=F.mid.dtype)
     b1, p1 = torch.nonzero(size == 1, as_tuple=True)
     tok = masks[b1, p1].to(torch.int64).argmax(dim=1)
-    hi[b1, p1] = F.mid[rows[b1, None], p1[:, None], xs[b1], tok[:, None]]
+    hi[b1, p1] = F.mid[cols[b1], p1[:, None], tok[:, None]]
     lo = hi.clone()
     bm, pm = torch.nonzero(size > 1, as_tuple=True)
     if bm.numel():
-        Vx, Vk = F.shape[2], F.shape[3]
-        flat = F.mid.view(-1, Vk)  # rows (pair, slot, x)
-        idx = ((rows[bm] * s1 + pm)[:, None] * Vx + xs[bm]).reshape(-1)
+        Vk = F.shape[2]
+        flat = F.mid.view(-1, Vk)  # rows (column, slot)
+        idx = (cols[bm] * s1 + pm[:, None]).reshape(-1)
         vals = flat.index_select(0, idx).view(-1, A, Vk)[:, :, :kmax]  # [P, A, k]
         off = ~masks[bm, pm, None, :kmax]
         hi[bm, pm] = vals.masked_fill(off, -torch.inf).amax(dim=2)
         lo[bm, pm] = vals.masked_fill(off, torch.inf).amin(dim=2)
-    fq = Approx(Fq.mid[rows[:, None], xs], Fq.rad, Fq.mag)
+    fq = Fq[cols]
     ub = ops.upper(ops.add(fq, ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
     lb = ops.lower(ops.add(fq, ops.sum(Approx(lo, F.rad, F.mag), dim=1)))
     return ub, lb
@@ -411,16 +418,14 @@ def _bounds(
 def _step(
     blk: _Block,
     local: Tensor,
-    F: Approx,
-    Fq: Approx,
-    col: Tensor,
+    st: _Stack,
     total: int,
     splits: list,
     ops: Ops,
 ) -> _Block | None:
     """Evaluate the non-empty boxes ``local`` of ``blk``; claim the decided ones, split the
     others into a new block of children (ids from ``total``), or return None."""
-    V, s1 = F.shape[-1], F.shape[1]
+    V, s1 = st.F.shape[-1], st.F.shape[1]
     local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
     # A chunk gathers [boxes, slots, live outputs (padded to the chunk's most), k]. Most boxes
     # have one or two live outputs and a few have dozens, so the boxes go in order of their
@@ -439,8 +444,8 @@ def _step(
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
         valid = live.gather(1, xs)  # [b, A]
-        cols = col[blk.row[nodes][:, None], xs].clamp(min=0)  # live outputs have a column
-        ub, lb = _bounds(F, Fq, blk.row[nodes], masks, m, cols, ops)
+        cols = st.col[blk.row[nodes][:, None], xs]  # live outputs have a column
+        ub, lb = _bounds(st.F, st.Fq, masks, m, cols, ops)
         ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
         proven = ub.amax(dim=1) < 0
         best_lb, wit = lb.max(dim=1)
@@ -459,32 +464,31 @@ def _step(
     nodes = torch.cat(to_split)
     if nodes.numel() == 0:
         return None
-    return _split(blk, F, Fq, nodes, torch.cat(worst), torch.cat(lives), total, splits)
+    return _split(blk, st, nodes, torch.cat(worst), torch.cat(lives), total, splits)
 
 
 def _split(
     blk: _Block,
-    F: Approx,
-    Fq: Approx,
+    st: _Stack,
     nodes: Tensor,
-    xs: Tensor,
+    cols: Tensor,
     live: Tensor,
     total: int,
     splits: list,
 ) -> _Block:
-    """Split each node along the slot where the worst output's terms (column ``xs``) spread
+    """Split each node along the slot where the worst output's terms (column ``cols``) spread
     most: the tokens whose term is low enough for that output's bound to become negative go to
     the first child (or the lower half by rank when that is all or nothing)."""
     B = nodes.numel()
     ar = torch.arange(B)
-    masks, rows = blk.masks[nodes], blk.row[nodes]  # [B, slots, V]
-    vals = F.mid[rows, :, xs]  # [B, slots, k]
+    masks = blk.masks[nodes]  # [B, slots, V]
+    vals = st.F.mid[cols]  # [B, slots, k]
     hi = torch.where(masks, vals, -torch.inf).amax(dim=2)
     lo = torch.where(masks, vals, torch.inf).amin(dim=2)
     spread = torch.where(masks.sum(dim=2) > 1, hi - lo, -1.0)
     p = spread.argmax(dim=1)
     v, mk = vals[ar, p], masks[ar, p]  # [B, k]
-    theta = hi[ar, p] - (hi.sum(dim=1) + Fq.mid[rows, xs])  # the bound at x, without slot p
+    theta = hi[ar, p] - (hi.sum(dim=1) + st.Fq.mid[cols])  # the bound at x, without slot p
     low = mk & (v < theta[:, None])
     size, nlow = mk.sum(dim=1), low.sum(dim=1)
     bad = (nlow == 0) | (nlow == size)
