@@ -194,8 +194,8 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
     """The tables of the keys (q, m) with every output x != m live (no key-level bound)."""
     with monkeypatch.context() as mp:
 
-        def every_live(qs, ms, a, bk, beyond, E, c, e_m, Fq, ops):
-            return torch.arange(c.shape[2])[None, :] != ms[:, None]
+        def every_live(qs, ms, a, bk, beyond, E, top, e_m, Fq, ops):
+            return torch.arange(top.shape[1])[None, :] != ms[:, None]
 
         mp.setattr(boxes, "_live", every_live)
         t = boxes.tables(

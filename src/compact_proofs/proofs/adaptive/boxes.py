@@ -26,18 +26,23 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
   (c) Key-level outputs. The weights factor: w_p(k) / Z = a_p b_k with a_p = exp(EQKP_s[q, p] -
       M_a) (the query slot as p = n-1 with score z[q] - M_b) and b_k = exp(EQKE_s[q, k] - M_b),
       so F[p, k, x] = a_p b_k (c[p, x] + e[k, x]) with c[p, x] = EUPU[q, x] - EUPU[q, m] +
-      PVOU[p, x] - PVOU[p, m] and e[k, x] = EVOU[k, x] - EVOU[k, m]. Let
-          N[p, x] = max(b_hi c[p, x], b_lo c[p, x]) + E[x],  E[x] >= max_{k <= m} b_k e[k, x],
-      with b_lo, b_hi the min and max of b_k over k <= m, and T[p, x] = b_m (c[p, x] + e[m, x]);
+      PVOU[p, x] - PVOU[p, m] and e[k, x] = EVOU[k, x] - EVOU[k, m]. Over the non-query slots
+      p < n-1 let top[x] = max_p c[p, x], A = sum_p a_p and a_lo = min_p a_p. Let
+          N[x] = max(b_hi top[x], b_lo top[x]) + E[x],  E[x] >= max_{k <= m} b_k e[k, x],
+      with b_lo, b_hi the min and max of b_k over k <= m, and T[x] = b_m (top[x] + e[m, x]);
       E is shared by every query q' <= m (``_shared_E``).
       Every input of the key (q, m) (some non-query slot holds m when q < m) has
-          G_x(t) <= KB_x := Fq[x] + sum_p a_p N[p, x] + max_p a_p (T[p, x] - N[p, x])
+          G_x(t) <= KB_x := Fq[x] + A N[x] + a_lo (T - N)[x]
       (for q = m without the last term). If KB_x < 0, output x is below m on every box of the
       key, so (a) need only take its max over the other ("live") outputs, and (b) can only
       hold for a live x*: the tables are built at the live outputs only.
-      Proof: b_k c <= max(b_hi c, b_lo c) for b_k in [b_lo, b_hi], and b_k e[k, x] <= E[x],
-      so a non-max slot p contributes at most a_p N[p, x]; the slot p* holding m contributes
-      exactly a_p* T[p*, x] = a_p* N[p*, x] + a_p* (T - N)[p*, x].                           QED
+      Proof: y -> max(b_hi y, b_lo y) is nondecreasing (b_hi >= b_lo >= 0), b_k y <=
+      max(b_hi y, b_lo y) for b_k in [b_lo, b_hi], and b_k e[k, x] <= E[x]; so a slot p
+      holding k <= m contributes a_p b_k (c[p, x] + e[k, x]) <= a_p N[x] (c[p, x] <= top[x]).
+      When q < m, pick a slot p* holding m: it contributes a_p* b_m (c[p*, x] + e[m, x]) <=
+      a_p* T[x] (b_m >= 0). Summing, G_x(t) <= Fq[x] + (A - a_p*) N[x] + a_p* T[x] = Fq[x] +
+      A N[x] + a_p* (T - N)[x]. Finally T <= N (b_m top <= max(b_hi top, b_lo top), and
+      b_m e[m, x] <= E[x], k = m being a key token), so a_p* (T - N) <= a_lo (T - N) (a_p* >= a_lo).    QED
 The common factor: every weight is at most 1 (exp-shifted scores), so the tables are well scaled
 for every input of the key.
 Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs);
@@ -150,22 +155,22 @@ def tables(
     zq = s.sub(z[qs], shift)
     pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [P, n]
     a = s.exp_shifted(pos, dim=1)  # [P, n]
-    # Centred value rows: c[i, p, x] and e[m, k, x].
+    # Centred value rows: c[i, p, x] = eu[i, x] + pv[m, p, x] and e[m, k, x].
     eu = s.sub(EUPU[qs], EUPU[qs, ms].map_layout(lambda t: t[:, None]))  # [P, x]
     pv = s.sub(PVOU[None], PVOU[:, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, n, x]
     e = s.sub(EVOU[None, :K], EVOU[:K, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, K, x]
-    c = s.add(eu.map_layout(lambda t: t[:, None, :]), pv[u])  # [P, n, x]
-    dq = s.add(c[:, s1], e[u, qs])  # query slot (token q <= m)
-    Fq = s.mul(a[:, s1:], dq)  # [P, x]
+    cq = s.add(eu, pv[u, s1])  # the query slot's c
+    Fq = s.mul(a[:, s1:], s.add(cq, e[u, qs]))  # [P, x] (query token q <= m)
+    top = s.add(eu, s.amax(pv[:, :s1], dim=1)[u])  # [P, x]: c[p, x] <= top[x], p < n-1
     E = _shared_E(b_hi, b_lo, e, beyond, s)  # [U, x]
-    live = _live(qs, ms, a, bk, beyond[u], E[u], c, e[u, ms], Fq, s)
+    live = _live(qs, ms, a, bk, beyond[u], E[u], top, e[u, ms], Fq, s)
     ab = s.mul(
         a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
     )  # [P, slots, K]
     pair, x = torch.nonzero(live, as_tuple=True)  # the columns, by key, then output
-    cx = c.map_layout(lambda t: t[pair, :s1, x][:, :, None])  # [R, slots, 1]
+    cx = s.add(eu[pair, x].map_layout(lambda t: t[:, None]), pv[u[pair], :s1, x])  # [R, slots]
     ex = e.map_layout(lambda t: t[u[pair], :, x][:, None, :])  # [R, 1, K]
-    F = s.mul(ab[pair], s.add(cx, ex))  # [R, slots, K]
+    F = s.mul(ab[pair], s.add(cx.map_layout(lambda t: t[:, :, None]), ex))  # [R, slots, K]
     F = F.map_layout(lambda t: t.masked_fill(beyond[u[pair]][:, None, :], -torch.inf))
     ops.ledger.add(keys_table_flops(qs, ms, live.sum(dim=1), n, V), label=LABEL)
     return _columns(qs, ms, pair, x, V, F, Fq[pair, x])
@@ -189,33 +194,29 @@ def _live(
     bk: Approx,
     beyond: Tensor,
     E: Approx,
-    c: Approx,
+    top: Approx,
     e_m: Approx,
     Fq: Approx,
     ops: Ops,
 ) -> Bool[Tensor, "pairs d_vocab_out"]:
     """Claim (c): the outputs x != m whose KB_x is not proven negative, per key (q, m)
-    (``bk`` [P, K], 0 at k > m, i.e. where ``beyond``; ``E`` from ``_shared_E``;
-    ``e_m[i, x] = e[m, m, x]``)."""
-    P, n, V = c.shape
-    s1 = n - 1
-    b_hi = ops.amax(bk, dim=1).map_layout(lambda t: t[:, None, None])  # bk >= 0 = padding
+    (``bk`` [P, K], 0 at k > m, i.e. where ``beyond``; ``E`` from ``_shared_E``; ``top`` the
+    max of c over the non-query slots; ``e_m[i, x] = e[m, m, x]``)."""
+    P, V = top.shape
+    s1 = a.shape[1] - 1
+    b_hi = ops.amax(bk, dim=1).map_layout(lambda t: t[:, None])  # bk >= 0 = padding
     b_lo = ops.amin(bk.map_layout(lambda t: t.masked_fill(beyond, torch.inf)), dim=1)
-    b_lo = b_lo.map_layout(lambda t: t[:, None, None])
-    cs = c[:, :s1]  # [P, slots, x]
-    N = ops.add(
-        ops.maximum(ops.mul(b_hi, cs), ops.mul(b_lo, cs)),
-        E.map_layout(lambda t: t[:, None, :]),
-    )
-    a_s = a[:, :s1].map_layout(lambda t: t[:, :, None])  # [P, slots, 1]
-    kb = ops.add(Fq, ops.sum(ops.mul(a_s, N), dim=1))
+    b_lo = b_lo.map_layout(lambda t: t[:, None])
+    N = ops.add(ops.maximum(ops.mul(b_hi, top), ops.mul(b_lo, top)), E)  # [P, x]
+    A = ops.sum(a[:, :s1], dim=1).map_layout(lambda t: t[:, None])
+    kb = ops.add(Fq, ops.mul(A, N))
     has_max_slot = qs < ms
     if bool(has_max_slot.any()):
         sel = torch.nonzero(has_max_slot, as_tuple=True)[0]
-        b_m = bk.map_layout(lambda t: t[sel, ms[sel], None, None])
-        T = ops.mul(b_m, ops.add(cs[sel], e_m[sel].map_layout(lambda t: t[:, None])))
-        gap = ops.amax(ops.mul(a_s[sel], ops.sub(T, N[sel])), dim=1)
-        with_gap = ops.add(kb[sel], gap)
+        b_m = bk.map_layout(lambda t: t[sel, ms[sel], None])
+        d = ops.sub(ops.mul(b_m, ops.add(top[sel], e_m[sel])), N[sel])  # T - N
+        a_lo = ops.amin(a[sel, :s1], dim=1).map_layout(lambda t: t[:, None])
+        with_gap = ops.add(kb[sel], ops.mul(a_lo, d))  # T <= N: the least weight is the worst
         kb = Approx(
             kb.mid.index_copy(0, sel, with_gap.mid),
             max(kb.rad, with_gap.rad),
@@ -244,13 +245,12 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot):
     b_range = K * (K - 1) + K * K + K * (2 * (K - 1) + 2)  # shifted scores, their range, exps
     shared_E = 3 * K * V + (K - 1) * V
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
-    rows = Q * V + n * V + K * V + Q * n * V  # eu, pv, e, c
+    rows = Q * V + n * V + K * V + (s1 - 1) * V + 2 * Q * V  # eu, pv, e, max of pv, cq, top
     query = 2 * Q * V  # dq, Fq
-    bound = Q * (2 * (K - 1) + 4 * s1 * V + s1 * V + (s1 - 1) * V + V + 2 * V)
-    bound += Q_max_slot * (4 * s1 * V + (s1 - 1) * V + V)
-    return (
-        b_range + shared_E + Q * weights + rows + query + bound + Q * s1 * K + n_live * 2 * s1 * K
-    )
+    bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + 2 * V)  # b range, A, N, A N + Fq
+    bound += Q_max_slot * ((s1 - 1) + 5 * V)  # least a; T - N, times it, add
+    F = n_live * (s1 + 2 * s1 * K)  # c at the columns, then F
+    return b_range + shared_E + Q * weights + rows + query + bound + Q * s1 * K + F
 
 
 def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
