@@ -142,6 +142,7 @@ def test_box_bound_against_enumeration(monkeypatch):
         t = boxes.tables(
             qs,
             qs * 0 + m,
+            qs < 0,
             ck.EQKE_s,
             ck.EQKP_s,
             ck.z,
@@ -201,6 +202,7 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
         t = boxes.tables(
             qs,
             qs * 0 + m,
+            qs < 0,
             ck.EQKE_s,
             ck.EQKP_s,
             ck.z,
@@ -223,10 +225,10 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
     ],
 )
 def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
-    """``boxes.tables`` on the keys of every max token at once (padded to the largest) gives
-    each key the live outputs, values and radii it gets with its max token alone, -inf past its
-    max token, and the sum of their charges; alone (nothing padded), the charge is exactly what
-    the rigorous operations counted."""
+    """``boxes.tables`` on the keys of every max token at once (padded to the largest; half the
+    max tokens with their keys' own E) gives each key the live outputs, values and radii it
+    gets with its max token alone, -inf past its max token, and the sum of their charges;
+    alone (nothing padded), the charge is exactly what the rigorous operations counted."""
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
     tabs = (ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
@@ -241,22 +243,26 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
     qm = torch.triu_indices(V, V)
     order = torch.randperm(qm.shape[1], generator=torch.Generator().manual_seed(0))
     qs, ms = qm[0, order], qm[1, order]
+    own = ms % 2 == 1
     every = Ops()
-    t = boxes.tables(qs, ms, *tabs, every)
+    t = boxes.tables(qs, ms, own, *tabs, every)
     charged, checked = 0, 0
     for m in range(V):
         sel = torch.nonzero(ms == m, as_tuple=True)[0]
-        alone, scratch[:] = Ops(), []
-        tm = boxes.tables(qs[sel], ms[sel], *tabs, alone)
-        assert alone.ledger.flop == scratch[0].ledger.flop  # the formula counts the operations
-        charged += alone.ledger.flop
-        assert torch.equal(t.live[sel], tm.live)
-        cols = t.col[sel][tm.live]  # the same outputs, in the same order
-        assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
-        assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
-        assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
-        assert (t.F.rad, t.Fq.rad) == (tm.F.rad, tm.Fq.rad)
-        checked += cols.numel()
+        for mine in (False, True):
+            alone, scratch[:] = Ops(), []
+            tm = boxes.tables(qs[sel], ms[sel], own[sel] | mine, *tabs, alone)
+            assert alone.ledger.flop == scratch[0].ledger.flop  # the formula counts the ops
+            if mine != (m % 2 == 1):
+                continue
+            charged += alone.ledger.flop
+            assert torch.equal(t.live[sel], tm.live)
+            cols = t.col[sel][tm.live]  # the same outputs, in the same order
+            assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
+            assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
+            assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
+            assert (t.F.rad, t.Fq.rad) == (tm.F.rad, tm.Fq.rad)
+            checked += cols.numel()
     assert every.ledger.flop == charged
     assert checked == t.pair.numel() > 0
 
@@ -272,10 +278,11 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
         models.random_small_model(21),
     ],
 )
-def test_dead_outputs_never_reach_the_max_logit(w):
-    """Claim (c) of ``boxes``: an output that is not live for the key (q, m) is below m's logit
-    on every input of the key (checked on every input, float64 logits with a 1e-9 margin), and
-    the bound is not vacuous (some outputs are dead)."""
+@pytest.mark.parametrize("own", [False, True])
+def test_dead_outputs_never_reach_the_max_logit(w, own):
+    """Claim (c) of ``boxes``, with either form of E: an output that is not live for the key
+    (q, m) is below m's logit on every input of the key (checked on every input, float64 logits
+    with a 1e-9 margin), and the bound is not vacuous (some outputs are dead)."""
     V, n = w.config.d_vocab, w.config.n_ctx
     ops = Ops()
     ck = keys.cubic_keys(w, ops)
@@ -288,6 +295,7 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         t = boxes.tables(
             qs,
             qs * 0 + mv,
+            torch.full_like(qs, own, dtype=torch.bool),
             ck.EQKE_s,
             ck.EQKP_s,
             ck.z,
@@ -306,6 +314,23 @@ def test_dead_outputs_never_reach_the_max_logit(w):
         beats[:, mv] = False
         assert not bool((beats & ~live[q[sel]]).any())
     assert dead > 0
+
+
+def test_own_E_is_at_least_as_tight(soundness_model):
+    """A key's own E is at most the shared one (its b_k lie in the range over the queries), so
+    its live outputs are a subset of the shared E's, and on some models fewer."""
+    fewer = 0
+    for name in ("planted-V8-K4-noisy", "trained-V10-K4-partial", "random-V9-K3-scale3"):
+        w, _ = soundness_model(name)
+        V = w.config.d_vocab
+        ck = keys.cubic_keys(w, Ops())
+        tabs = (ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+        qs, ms = torch.triu_indices(V, V)
+        shared = boxes.tables(qs, ms, qs < 0, *tabs, Ops()).live
+        own = boxes.tables(qs, ms, qs >= 0, *tabs, Ops()).live
+        assert not bool((own & ~shared).any())
+        fewer += int(shared.sum()) - int(own.sum())
+    assert fewer > 0
 
 
 @pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial"])
@@ -446,9 +471,10 @@ def test_random_trees_are_sound(seed, soundness_model):
 @pytest.mark.parametrize("seed", range(12))
 def test_mutated_certificates_never_overclaim(seed):
     """The search's certificate on a random small model, mutated at random (claims and witnesses
-    re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, all still
-    well-formed): the checker counts only truly correct inputs as correct and truly incorrect
-    ones as incorrect, and its counts equal its covered and refuted sets."""
+    re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, a random
+    choice of E per max token, all still well-formed): the checker counts only truly correct
+    inputs as correct and truly incorrect ones as incorrect, and its counts equal its covered
+    and refuted sets."""
     w = models.random_small_model(1000 + seed)
     truth = models.truth_mask(w)
     V, n = w.config.d_vocab, w.config.n_ctx
@@ -480,6 +506,7 @@ def test_mutated_certificates_never_overclaim(seed):
         half = extra.shape[0] // 2 if V >= 3 else extra.shape[0]  # class keys need V >= 3
         cert["l1_keys"] = torch.cat([cert["l1_keys"], extra[:half]]).contiguous()
         cert["l1_class_keys"] = torch.cat([cert["l1_class_keys"], extra[half:]]).contiguous()
+        cert["own_E"] = torch.nonzero(torch.rand(V, generator=g) < 0.5, as_tuple=True)[0]
         out, _ = _run(w, cert)
         covered, refuted = out.covered(), out.refuted()
         assert not bool((covered & ~truth).any()) and not bool((refuted & truth).any())
@@ -507,6 +534,8 @@ def test_class_keys_need_three_tokens():
         (lambda c: c.update(extra=1), "unknown certificate field"),
         (lambda c: c.update(c0=torch.tensor([[3, 1]])), "c0 entry"),
         (lambda c: c["split_slot"].__setitem__(0, 7), "slot is out of range"),
+        (lambda c: c.update(own_E=torch.tensor([8])), "own_E entry is not a token"),
+        (lambda c: c.update(own_E=torch.tensor([-1])), "own_E entry is not a token"),
     ],
 )
 def test_malformed_certificates_are_rejected(mutate, message, soundness_model):

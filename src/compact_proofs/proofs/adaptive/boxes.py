@@ -30,7 +30,8 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
       p < n-1 let top[x] = max_p c[p, x], A = sum_p a_p and a_lo = min_p a_p. Let
           N[x] = max(b_hi top[x], b_lo top[x]) + E[x],  E[x] >= max_{k <= m} b_k e[k, x],
       with b_lo, b_hi the min and max of b_k over k <= m, and T[x] = b_m (top[x] + e[m, x]);
-      E is shared by every query q' <= m (``_shared_E``).
+      E is either the key's own, max_{k <= m} b_k e[k, x] (``_own_E``), or shared by every
+      query q' <= m (``_shared_E``); the certificate chooses per max token (both are sound).
       Every input of the key (q, m) (some non-query slot holds m when q < m) has
           G_x(t) <= KB_x := Fq[x] + A N[x] + a_lo (T - N)[x]
       (for q = m without the last term). If KB_x < 0, output x is below m on every box of the
@@ -42,7 +43,8 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
       When q < m, pick a slot p* holding m: it contributes a_p* b_m (c[p*, x] + e[m, x]) <=
       a_p* T[x] (b_m >= 0). Summing, G_x(t) <= Fq[x] + (A - a_p*) N[x] + a_p* T[x] = Fq[x] +
       A N[x] + a_p* (T - N)[x]. Finally T <= N (b_m top <= max(b_hi top, b_lo top), and
-      b_m e[m, x] <= E[x], k = m being a key token), so a_p* (T - N) <= a_lo (T - N) (a_p* >= a_lo).    QED
+      b_m e[m, x] <= E[x] with k = m in either form of E), so a_p* (T - N) <= a_lo (T - N)
+      (a_p* >= a_lo).                                                                       QED
 The common factor: every weight is at most 1 (exp-shifted scores), so the tables are well scaled
 for every input of the key.
 Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs);
@@ -124,6 +126,7 @@ def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
 def tables(
     qs: Int[Tensor, " pairs"],
     ms: Int[Tensor, " pairs"],
+    own: Bool[Tensor, " pairs"],
     EQKE_s: Approx,
     EQKP_s: Approx,
     z: Approx,
@@ -133,26 +136,43 @@ def tables(
     ops: Ops,
 ) -> Tables:
     """Live outputs (claim (c)) and F, Fq at them for the keys (qs[i], ms[i]) (qs <= ms), all at
-    once. The arithmetic is rigorous ``Ops`` on tensors padded to K = max(ms) + 1 key tokens;
-    the radii are those of the unpadded operations (they depend on the inputs' bounds only).
-    The ledger is charged ``table_flops`` per max token, for the real entries only."""
+    once; E is the key's own where ``own``, else shared by the max token's keys. The arithmetic
+    is rigorous ``Ops`` on tensors padded to K = max(ms) + 1 key tokens; the radii are those of
+    the unpadded operations (they depend on the inputs' bounds only). The ledger is charged
+    ``table_flops`` per max token, for the real entries only."""
     P, n, V = qs.numel(), PVOU.shape[0], EVOU.shape[1]
     s1 = n - 1
     mu, u = torch.unique(ms, return_inverse=True)  # the max tokens [U]; each pair's index in mu
     K = int(mu.max()) + 1 if P else 1
     beyond = torch.arange(K)[None, :] > mu[:, None]  # [U, K]: k > m (and q' > m)
     s = Ops()  # scratch: charged per max token below
-    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). E[x] takes the range
-    # of b_k over every query q' <= m (the same for every key of this m).
+    # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). The shifted scores
+    # d[q, k] = EQKE_s[q, k] - M_b: of every query q' <= m for the max tokens with a shared E
+    # (their range over q' gives it), else of the key's own query.
     # exp is increasing, so the range of b_k is that of the shifted scores: 2 exps per k.
-    scores = EQKE_s[:K, :K].map_layout(lambda t: torch.where(beyond[:, None, :], -torch.inf, t))
-    d, top = s.shift_by_max(scores, dim=2)  # [U, q', K] (k > m: -inf), M_b [U, q', 1]
-    above = beyond[:, :, None]  # [U, q', 1]: queries q' > m take no part in the range
-    b_hi = s.exp_nonpositive(s.amax(d.map_layout(lambda t: t.masked_fill(above, -torch.inf)), 1))
-    b_lo = s.exp_nonpositive(s.amin(d.map_layout(lambda t: t.masked_fill(above, torch.inf)), 1))
-    bk = s.exp_nonpositive(d[u, qs])  # exp(EQKE_s - M_b), [P, K] (k > m: 0)
-    shift = Approx(top[u, qs, 0], 0.0, EQKE_s.mag)  # M_b: exact floats
-    zq = s.sub(z[qs], shift)
+    shared = torch.zeros(mu.numel(), dtype=torch.bool)
+    shared[u[~own]] = True
+    su = torch.nonzero(shared, as_tuple=True)[0]
+    at = torch.full((mu.numel(),), -1, dtype=torch.int64)
+    at[su] = torch.arange(su.numel())
+    scores = EQKE_s[:K, :K].map_layout(lambda t: torch.where(beyond[su][:, None, :], -torch.inf, t))
+    d_sh, top_sh = s.shift_by_max(scores, dim=2)  # [U', q', K] (k > m: -inf), M_b [U', q', 1]
+    above = beyond[su][:, :, None]  # [U', q', 1]: queries q' > m take no part in the range
+    b_hi = s.exp_nonpositive(s.amax(d_sh.map_layout(lambda t: t.masked_fill(above, -torch.inf)), 1))
+    b_lo = s.exp_nonpositive(s.amin(d_sh.map_layout(lambda t: t.masked_fill(above, torch.inf)), 1))
+    mine = torch.nonzero(own, as_tuple=True)[0]
+    rows = EQKE_s[qs[mine], :K].map_layout(lambda t: t.masked_fill(beyond[u[mine]], -torch.inf))
+    d_own, top_own = s.shift_by_max(rows, dim=1)  # [S, K], [S, 1]
+    theirs = torch.nonzero(~own, as_tuple=True)[0]
+    d_mid = torch.empty(P, K, dtype=torch.float64)
+    d_mid[theirs] = d_sh.mid[at[u[theirs]], qs[theirs]]
+    d_mid[mine] = d_own.mid
+    shift = torch.empty(P, dtype=torch.float64)  # M_b: exact floats
+    shift[theirs] = top_sh[at[u[theirs]], qs[theirs], 0]
+    shift[mine] = top_own[:, 0]
+    d = Approx(d_mid, max(d_sh.rad, d_own.rad), max(d_sh.mag, d_own.mag))
+    bk = s.exp_nonpositive(d)  # exp(EQKE_s - M_b), [P, K] (k > m: 0)
+    zq = s.sub(z[qs], Approx(shift, 0.0, EQKE_s.mag))
     pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [P, n]
     a = s.exp_shifted(pos, dim=1)  # [P, n]
     # Centred value rows: c[i, p, x] = eu[i, x] + pv[m, p, x] and e[m, k, x].
@@ -162,8 +182,13 @@ def tables(
     cq = s.add(eu, pv[u, s1])  # the query slot's c
     Fq = s.mul(a[:, s1:], s.add(cq, e[u, qs]))  # [P, x] (query token q <= m)
     top = s.add(eu, s.amax(pv[:, :s1], dim=1)[u])  # [P, x]: c[p, x] <= top[x], p < n-1
-    E = _shared_E(b_hi, b_lo, e, beyond, s)  # [U, x]
-    live = _live(qs, ms, a, bk, beyond[u], E[u], top, e[u, ms], Fq, s)
+    E_sh = _shared_E(b_hi, b_lo, e[su], beyond[su], s)  # [U', x]
+    E_own = _own_E(bk[mine], e[u[mine]], beyond[u[mine]], s)  # [S, x]
+    E_mid = torch.empty(P, V, dtype=torch.float64)
+    E_mid[theirs] = E_sh.mid[at[u[theirs]]]
+    E_mid[mine] = E_own.mid
+    E = Approx(E_mid, max(E_sh.rad, E_own.rad), max(E_sh.mag, E_own.mag))
+    live = _live(qs, ms, a, bk, beyond[u], E, top, e[u, ms], Fq, s)
     ab = s.mul(
         a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
     )  # [P, slots, K]
@@ -172,7 +197,7 @@ def tables(
     ex = e.map_layout(lambda t: t[u[pair], :, x][:, None, :])  # [R, 1, K]
     F = s.mul(ab[pair], s.add(cx.map_layout(lambda t: t[:, :, None]), ex))  # [R, slots, K]
     F = F.map_layout(lambda t: t.masked_fill(beyond[u[pair]][:, None, :], -torch.inf))
-    ops.ledger.add(keys_table_flops(qs, ms, live.sum(dim=1), n, V), label=LABEL)
+    ops.ledger.add(keys_table_flops(qs, ms, own, live.sum(dim=1), n, V), label=LABEL)
     return _columns(qs, ms, pair, x, V, F, Fq[pair, x])
 
 
@@ -185,6 +210,23 @@ def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, beyond: Tensor, ops: Ops) -
     most = ops.maximum(ops.mul(hi, e), ops.mul(lo, e))
     most = most.map_layout(lambda t: t.masked_fill(beyond[:, :, None], -torch.inf))
     return ops.amax(most, dim=1)  # [U, x]
+
+
+def _own_E(bk: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:
+    """``E[i, x] = max_{k <= m} b_k e[m, k, x]`` for each key's own ``bk`` [S, K] (``e``
+    [S, K, x]; ``beyond``: k > m [S, K]). Cost per key: K V + (K - 1) V."""
+    most = ops.mul(bk.map_layout(lambda t: t[:, :, None]), e)
+    most = most.map_layout(lambda t: t.masked_fill(beyond[:, :, None], -torch.inf))
+    return ops.amax(most, dim=1)  # [S, x]
+
+
+def own_E_tokens(ms: Int[Tensor, " pairs"], n: int, V: int) -> Int[Tensor, " tokens"]:
+    """The max tokens whose keys (one per entry of ``ms``) cost less with their own E than
+    with the shared one (the search's choice; any choice is sound)."""
+    mu, Q = torch.unique(ms, return_counts=True)
+    zero = torch.zeros_like(Q)
+    own = table_flops(mu, Q, n, V, zero, zero, Q)
+    return mu[own < table_flops(mu, Q, n, V, zero, zero, zero)]
 
 
 def _live(
@@ -227,30 +269,34 @@ def _live(
     return live
 
 
-def keys_table_flops(qs: Tensor, ms: Tensor, n_live: Tensor, n: int, V: int) -> int:
-    """Ledger total of ``tables`` for the keys (qs[i], ms[i]) with ``n_live[i]`` live outputs:
-    ``table_flops`` per max token."""
+def keys_table_flops(qs: Tensor, ms: Tensor, own: Tensor, n_live: Tensor, n: int, V: int) -> int:
+    """Ledger total of ``tables`` for the keys (qs[i], ms[i]) (own E where ``own``) with
+    ``n_live[i]`` live outputs: ``table_flops`` per max token."""
     mu, u = torch.unique(ms, return_inverse=True)
-    Q, Q_max_slot, L = (
+    Q, Q_max_slot, L, Q_own = (
         torch.zeros(mu.numel(), dtype=torch.int64).index_add_(0, u, v.to(torch.int64))
-        for v in (torch.ones_like(qs), qs < ms, n_live)
+        for v in (torch.ones_like(qs), qs < ms, n_live, own)
     )
-    return int(table_flops(mu, Q, n, V, L, Q_max_slot).sum())
+    return int(table_flops(mu, Q, n, V, L, Q_max_slot, Q_own).sum())
 
 
-def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot):
-    """Ledger total of ``tables`` for max token m, Q queries (``Q_max_slot`` of them q < m) and
-    ``n_live`` live outputs in all (ints, or int64 tensors: one entry per max token)."""
+def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
+    """Ledger total of ``tables`` for max token m, Q keys (``Q_max_slot`` of them q < m,
+    ``Q_own`` with their own E) and ``n_live`` live outputs in all (ints, or int64 tensors: one
+    entry per max token)."""
     s1, K = n - 1, m + 1
+    shared = (Q_own < Q) * 1  # some key takes the shared E: the range of b_k over q' <= m
     b_range = K * (K - 1) + K * K + K * (2 * (K - 1) + 2)  # shifted scores, their range, exps
     shared_E = 3 * K * V + (K - 1) * V
+    own = (K - 1) + K + K * V + (K - 1) * V  # the key's row of shifted scores, its E
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
     rows = Q * V + n * V + K * V + (s1 - 1) * V + 2 * Q * V  # eu, pv, e, max of pv, cq, top
     query = 2 * Q * V  # dq, Fq
     bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + 2 * V)  # b range, A, N, A N + Fq
     bound += Q_max_slot * ((s1 - 1) + 5 * V)  # least a; T - N, times it, add
     F = n_live * (s1 + 2 * s1 * K)  # c at the columns, then F
-    return b_range + shared_E + Q * weights + rows + query + bound + Q * s1 * K + F
+    E = shared * (b_range + shared_E) + Q_own * own
+    return E + Q * weights + rows + query + bound + Q * s1 * K + F
 
 
 def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:

@@ -69,6 +69,7 @@ def certificate(
         "split_mask": smask[kept_splits].contiguous(),
         "claim": claim,
         "witness": witness,
+        "own_E": tr.own_E.contiguous(),
     }
 
 
@@ -154,9 +155,10 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
         L, L_exact = tr.live[q, m, :1], tr.live[q, m, 1:]  # one query
         rows = torch.zeros(len(ix), dtype=torch.int64)
-        it["cost"] = boxes.table_flops(m, 1, n, V, int(L), int(q < m)) + boxes.prove_claims_flops(
-            L, L_exact, m, n, rows, sizes[ix], torch.tensor([q])
-        )
+        own = int(bool((tr.own_E == m).any()))
+        it["cost"] = boxes.table_flops(
+            m, 1, n, V, int(L), int(q < m), own
+        ) + boxes.prove_claims_flops(L, L_exact, m, n, rows, sizes[ix], torch.tensor([q]))
     return items
 
 

@@ -114,7 +114,9 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     sizes = nodes.sizes
     nonempty = (sizes > 0).all(dim=1)
     verdict = torch.zeros(nodes.q.shape[0], dtype=torch.int64)
-    _check_boxes(nodes, claim, pl.witness, nonempty, ck, ops, verdict)
+    if not bool(((pl.own_E >= 0) & (pl.own_E < V)).all()):
+        raise ProofPreconditionError("an own_E entry is not a token")
+    _check_boxes(nodes, claim, pl.witness, pl.own_E, nonempty, ck, ops, verdict)
     single = (sizes == 1).all(dim=1)
     ex = torch.nonzero((claim == plan.EXACT) & single, as_tuple=True)[0]
     if ex.numel():
@@ -148,7 +150,7 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     return out
 
 
-def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
+def _check_boxes(nodes, claim, witness, own_E, nonempty, ck, ops, verdict) -> None:
     """Re-check the prove / refute claims of non-empty leaves, with the tables of their keys."""
     circ = ck.circ
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
@@ -164,11 +166,21 @@ def _check_boxes(nodes, claim, witness, nonempty, ck, ops, verdict) -> None:
     # The keys (q, m) of the leaves, by max token, then query; their tables in a few batches.
     codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
     ms, qs = codes // V, codes % V
+    own = torch.isin(ms, own_E)  # E per key (else shared by the max token's keys): both sound
     for lo, hi in boxes.batches(ms, n, V):
         inb = (pair >= lo) & (pair < hi)
         sel, rows = idx[inb], pair[inb] - lo
         t = boxes.tables(
-            qs[lo:hi], ms[lo:hi], ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops
+            qs[lo:hi],
+            ms[lo:hi],
+            own[lo:hi],
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            circ.EUPU,
+            circ.EVOU,
+            circ.PVOU,
+            ops,
         )
         masks = nodes.masks[sel, :, : t.F.shape[2]]
         pr = claim[sel] == plan.PROVE

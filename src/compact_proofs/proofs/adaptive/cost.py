@@ -55,7 +55,7 @@ def predict(
     codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
     ms, qs = codes // V, codes % V  # the keys (q, m) with claims, as the checker groups them
     L, L_exact = n_live[qs, ms, 0], n_live[qs, ms, 1]
-    total += boxes.keys_table_flops(qs, ms, L, n, V)
+    total += boxes.keys_table_flops(qs, ms, torch.isin(ms, pl.own_E), L, n, V)
     pr = claim[idx] == plan.PROVE
     total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], sizes[idx][pr], qs)
     total += boxes.refute_flops(sizes[idx][claim[idx] == plan.REFUTE])

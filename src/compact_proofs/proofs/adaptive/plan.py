@@ -16,6 +16,7 @@ key                tensor            meaning
 ``split_mask``     bool [T, V]       the tokens going to the first child
 ``claim``          int8 [R + 2T]     per node: 0 none, 1 prove, 2 refute, 3 decide exactly
 ``witness``        int64 [R + 2T]    per node: the output x of a refute claim (else ignored)
+``own_E``          int64 [M]         max tokens whose keys' box tables take their own E
 ``budget``         int               the FLOP budget the search aimed at (-1: none); informative
 ``predicted``      int               the search's prediction of the check's FLOPs; informative
 =================  ================  =========================================================
@@ -45,6 +46,7 @@ TENSORS = {
     "split_mask": (torch.bool, 2, "V"),
     "claim": (torch.int8, 1, None),
     "witness": (torch.int64, 1, None),
+    "own_E": (torch.int64, 1, None),
 }
 SCALARS = ("budget", "predicted")
 
@@ -63,6 +65,7 @@ class Plan:
     split_mask: Tensor
     claim: Tensor
     witness: Tensor
+    own_E: Tensor
 
     @property
     def n_nodes(self) -> int:

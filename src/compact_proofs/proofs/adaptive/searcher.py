@@ -69,6 +69,7 @@ class _Tree:
     # [d_vocab_q, d_vocab_max, 2]: each key's number of live outputs by the separable bound
     # (boxes.tables) and by the exact bound at those (boxes.exact_key_live)
     live: Tensor
+    own_E: Tensor  # the max tokens whose keys' tables take their own E
 
 
 def search(weights: Weights, budget: int | None = None) -> Certificate:
@@ -243,17 +244,21 @@ class _Stack:
     n_live: Tensor  # [pair]
 
 
-def _stack_tables(ck: keys.CubicKeys, pairs: Tensor, live: Tensor, ops: Ops) -> _Stack:
+def _stack_tables(
+    ck: keys.CubicKeys, pairs: Tensor, own_E: Tensor, live: Tensor, ops: Ops
+) -> _Stack:
     """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
     ``boxes``: the search only ever evaluates those), with the key tokens padded to d_vocab
     (gathering whole rows over k is what the search does most; box masks hold tokens <= m, and
     entries m < k < max(m) + 1 are -inf). Records each key's numbers of live outputs (separable
-    and exact key bounds, as the checker will find them) in ``live``."""
+    and exact key bounds, as the checker will find them) in ``live``. The keys of the max
+    tokens ``own_E`` take their own E."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     P, s1 = pairs.shape[0], n - 1
     qs, ms = pairs[:, 0], pairs[:, 1]
-    t = boxes.tables(qs, ms, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
+    own = torch.isin(ms, own_E)
+    t = boxes.tables(qs, ms, own, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
     exact = boxes.exact_key_live(t, ops)
     n_exact = torch.zeros(P, dtype=torch.int64).index_add_(0, t.pair, exact.to(torch.int64))
     live[qs, ms] = torch.stack([t.n_live, n_exact], dim=1)
@@ -315,10 +320,11 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     codes, inverse = torch.unique(roots[:, 0] * V + roots[:, 1], return_inverse=True)
     pairs = torch.stack([codes // V, codes % V], 1)
     live = torch.full((V, V, 2), -1, dtype=torch.int64)
+    own_E = boxes.own_E_tokens(pairs[:, 1], n, V)  # the cheaper E for all the roots' keys
     step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
-        st = _stack_tables(ck, pairs[p0 : p0 + step], live, ops)
+        st = _stack_tables(ck, pairs[p0 : p0 + step], own_E, live, ops)
         in_batch = (inverse >= p0) & (inverse < p0 + step)
         root_block.row = torch.where(in_batch, inverse - p0, -1)
         block, local = root_block, torch.nonzero(in_batch, as_tuple=True)[0]
@@ -332,7 +338,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
             blocks.append(child)
             total += child.q.numel()
             block, local = child, torch.arange(child.q.numel())
-    return _flatten(blocks, splits, V, live)
+    return _flatten(blocks, splits, V, live, own_E)
 
 
 def _prune_outputs(blk: _Block, local: Tensor, st: _Stack, ops: Ops) -> None:
@@ -359,7 +365,7 @@ def _prune_outputs(blk: _Block, local: Tensor, st: _Stack, ops: Ops) -> None:
     blk.live[local] &= real & (ub.gather(1, j) >= 0)
 
 
-def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
+def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Tensor) -> _Tree:
     def cat(name: str) -> Tensor:
         return torch.cat([getattr(b, name) for b in blocks])
 
@@ -378,6 +384,7 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor) -> _Tree:
         slot=slot,
         split_mask=smask,
         live=live,
+        own_E=own_E,
     )
 
 
