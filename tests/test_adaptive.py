@@ -126,6 +126,11 @@ def test_budget_names():
 
 
 # ------------------------------------------------------------------ the lemmas, on their own
+def _tabs(ck):
+    """The arguments of ``boxes.tables`` after the keys."""
+    return ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
+
+
 def test_box_bound_against_enumeration(monkeypatch):
     """Claims (a) and (b) of ``boxes`` on random boxes of a random model: a proven box holds only
     correct inputs, a refuted one only incorrect inputs; both fire."""
@@ -139,18 +144,7 @@ def test_box_bound_against_enumeration(monkeypatch):
     powers = V ** torch.arange(n)
     for m in range(1, V):
         qs = torch.arange(m + 1)
-        t = boxes.tables(
-            qs,
-            qs * 0 + m,
-            qs < 0,
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            ck.circ.EUPU,
-            ck.circ.EVOU,
-            ck.circ.PVOU,
-            ops,
-        )
+        t = boxes.tables(qs, qs * 0 + m, qs < 0, *_tabs(ck), ops)
         B = 40
         rows = torch.randint(0, m + 1, (B,), generator=g)
         masks = torch.rand(B, n - 1, m + 1, generator=g) < 0.4
@@ -199,18 +193,7 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
             return torch.arange(top.shape[1])[None, :] != ms[:, None]
 
         mp.setattr(boxes, "_live", every_live)
-        t = boxes.tables(
-            qs,
-            qs * 0 + m,
-            qs < 0,
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            ck.circ.EUPU,
-            ck.circ.EVOU,
-            ck.circ.PVOU,
-            Ops(),
-        )
+        t = boxes.tables(qs, qs * 0 + m, qs < 0, *_tabs(ck), Ops())
     V = ck.circ.EVOU.shape[1]
     assert bool((t.n_live == V - 1).all())
     return t
@@ -231,7 +214,7 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
     alone (nothing padded), the charge is exactly what the rigorous operations counted."""
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
-    tabs = (ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+    tabs = _tabs(ck)
     scratch = []
 
     class Recording(Ops):
@@ -293,16 +276,7 @@ def test_dead_outputs_never_reach_the_max_logit(w, own):
     for mv in range(V):
         qs = torch.arange(mv + 1)
         t = boxes.tables(
-            qs,
-            qs * 0 + mv,
-            torch.full_like(qs, own, dtype=torch.bool),
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            ck.circ.EUPU,
-            ck.circ.EVOU,
-            ck.circ.PVOU,
-            ops,
+            qs, qs * 0 + mv, torch.full_like(qs, own, dtype=torch.bool), *_tabs(ck), ops
         )
         # Both forms of the key bound: the separable one (the tables' live outputs) and the
         # exact one at those.
@@ -324,7 +298,7 @@ def test_own_E_is_at_least_as_tight(soundness_model):
         w, _ = soundness_model(name)
         V = w.config.d_vocab
         ck = keys.cubic_keys(w, Ops())
-        tabs = (ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+        tabs = _tabs(ck)
         qs, ms = torch.triu_indices(V, V)
         shared = boxes.tables(qs, ms, qs < 0, *tabs, Ops()).live
         own = boxes.tables(qs, ms, qs >= 0, *tabs, Ops()).live
