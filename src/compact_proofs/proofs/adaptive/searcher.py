@@ -198,27 +198,29 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
             sel = istar[qs, ms, c] == w
             qq, mm = qs[sel], ms[sel]
             nk = N[qq, mm, c].double()
+            shapes = []  # (placement bits, U bits, K slots before max(W), |W|, free slots)
             for nu in itertools.combinations(range(s1), c):
-                bits = sum(1 << p for p in nu)
                 for W in itertools.combinations(range(c), w + 1):
-                    wbits = sum(1 << nu[j] for j in W)
-                    n_k = W[-1] + 1 - len(W)  # K slots before max(W)
-                    n_free = c - 1 - W[-1]
-                    use = nk > 0 if n_k > 0 else torch.ones_like(nk, dtype=torch.bool)
-                    rows.append(
-                        torch.stack(
-                            [
-                                qq[use],
-                                mm[use],
-                                torch.full_like(qq[use], bits),
-                                torch.full_like(qq[use], wbits),
-                            ],
-                            1,
+                    shapes.append(
+                        (
+                            sum(1 << p for p in nu),
+                            sum(1 << nu[j] for j in W),
+                            W[-1] + 1 - len(W),
+                            len(W),
+                            c - 1 - W[-1],
                         )
                     )
-                    u = mm[use].double() - nk[use]
-                    sizes.append(nk[use] ** n_k * u ** len(W) * mm[use].double() ** n_free)
-                    free.append(torch.full_like(qq[use], n_free))
+            sh = torch.tensor(shapes)  # [S, 5]
+            S, Q = sh.shape[0], qq.numel()
+            # Sizes N^n_k (m - N)^|W| m^n_free per distinct exponents, then per shape.
+            exps, which = torch.unique(sh[:, 2:], dim=0, return_inverse=True)
+            u, md = mm.double() - nk, mm.double()
+            by_exp = torch.stack([nk**a * u**b * md**f for a, b, f in exps.tolist()])
+            use = (nk[None, :] > 0) | (sh[:, 2:3] == 0)  # [S, Q]: K slots need N > 0
+            cols = (qq, mm, sh[:, 0:1], sh[:, 1:2])  # (q, m, placement bits, U bits)
+            rows.append(torch.stack([t.expand(S, Q) for t in cols], -1)[use])
+            sizes.append(by_exp[which][use])
+            free.append(sh[:, 4:5].expand(S, Q)[use])
     if not rows:
         return torch.zeros(0, 4, dtype=torch.int64)
     roots, size, fr = torch.cat(rows), torch.cat(sizes), torch.cat(free)
