@@ -167,9 +167,10 @@ def _chunk(ck, tops, proven, kk, m: int, vals, ops: Ops) -> Tensor:
 
     t_rest = times(alpha[..., a0 : a0 + m], dkl)  # [L, R, k, x]
     t_p = times(alpha[..., a0 + m : a0 + 2 * m], dkl)
-    g_k = _masked_max(t_rest, Kmask, ops)  # (T - S) gK      (2)
+    g_k = _masked_max(t_rest, Kmask, ops)[0]  # (T - S) gK      (2)
+    p_k, p_u = _masked_max(t_p, Kmask, ops, both=True)
     excess = ops.maximum(
-        ops.sub(_masked_max(t_p, ~Kmask, ops), _masked_max(t_p, Kmask, ops), label=LABEL),
+        ops.sub(p_u, p_k, label=LABEL),
         ops.constant(torch.zeros(1, 1, 1)),
         label=LABEL,
     )  # P_i (gU - gK)^+
@@ -184,15 +185,22 @@ def _chunk(ck, tops, proven, kk, m: int, vals, ops: Ops) -> Tensor:
     return ops.proven_negative(worst, label=LABEL).all(dim=1)
 
 
-def _masked_max(a: Approx, mask: Bool[Tensor, "keys k"], ops: Ops) -> Approx:
-    """Max over the tokens k in ``mask`` (non-empty) of ``a[l, r, k, x]``: within a.rad of the
-    exact max over the same subset (a float max is one of the entries). Cost: (|mask| - 1) per
-    output (paper rule)."""
-    R, V = a.shape[1], a.shape[3]
-    mid = a.mid.masked_fill(~mask[:, None, :, None], -torch.inf).amax(dim=2)
+def _masked_max(
+    a: Approx, mask: Bool[Tensor, "keys k"], ops: Ops, both: bool = False
+) -> tuple[Approx, ...]:
+    """Max over the tokens k in ``mask`` of ``a[l, r, k, x]`` (and, with ``both``, over those not
+    in it; each set non-empty): within a.rad of the exact max over the same subset (a float max
+    is one of the entries). One pass, scattering each token to its set. Cost: (|set| - 1) per
+    output and set (paper rule)."""
+    L, R, K, V = a.shape
+    group = mask.to(torch.int64)[:, None, :, None].expand(L, R, K, V)  # 1: in mask
+    out = torch.full((L, R, 2, V), -torch.inf, dtype=a.mid.dtype)
+    out.scatter_reduce_(2, group, a.mid, reduce="amax", include_self=True)
     sizes = mask.sum(dim=1)
-    ops.ledger.add(int((sizes - 1).clamp(min=0).sum()) * R * V, label=LABEL)
-    return Approx(mid, a.rad, a.mag)
+    sets = [(1, sizes)] + ([(0, K - sizes)] if both else [])
+    for _, n_set in sets:
+        ops.ledger.add(int((n_set - 1).clamp(min=0).sum()) * R * V, label=LABEL)
+    return tuple(Approx(out[:, :, g], a.rad, a.mag) for g, _ in sets)
 
 
 def count_flops(V: int, n: int, m: int, Q: int, sizes: Int[Tensor, "keys 3"]) -> int:
