@@ -242,8 +242,8 @@ def _live(
     ops: Ops,
 ) -> Bool[Tensor, "pairs d_vocab_out"]:
     """Claim (c): the outputs x != m whose KB_x is not proven negative, per key (q, m)
-    (``bk`` [P, K], 0 at k > m, i.e. where ``beyond``; ``E`` from ``_shared_E``; ``top`` the
-    max of c over the non-query slots; ``e_m[i, x] = e[m, m, x]``)."""
+    (``bk`` [P, K], 0 at k > m, i.e. where ``beyond``; ``E`` per key, from ``_shared_E`` or
+    ``_own_E``; ``top`` the max of c over the non-query slots; ``e_m[i, x] = e[m, m, x]``)."""
     P, V = top.shape
     s1 = a.shape[1] - 1
     b_hi = ops.amax(bk, dim=1).map_layout(lambda t: t[:, None])  # bk >= 0 = padding
