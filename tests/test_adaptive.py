@@ -259,6 +259,8 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
         # wide ranges of b_k over the queries of an m (each side of E's range matters)
         models.random_small_model(37),
         models.random_small_model(21),
+        # a max slot's own term T matters (dropping it over-claims)
+        models.random_small_model(7),
     ],
 )
 @pytest.mark.parametrize("own", [False, True])

@@ -34,9 +34,10 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
       query q' <= m (``_shared_E``); the certificate chooses per max token (both are sound).
       Every input of the key (q, m) (some non-query slot holds m when q < m) has
           G_x(t) <= KB_x := Fq[x] + A N[x] + a_lo (T - N)[x]
-      (for q = m without the last term). If KB_x < 0, output x is below m on every box of the
-      key, so (a) need only take its max over the other ("live") outputs, and (b) can only
-      hold for a live x*: the tables are built at the live outputs only.
+      (for q = m without the last term; evaluated as Fq + (A - a_lo) N + a_lo b_m (top + e_m),
+      the same real number). If KB_x < 0, output x is below m on every box of the key, so (a)
+      need only take its max over the other ("live") outputs, and (b) can only hold for a live
+      x*: the tables are built at the live outputs only.
       Proof: y -> max(b_hi y, b_lo y) is nondecreasing (b_hi >= b_lo >= 0), b_k y <=
       max(b_hi y, b_lo y) for b_k in [b_lo, b_hi], and b_k e[k, x] <= E[x]; so a slot p
       holding k <= m contributes a_p b_k (c[p, x] + e[k, x]) <= a_p N[x] (c[p, x] <= top[x]).
@@ -250,23 +251,31 @@ def _live(
     b_lo = ops.amin(bk.map_layout(lambda t: t.masked_fill(beyond, torch.inf)), dim=1)
     b_lo = b_lo.map_layout(lambda t: t[:, None])
     N = ops.add(ops.maximum(ops.mul(b_hi, top), ops.mul(b_lo, top)), E)  # [P, x]
-    A = ops.sum(a[:, :s1], dim=1).map_layout(lambda t: t[:, None])
-    kb = ops.add(Fq, ops.mul(A, N))
+    A = ops.sum(a[:, :s1], dim=1)  # [P]
     has_max_slot = qs < ms
-    if bool(has_max_slot.any()):
-        sel = torch.nonzero(has_max_slot, as_tuple=True)[0]
-        b_m = bk.map_layout(lambda t: t[sel, ms[sel], None])
-        d = ops.sub(ops.mul(b_m, ops.add(top[sel], e_m[sel])), N[sel])  # T - N
-        a_lo = ops.amin(a[sel, :s1], dim=1).map_layout(lambda t: t[:, None])
-        with_gap = ops.add(kb[sel], ops.mul(a_lo, d))  # T <= N: the least weight is the worst
-        kb = Approx(
-            kb.mid.index_copy(0, sel, with_gap.mid),
-            max(kb.rad, with_gap.rad),
-            max(kb.mag, with_gap.mag),
-        )
+    sel = torch.nonzero(has_max_slot, as_tuple=True)[0]
+    if sel.numel():
+        # KB = Fq + A N + a_lo (T - N) = Fq + (A - a_lo) N + a_lo b_m (top + e_m) (T <= N: the
+        # least weight is the worst)
+        a_lo = ops.amin(a[sel, :s1], dim=1)  # [S]
+        A = _merge(A, sel, ops.sub(A[sel], a_lo))
+    kb = ops.add(Fq, ops.mul(A.map_layout(lambda t: t[:, None]), N))
+    if sel.numel():
+        w_m = ops.mul(a_lo, bk.map_layout(lambda t: t[sel, ms[sel]]))  # a_lo b_m, [S]
+        T = ops.mul(w_m.map_layout(lambda t: t[:, None]), ops.add(top[sel], e_m[sel]))
+        kb = _merge(kb, sel, ops.add(kb[sel], T))
     live = ~ops.proven_negative(kb)
     live[torch.arange(P), ms] = False
     return live
+
+
+def _merge(whole: Approx, rows: Tensor, part: Approx) -> Approx:
+    """``whole`` with its ``rows`` replaced by ``part`` (the larger radius and magnitude)."""
+    return Approx(
+        whole.mid.index_copy(0, rows, part.mid),
+        max(whole.rad, part.rad),
+        max(whole.mag, part.mag),
+    )
 
 
 def keys_table_flops(qs: Tensor, ms: Tensor, own: Tensor, n_live: Tensor, n: int, V: int) -> int:
@@ -293,7 +302,7 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     rows = Q * V + n * V + K * V + (s1 - 1) * V + 2 * Q * V  # eu, pv, e, max of pv, cq, top
     query = 2 * Q * V  # dq, Fq
     bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + 2 * V)  # b range, A, N, A N + Fq
-    bound += Q_max_slot * ((s1 - 1) + 5 * V)  # least a; T - N, times it, add
+    bound += Q_max_slot * ((s1 - 1) + 2 + 3 * V)  # least a, A - a_lo, a_lo b_m; the T term
     F = n_live * (s1 + 2 * s1 * K)  # c at the columns, then F
     E = shared * (b_range + shared_E) + Q_own * own
     return E + Q * weights + rows + query + bound + Q * s1 * K + F
