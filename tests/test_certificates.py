@@ -129,6 +129,30 @@ def test_tampered_bound_is_refused(tmp_path, saved):
     assert certificates.check_certificate(w, path).correct_count == stated - 1
 
 
+def test_a_refusal_names_an_older_checker_revision(tmp_path, saved):
+    """A certificate records its checker's revision; when the check refuses a certificate of
+    another revision (here: one without the field, i.e. revision 1), the reason says so. The
+    revision is not trusted: a certificate that still checks is confirmed whatever it says."""
+    w, path = _copy(saved, tmp_path)
+    meta = json.loads(path.read_text())
+    assert meta["checker_revision"] == adaptive.STRATEGY.revision == adaptive.REVISION > 1
+    stated = meta["correct_count"]
+    _edit(path, correct_count=stated + 1)
+    with pytest.raises(CertificateError) as same:
+        certificates.check_certificate(w, path)
+    assert "revision" not in str(same.value)
+    del meta["checker_revision"]
+    path.write_text(json.dumps(meta | {"correct_count": stated + 1}))
+    hint = f"for revision 1 of the 'adaptive' checker and this is revision {adaptive.REVISION}"
+    with pytest.raises(CertificateError, match=f"proves only {stated} .*{hint}"):
+        certificates.check_certificate(w, path)
+    _edit(path, correct_count=stated)
+    assert certificates.check_certificate(w, path).proven_count == stated
+    _edit_tensors(path, lambda t: t.update(roots=t["roots"][:, :2]))  # malformed for the checker
+    with pytest.raises(CertificateError, match=f"rejects the certificate.*{hint}"):
+        certificates.check_certificate(w, path)
+
+
 def test_tampered_strategy_is_refused(tmp_path, saved):
     w, path = _copy(saved, tmp_path)
     _edit(path, strategy="adaptive-deluxe")

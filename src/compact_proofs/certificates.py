@@ -2,7 +2,8 @@
 
 A certificate is two files written together:
 
-* ``cert.json`` (the path you name): format marker and version, strategy name, the stated bound
+* ``cert.json`` (the path you name): format marker and version, strategy name and its checker's
+  revision (``Strategy.revision``, named in a refusal when it differs), the stated bound
   (``correct_count`` of ``total`` inputs), the model's ``Weights.sha256()``, its shape, the
   certificate's non-tensor entries, the name and sha256 of the tensor file, and informative
   fields (FLOPs, package version, when it was written);
@@ -129,6 +130,7 @@ def save_certificate(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "strategy": strategy_name,
+        "checker_revision": _strategy(strategy_name, UserError).revision,
         "model_sha256": sha,
         "d_vocab": weights.config.d_vocab,
         "n_ctx": weights.config.n_ctx,
@@ -276,7 +278,7 @@ def _require(meta: dict, key: str, kind: type) -> None:
         raise CertificateError(f"certificate field {key!r} is missing or not a {kind.__name__}")
 
 
-def _strategy(name: str) -> Strategy:
+def _strategy(name: str, error: type[UserError] = CertificateError) -> Strategy:
     from compact_proofs.proofs import adaptive
     from compact_proofs.proofs.registry import STRATEGIES
 
@@ -287,8 +289,21 @@ def _strategy(name: str) -> Strategy:
         except UserError:
             s = None
     if s is None:
-        raise CertificateError(f"the certificate names an unknown strategy {name!r}")
+        raise error(f"the certificate names an unknown strategy {name!r}")
     return s
+
+
+def _revision_hint(meta: dict[str, Any], strategy: Strategy) -> str:
+    """Why a refusal may come from the certificate's age: its checker revision (1 when the
+    certificate predates the field) differs from the installed one. Empty otherwise."""
+    written = meta.get("checker_revision", 1)
+    if written == strategy.revision:
+        return ""
+    return (
+        f" (the certificate was written for revision {written!r} of the {strategy.name!r} "
+        f"checker and this is revision {strategy.revision}: re-create it with "
+        "`prove --certificate`)"
+    )
 
 
 def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirmation:
@@ -335,13 +350,14 @@ def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirm
     except (ProofPreconditionError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CertificateError(
             f"the {strategy.name!r} checker rejects the certificate: {type(e).__name__}: {e}"
+            + _revision_hint(meta, strategy)
         ) from None
     seconds = time.perf_counter() - t0
     proven = int(verdict.correct_count)
     if proven < stated:
         raise CertificateError(
             f"the {strategy.name!r} check proves only {proven} correct inputs, fewer than the "
-            f"stated {stated}: the stated bound is refused"
+            f"stated {stated}: the stated bound is refused" + _revision_hint(meta, strategy)
         )
     return Confirmation(
         strategy=strategy.name,

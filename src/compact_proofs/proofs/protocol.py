@@ -51,6 +51,9 @@ class Strategy:
             into a ``ProofResult``.
         unexplained_dim: function of the model config giving the unexplained dimension.
         max_inputs: refuse models with more than this many inputs (None: no limit).
+        revision: the checker's revision, raised whenever a change to ``check`` may refuse a
+            certificate an earlier revision's search wrote (certificates record it, so such a
+            refusal can say why).
     """
 
     name: str
@@ -60,3 +63,4 @@ class Strategy:
     check: Callable[[Weights, Certificate, Ops], Verdict]
     unexplained_dim: Callable[..., int]
     max_inputs: int | None = None
+    revision: int = 1

@@ -35,6 +35,10 @@ from compact_proofs.proofs.protocol import Certificate, Strategy, Verdict
 from compact_proofs.weights import Weights
 
 NAME = "adaptive"
+# Checker revision (``Strategy.revision``). 2: box tables take E per max token (certificate
+# field ``own_E``) and a looser, cheaper key-level bound on the live outputs, so a revision-1
+# certificate may lose box proofs.
+REVISION = 2
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).
 DEFAULT_BUDGETS = (20_000_000, 30_000_000, 100_000_000)
@@ -73,6 +77,7 @@ STRATEGY = Strategy(
     check=check,
     unexplained_dim=unexplained_dim,
     max_inputs=None,
+    revision=REVISION,
 )
 
 
@@ -88,6 +93,7 @@ def budget_strategy(budget: int) -> Strategy:
         check=check,
         unexplained_dim=unexplained_dim,
         max_inputs=None,
+        revision=REVISION,
     )
 
 
