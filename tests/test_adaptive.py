@@ -350,6 +350,81 @@ def test_level1_class_form_is_weaker_than_per_output(model_name, soundness_model
         assert not bool((out.covered() & ~truth).any())
 
 
+# Models whose search re-checks many keys per output (d_vocab 9, 7, 14; n_ctx 4, 5, 3).
+PER_OUTPUT_KEYS = [
+    lambda: models.random_small_model(32),
+    lambda: models.random_small_model(93),
+    lambda: models.trained_weights(14, 3, seed=4, steps=100),
+]
+
+
+@pytest.mark.parametrize("make", PER_OUTPUT_KEYS)
+def test_level1_mixed_form(make):
+    """The mixed form (some outputs one by one, the others as one class) proves a subset of
+    what the per-output test proves, whatever the solo outputs, and its proven keys cover only
+    correct inputs. The search's solo outputs prove every key it lists, with fewer FLOPs."""
+    w = make()
+    truth = models.truth_mask(w)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ops = Ops()
+    ck = keys.cubic_keys(w, ops)
+    cand = searcher._candidate_keys(ck.proven, V, n)
+    per_output = keys.level1(ck, cand, cand[:0], ops)[0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        solo = torch.rand(cand.shape[0], V, generator=g) < 0.3
+        mixed = keys.level1(ck, cand, cand[:0], ops, solo)[0]
+        assert not bool((mixed & ~per_output).any())
+        cert = {"l1_keys": cand[mixed], "l1_outputs": solo[mixed]}
+        out, _ = _run(w, cert)
+        assert out.details["level1_proven"] == int(mixed.sum())
+        assert not bool((out.covered() & ~truth).any())
+    cert = adaptive.search(w)
+    l1, solo = cert["l1_keys"], cert["l1_outputs"]
+    assert bool(keys.level1(ck, l1, l1[:0], ops, solo)[0].all())
+    assert int(solo.sum()) < solo.numel() // 2  # mostly mixed
+    full = keys.level1_flops(V, n, l1, l1[:0])
+    assert keys.level1_flops(V, n, l1, l1[:0], solo) < full
+
+
+@pytest.mark.parametrize("make", PER_OUTPUT_KEYS[:2])
+@pytest.mark.parametrize("n_solo", [0, 1, 3, None])
+def test_level1_charges_what_it_computes(make, n_solo, monkeypatch):
+    """With the same number of solo outputs on every key (nothing padded), ``level1`` charges
+    exactly what its rigorous operations count, and ``level1_flops`` predicts it (None: every
+    output one by one; 0: one class)."""
+    w = make()
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ck = keys.cubic_keys(w, Ops())
+    cand = searcher._candidate_keys(ck.proven, V, n)
+    assert cand.shape[0] > 0
+    g = torch.Generator().manual_seed(1)
+    if n_solo is None:
+        solo = torch.ones(cand.shape[0], V, dtype=torch.bool)
+    else:  # n_solo outputs other than m, at random
+        score = torch.rand(cand.shape[0], V, generator=g)
+        score[torch.arange(cand.shape[0]), cand[:, 1]] = 2.0
+        solo = score.argsort(dim=1)[:, :n_solo]
+        solo = torch.zeros(cand.shape[0], V, dtype=torch.bool).scatter_(1, solo, True)
+    scratch = []
+
+    class Recording(Ops):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scratch.append(self)
+
+    ops = Ops()
+    keys.level1(ck, cand, cand[:0], ops, solo)
+    assert ops.ledger.flop == keys.level1_flops(V, n, cand, cand[:0], solo)
+    # The per-key part is computed on scratch ops and charged by formula: without that charge,
+    # the ledger plus the scratch ops count the same total.
+    monkeypatch.setattr(keys, "Ops", Recording)
+    monkeypatch.setattr(keys, "_level1_key_flops", lambda V, last, J, R: torch.zeros_like(J))
+    direct = Ops()
+    keys.level1(ck, cand, cand[:0], direct, solo)
+    assert scratch and direct.ledger.flop + sum(s.ledger.flop for s in scratch) == (ops.ledger.flop)
+
+
 @pytest.mark.parametrize(
     "model_name", ["trained-V10-K4-partial", "neartie-planted-V7-K4", "trained-V6-K5-partial"]
 )
@@ -447,8 +522,8 @@ def test_random_trees_are_sound(seed, soundness_model):
 @pytest.mark.parametrize("seed", range(12))
 def test_mutated_certificates_never_overclaim(seed):
     """The search's certificate on a random small model, mutated at random (claims and witnesses
-    re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, a random
-    choice of E per max token, all still well-formed): the checker counts only truly correct
+    re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, random solo
+    outputs of the level-1 keys, a random choice of E per max token, all still well-formed): the checker counts only truly correct
     inputs as correct and truly incorrect ones as incorrect, and its counts equal its covered
     and refuted sets."""
     w = models.random_small_model(1000 + seed)
@@ -481,6 +556,7 @@ def test_mutated_certificates_never_overclaim(seed):
         extra = torch.stack([q, m, k, c], 1)[c_max >= 1]
         half = extra.shape[0] // 2 if V >= 3 else extra.shape[0]  # class keys need V >= 3
         cert["l1_keys"] = torch.cat([cert["l1_keys"], extra[:half]]).contiguous()
+        cert["l1_outputs"] = torch.rand(cert["l1_keys"].shape[0], V, generator=g) < 0.3
         cert["l1_class_keys"] = torch.cat([cert["l1_class_keys"], extra[half:]]).contiguous()
         cert["own_E"] = torch.nonzero(torch.rand(V, generator=g) < 0.5, as_tuple=True)[0]
         out, _ = _run(w, cert)
@@ -504,7 +580,17 @@ def test_class_keys_need_three_tokens():
         (lambda c: c["split_parent"].__setitem__(0, 10**6), "does not exist"),
         (lambda c: c["split_parent"].__setitem__(1, int(c["split_parent"][0])), "split twice"),
         (lambda c: c["claim"].__setitem__(int(c["split_parent"][0]), 1), "carries a claim"),
-        (lambda c: c.update(l1_keys=torch.tensor([[0, 1, 1, 1]])), "not a valid key"),
+        (
+            lambda c: c.update(
+                l1_keys=torch.tensor([[0, 1, 1, 1]]), l1_outputs=torch.ones(1, 8, dtype=torch.bool)
+            ),
+            "not a valid key",
+        ),
+        (
+            lambda c: c.update(l1_outputs=torch.ones(len(c["l1_keys"]) + 1, 8, dtype=torch.bool)),
+            "one row per l1_keys row",
+        ),
+        (lambda c: c.update(l1_outputs=c["l1_outputs"].to(torch.int64)), "must be a 2-d"),
         (lambda c: c.update(l1_class_keys=torch.tensor([[2, 1, 0, 1]])), "l1_class_keys entry"),
         (lambda c: c.update(claim=c["claim"].to(torch.int64)), "must be a 1-d"),
         (lambda c: c.update(extra=1), "unknown certificate field"),

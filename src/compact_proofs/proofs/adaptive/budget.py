@@ -29,6 +29,7 @@ class State:
     istar: Tensor  # counted count-key prefixes
     tr: object  # searcher._Tree
     l1: Tensor  # level-1 keys proven per output (and not in the class form)
+    l1_out: Tensor  # ... their solo outputs (``keys.level1``'s mixed form)
     l1c: Tensor  # level-1 keys proven in the class form
     cnt: Tensor
     roots: Tensor
@@ -36,7 +37,14 @@ class State:
 
 
 def certificate(
-    tr, l1: Tensor, l1c: Tensor, cnt: Tensor, c0: Tensor, roots: Tensor, keep: Tensor
+    tr,
+    l1: Tensor,
+    l1_out: Tensor,
+    l1c: Tensor,
+    cnt: Tensor,
+    c0: Tensor,
+    roots: Tensor,
+    keep: Tensor,
 ) -> Certificate:
     """The certificate of the trees under the roots ``keep`` (bool per root), renumbered."""
     R = roots.shape[0]
@@ -60,6 +68,7 @@ def certificate(
     witness[new_id[old]] = tr.witness[old]
     return {
         "l1_keys": l1.contiguous(),
+        "l1_outputs": l1_out.contiguous(),
         "l1_class_keys": l1c.contiguous(),
         "count_keys": cnt.contiguous(),
         "c0": c0.contiguous(),
@@ -121,7 +130,8 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
         n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
-        it["cost"] = keys.level1_flops(V, n, st.l1[it["rows"]], st.l1c[it["class_rows"]])
+        rows, class_rows = it["rows"], it["class_rows"]
+        it["cost"] = keys.level1_flops(V, n, st.l1[rows], st.l1c[class_rows], st.l1_out[rows])
     for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
         if k > int(st.istar[q, m, c]):
             continue
@@ -175,6 +185,7 @@ def _assemble(st: State, items: dict, picked: list) -> Certificate:
     cert = certificate(
         st.tr,
         st.l1[l1_rows],
+        st.l1_out[l1_rows],
         st.l1c[l1c_rows],
         st.cnt[cnt_rows],
         torch.zeros(0, 2, dtype=torch.int64),

@@ -7,10 +7,10 @@ correct count is exact.
 Assumes: zero biases; the arithmetic model of ``core/rigorous.py``; python-flint's arb balls.
 Proof:
   (1) Stage 1 (``keys.cubic_keys``): the cubic proof's verdicts; stage 2 (``keys.level1``,
-      per output or in the class form) proves more homogeneous keys with the same property, so
-      by the cubic's counting argument every input of key (q, m, c >= 1) whose non-max tokens
-      lie in the proven set K(q, m, c) is correct: sum_c C(n-1, c) N^c inputs, N = |K|, plus
-      the c = 0 inputs the cubic proved.
+      per output, mixed, or in the class form) proves more homogeneous keys with the same
+      property, so by the cubic's counting argument every input of key (q, m, c >= 1) whose
+      non-max tokens lie in the proven set K(q, m, c) is correct: sum_c C(n-1, c) N^c inputs,
+      N = |K|, plus the c = 0 inputs the cubic proved.
   (1b) Stage 2b (``counts``): a counted prefix i = 1 .. i* of proven count keys of (q, m, c)
       adds the inputs with exactly i non-max tokens outside K(q, m, c), all correct by the
       count-key lemma; these sets are disjoint from each other and from (1).
@@ -79,8 +79,9 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
         raise ProofPreconditionError("l1_class_keys need d_vocab >= 3")
     if cnt.shape[0] and not bool(counts.valid(cnt, V, n).all()):
         raise ProofPreconditionError("a count_keys entry is not a valid count key (q, m, c, i)")
-    todo, todo_c = keys.unproven(l1, proven), keys.unproven(l1c, proven)
-    ok, ok_c = keys.level1(ck, todo, todo_c, ops)  # (1) stage 2
+    sel, sel_c = keys.unproven(l1, proven), keys.unproven(l1c, proven)
+    todo, todo_c = l1[sel], l1c[sel_c]
+    ok, ok_c = keys.level1(ck, todo, todo_c, ops, pl.l1_outputs[sel])  # (1) stage 2
     for ks, good in ((todo, ok), (todo_c, ok_c)):
         proven[ks[good, 0], ks[good, 1], ks[good, 2], ks[good, 3]] = True
     N = keys.key_counts(proven)

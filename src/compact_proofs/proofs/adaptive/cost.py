@@ -30,7 +30,8 @@ def predict(
     pl = plan.parse(cert, V)
     total = ck.flops
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
-    total += keys.level1_flops(V, n, keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven))
+    todo, todo_c = keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven)
+    total += keys.level1_flops(V, n, l1[todo], l1c[todo_c], pl.l1_outputs[todo])
     if cnt.shape[0]:
         total += counts.tops_flops(V, n)
         q, m, c, i = cnt.unbind(1)

@@ -20,7 +20,7 @@ position). Hence the cubic's mixture argument (its step (4)) applies unchanged t
 cubic-proven and level-1-proven keys: every input of key (q, m, c) whose non-max tokens all lie in
 that union is correct.
 Proof: as in the cubic's step (5), Ft_x / sum_p w_p = sum_g alpha_g H_g(x) with alpha the softmax
-over the slot groups of their log-weights (evaluated as ``_relative_bound``, a positive
+over the slot groups of their log-weights (evaluated by ``_ratios`` and ``_combine``, a positive
 multiple), and it is affine in S = sum of the max slots' positional weights, so its sign over all
 placements is decided at the two extremes r = 0, 1. The cubic bounds max_x by class-wise maxima
 (and decouples the EUPU and EVOU parts for x not in {m, k}); level 1 evaluates
@@ -36,8 +36,15 @@ row tops of W and leftover tables of EUPU + own (``pessimize``; ``first_not_excl
 class bound, proven negative at both placements for both classes, gives Ft_x < 0 for every
 x != m. Unlike the cubic's class bound it takes the exact maximum of Dk over x (the cubic
 bounds the EUPU and EVOU parts separately).                                              QED
-Cost: ``level1_flops``; per key about 12 d_vocab per output, 3 d_vocab in the class form, and
-2 - 5 d_vocab per pair (q, m).
+Mixed form (per-output keys with a set X of "solo" outputs, certificate field ``l1_outputs``).
+Claim: a key whose solo outputs x in X (x != m) pass the per-output test and whose other outputs
+C (x != m, x not in X) pass it as one class (each group's D_g replaced by max_{x' in C} D_g[x'])
+satisfies the same property. Proof: for x in C, sum_g alpha_g H_g(x) <= sum_g alpha_g
+max_{x' in C} H_g(x') (every alpha_g > 0), and the float maximum of a subset of a row is within
+the row's radius of the exact one (as for ``Ops.amax``). X = every output is the per-output test;
+the search picks a small X, which makes the test cost about 5 d_vocab instead of 12.     QED
+Cost: ``level1_flops``; per key about 12 d_vocab per output (5 d_vocab plus 10 per solo output in
+the mixed form), 3 d_vocab in the class form, and 2 - 5 d_vocab per pair (q, m).
 """
 
 import itertools
@@ -98,11 +105,9 @@ def valid_keys(keys: Int[Tensor, "keys 4"], V: int, n: int) -> Bool[Tensor, " ke
     return ok & ((c <= n - 2) | (q == m))
 
 
-def unproven(keys: Int[Tensor, "keys 4"], proven: Tensor) -> Int[Tensor, "todo 4"]:
-    """The keys (q, m, k, c) not yet proven in ``proven[q, m, k, c]``."""
-    if keys.shape[0] == 0:
-        return keys
-    return keys[~proven[keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3]]]
+def unproven(keys: Int[Tensor, "keys 4"], proven: Tensor) -> Bool[Tensor, " keys"]:
+    """Which keys (q, m, k, c) are not yet proven in ``proven[q, m, k, c]``."""
+    return ~proven[keys[:, 0], keys[:, 1], keys[:, 2], keys[:, 3]]
 
 
 def level1(
@@ -110,16 +115,21 @@ def level1(
     keys: Int[Tensor, "keys 4"],
     class_keys: Int[Tensor, "class_keys 4"],
     ops: Ops,
+    solo: Bool[Tensor, "keys d_vocab_out"] | None = None,
 ) -> tuple[Bool[Tensor, " keys"], Bool[Tensor, " class_keys"]]:
-    """Stage 2: decide the valid homogeneous keys (q, m, k, c): ``keys`` per output logit,
-    ``class_keys`` in the class form (module docstring; needs d_vocab >= 3). Keys must be valid
-    (``valid_keys``). The rows that depend on (q, m) only are computed once per pair
-    (``_pair_rows``). Cost: ``level1_flops``."""
+    """Stage 2: decide the valid homogeneous keys (q, m, k, c): ``keys`` per output logit (only
+    the outputs ``solo`` one by one and the others as one class: the mixed form; None: every
+    output one by one), ``class_keys`` in the class form (module docstring; needs d_vocab >= 3).
+    Keys must be valid (``valid_keys``). The rows that depend on (q, m) only are computed once
+    per pair (``_pair_rows``). Cost: ``level1_flops``."""
     n = ck.circ.PVOU.shape[0]
     both = torch.cat([keys, class_keys])
     if both.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.bool)
     V = ck.circ.EVOU.shape[0]
+    if solo is None:
+        solo = torch.ones(keys.shape[0], V, dtype=torch.bool)
+    solo = torch.cat([solo, torch.zeros(class_keys.shape[0], V, dtype=torch.bool)])
     codes, pair_of = torch.unique(both[:, 0] * V + both[:, 1], return_inverse=True)
     pairs = torch.stack([codes // V, codes % V], 1)  # (q, m), in (q, m) order
     last = both[:, 3] == n - 1
@@ -135,9 +145,10 @@ def level1(
         for is_last, cls in itertools.product((False, True), (False, True)):
             sel = (last[chunk] == is_last) & (is_class[chunk] == cls)
             idx = s + torch.nonzero(sel, as_tuple=True)[0]
-            if idx.numel():
-                test = _class_chunk if cls else _level1_chunk
-                out[idx] = test(ck, rows, pair_of[idx], both[idx], is_last, ops)
+            if idx.numel() and cls:
+                out[idx] = _class_chunk(ck, rows, pair_of[idx], both[idx], is_last, ops)
+            elif idx.numel():
+                out[idx] = _level1_chunk(ck, rows, pair_of[idx], both[idx], is_last, solo[idx], ops)
     return out[: keys.shape[0]], out[keys.shape[0] :]
 
 
@@ -214,19 +225,70 @@ def _level1_chunk(
     pair_of: Tensor,
     keys: Int[Tensor, "keys 4"],
     last: bool,
+    solo: Bool[Tensor, "keys d_vocab_out"],
     ops: Ops,
 ) -> Bool[Tensor, " keys"]:
-    """Per-output test of keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True,
-    q = m); key i belongs to the pair ``pair_of[i]`` of ``rows``."""
+    """Per-output test (mixed form: the outputs ``solo`` one by one, the others x != m as one
+    class) of keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m); key i
+    belongs to the pair ``pair_of[i]`` of ``rows``. The solo outputs are gathered and padded to
+    the chunk's most (padding never decides); the arithmetic is rigorous ``Ops`` on the padded
+    tensors, and the ledger is charged ``_level1_key_flops`` for the real entries only."""
     q, m, k, c = keys.unbind(1)
-    L = q.numel()
-    groups = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
+    L, V = q.numel(), solo.shape[1]
+    ar = torch.arange(L)
+    D = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
     if not last:
-        groups.insert(0, rows.d_max[rows.max_row[pair_of]])
-    bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, x]
-    excl = m[:, None, None].expand(L, bound.shape[1], 1)
-    worst = ops.amax_excluding(bound, dim=2, exclude=excl, label=LABEL)  # [L, placement]
-    return ops.proven_negative(worst, label=LABEL).all(dim=1)
+        D.insert(0, rows.d_max[rows.max_row[pair_of]])
+    logw = _log_weights(ck, keys, last, ops)
+    s = Ops()  # scratch: charged per key below
+    top, others, ratio = _ratios(logw, s)
+    solo = solo.clone()
+    solo[ar, m] = False
+    rest = ~solo
+    rest[ar, m] = False
+    n_solo, n_rest = solo.sum(dim=1), rest.sum(dim=1)
+    ok = torch.ones(L, dtype=torch.bool)
+    J = int(n_solo.max())
+    if J:
+        at, pad = _gather(D, solo, J)  # [L, J] each
+        bound = _combine(top, others, ratio, at, s)  # [L, r, J]
+        bound = bound.map_layout(lambda t: t.masked_fill(pad[:, None, :], -torch.inf))
+        worst = s.amax(bound, dim=2)  # [L, r]
+        ok &= s.proven_negative(worst).all(dim=1) | (n_solo == 0)
+    sel = torch.nonzero(n_rest > 0, as_tuple=True)[0]
+    if sel.numel():
+        # The class of the other outputs: each group's max over them (module docstring).
+        at, pad = _gather([d[sel] for d in D], rest[sel], int(n_rest.max()))
+        cls = [s.amax(a.map_layout(lambda t: t.masked_fill(pad, -torch.inf)), 1) for a in at]
+        cls = [x.map_layout(lambda t: t[:, None]) for x in cls]  # [S, 1] each
+        bound = _combine(top[sel], others[sel], ratio[sel], cls, s)  # [S, r, 1]
+        ok[sel] &= s.proven_negative(bound).flatten(1).all(dim=1)
+    ops.ledger.add(int(_level1_key_flops(V, last, n_solo, n_rest).sum()), label=LABEL)
+    return ok
+
+
+def _gather(D: list[Approx], where: Tensor, width: int) -> tuple[list[Approx], Tensor]:
+    """Each row's entries at the outputs ``where`` [L, x] (in output order), padded to
+    ``width`` columns: the rows ``[L, width]`` and the padding mask."""
+    cols = where.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+    pad = torch.arange(width)[None, :] >= where.sum(dim=1)[:, None]
+    return [d.map_layout(lambda t: t.gather(1, cols)) for d in D], pad
+
+
+def level1_terms(
+    ck: CubicKeys, keys: Int[Tensor, "keys 4"], last: bool, ops: Ops
+) -> tuple[Approx, list[Approx]]:
+    """For the search: the group log-weights ``[L, r, G]`` and rows D_g ``[L, x]`` of keys with
+    c = n-1 (``last``) or all with c <= n-2, as ``_level1_chunk`` tests them."""
+    V = ck.circ.EVOU.shape[0]
+    codes, pair_of = torch.unique(keys[:, 0] * V + keys[:, 1], return_inverse=True)
+    pairs = torch.stack([codes // V, codes % V], 1)
+    every = torch.ones(pairs.shape[0], dtype=torch.bool)
+    rows = _pair_rows(ck, pairs, every, every if not last else ~every, ops)
+    D = [_d_k(ck, rows, pair_of, keys[:, 1], keys[:, 2], ops), rows.d_z[rows.z_row[pair_of]]]
+    if not last:
+        D.insert(0, rows.d_max[rows.max_row[pair_of]])
+    return _log_weights(ck, keys, last, ops), D
 
 
 def _d_k(ck: CubicKeys, rows: _PairRows, pair_of: Tensor, m: Tensor, k: Tensor, ops: Ops) -> Approx:
@@ -275,18 +337,16 @@ def _class_chunk(
         at_k = ops.sub(ops.add(S.EUPU[q, k], S.own[m, k], label=LABEL), base, label=LABEL)
         rest = ops.first_not_excluded(lt.top[row], lt.idx[row], k[:, None], label=LABEL)
         groups.insert(0, classes(at_k, ops.sub(rest, base, label=LABEL)))
-    bound = _relative_bound(_log_weights(ck, keys, last, ops), groups, ops)  # [L, r, class]
+    logw = _log_weights(ck, keys, last, ops)
+    bound = _combine(*_ratios(logw, ops), groups, ops)  # [L, r, class]
     return ops.proven_negative(bound, label=LABEL).flatten(1).all(dim=1) & usable
 
 
-def _relative_bound(logw: Approx, rows: list[Approx], ops: Ops) -> Approx:
-    """``D_top + sum_{g != top} exp(L_g - L_top) D_g`` per key and placement, with top the group
-    of the largest log-weight: sum_g exp(L_g) D_g divided by exp(L_top) > 0, so it has the same
-    sign as sum_g alpha_g D_g (module docstring). ``logw`` ``[L, r, group]``, ``rows`` one
-    ``[L, X]`` per group; returns ``[L, r, X]``. The ratios are in (0, 1] (``exp_nonpositive``
-    of L_g - L_top, whose float value is <= 0), so the radius stays small.
-    Cost per key and placement: G - 1 (the top), 2 (G - 1) (ratios), 2 (G - 1) X (products and
-    sums)."""
+def _ratios(logw: Approx, ops: Ops) -> tuple[Tensor, Tensor, Approx]:
+    """The top group (largest log-weight) per key and placement, the other groups, and their
+    weight ratios exp(L_g - L_top) in (0, 1] (``exp_nonpositive`` of L_g - L_top, whose float
+    value is <= 0, so the radius stays small). ``logw`` ``[L, r, group]``. Cost per key and
+    placement: G - 1 (the top), 2 (G - 1) (ratios)."""
     Lk, R, G = logw.shape
     top = logw.mid.argmax(dim=-1, keepdim=True)  # [L, r, 1]
     others = (top + torch.arange(1, G)) % G  # [L, r, G-1]
@@ -295,6 +355,15 @@ def _relative_bound(logw: Approx, rows: list[Approx], ops: Ops) -> Approx:
     ratio = ops.exp_nonpositive(
         ops.sub(logw.map_layout(lambda t: t.gather(-1, others)), L_top, label=LABEL), label=LABEL
     )  # [L, r, G-1]
+    return top, others, ratio
+
+
+def _combine(top: Tensor, others: Tensor, ratio: Approx, rows: list[Approx], ops: Ops) -> Approx:
+    """``D_top + sum_{g != top} exp(L_g - L_top) D_g`` per key and placement, with top the group
+    of the largest log-weight (``_ratios``): sum_g exp(L_g) D_g divided by exp(L_top) > 0, so it
+    has the same sign as sum_g alpha_g D_g (module docstring). ``rows`` one ``[L, X]`` per
+    group; returns ``[L, r, X]``. Cost per key and placement: 2 (G - 1) X (products and sums)."""
+    Lk = top.shape[0]
     D = Ops.stack(rows, dim=1)  # [L, group, X]
 
     def pick(idx: Tensor) -> Approx:  # [L, r, j] -> [L, r, j, X]
@@ -302,13 +371,16 @@ def _relative_bound(logw: Approx, rows: list[Approx], ops: Ops) -> Approx:
 
     bound = pick(top)[:, :, 0]
     terms = ops.mul(ratio.map_layout(lambda t: t[..., None]), pick(others), label=LABEL)
-    for j in range(G - 1):
+    for j in range(others.shape[2]):
         bound = ops.add(bound, terms[:, :, j], label=LABEL)
     return bound
 
 
-def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor) -> int:
-    """Ledger total of ``level1`` on ``keys`` (per output) and ``class_keys`` (class form)."""
+def level1_flops(
+    V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
+) -> int:
+    """Ledger total of ``level1`` on ``keys`` (per output, mixed with a class where ``solo``, as
+    in ``level1``) and ``class_keys`` (class form)."""
     both = torch.cat([keys, class_keys])
     if both.shape[0] == 0:
         return 0
@@ -320,21 +392,37 @@ def level1_flops(V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor
 
     # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
     total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V
-    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1); then per output, with
-    # 3 groups at 2 placements: the top (4), ratios (8), 2 products and 2 sums (8V), max over
-    # x != m (2(V-1)), decisions (4); 2 groups at 1 placement: top (1), ratio (2), 1 product and
-    # 1 sum (2V), max (V-1), decision (2). Class form: max of Dk over x not in {m, k} (V-1),
-    # Dz at k and its class max (1 + 2), Dmax at k and its class max (2 + 2), top and ratios,
-    # products and sums per placement and class (16, or 4 with 2 groups), decisions (8, or 4).
-    n_last = int((last & ~is_class).sum())
-    n_mid = keys.shape[0] - n_last
+    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1), then
+    # ``_level1_key_flops``. Class form: max of Dk over x not in {m, k} (V-1), Dz at k and its
+    # class max (1 + 2), Dmax at k and its class max (2 + 2), top and ratios, products and sums
+    # per placement and class (16, or 4 with 2 groups), decisions (8, or 4).
+    if keys.shape[0]:
+        solo = torch.ones(keys.shape[0], V, dtype=torch.bool) if solo is None else solo.clone()
+        solo[torch.arange(keys.shape[0]), keys[:, 1]] = False
+        n_solo = solo.sum(dim=1)
+        n_rest = V - 1 - n_solo
+        for is_last in (False, True):
+            sel = (keys[:, 3] == n - 1) == is_last
+            per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel])
+            total += int(per.sum()) + int(sel.sum()) * (2 * V + (1 if is_last else 4))
     c_last = int((last & is_class).sum())
     c_mid = class_keys.shape[0] - c_last
-    total += n_mid * (2 * V + 4 + 4 + 8 + 8 * V + 2 * (V - 1) + 4)
-    total += n_last * (2 * V + 1 + 1 + 2 + 2 * V + (V - 1) + 2)
     total += c_mid * (2 * V + 4 + (V - 1) + 3 + 4 + 4 + 8 + 16 + 8)
     total += c_last * (2 * V + 1 + (V - 1) + 3 + 1 + 2 + 4 + 4)
     return total
+
+
+def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Tensor:
+    """Per key of ``_level1_chunk`` after Dk and the log-weights, with G groups at r placements
+    (3 at 2, or 2 at 1 for c = n-1): the top (r (G-1)) and ratios (2 r (G-1)); per solo output
+    the products and sums (2 r (G-1)), their max (r (J-1)) and the decisions (2 r); with other
+    outputs, each group's max over them (G (R-1)), their products and sums (2 r (G-1)) and the
+    decisions (2 r)."""
+    G, r = (2, 1) if last else (3, 2)
+    J, R = n_solo.to(torch.int64), n_rest.to(torch.int64)
+    out = 3 * r * (G - 1) + 2 * r * (G - 1) * J
+    out = out + torch.where(J > 0, r * (J - 1) + 2 * r, 0)
+    return out + torch.where(R > 0, G * (R - 1) + 2 * r * (G - 1) + 2 * r, 0)
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:

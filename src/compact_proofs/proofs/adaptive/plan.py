@@ -7,6 +7,8 @@ empty, so ``{}`` is a valid certificate (the cubic proof alone):
 key                tensor            meaning
 =================  ================  =========================================================
 ``l1_keys``        int64 [L, 4]      homogeneous keys (q, m, k, c) to re-check per output
+``l1_outputs``     bool [L, V]       per ``l1_keys`` row, the outputs re-checked one by one; the
+                                     others as one class (absent: every output one by one)
 ``l1_class_keys``  int64 [L', 4]     homogeneous keys to re-check per class of outputs
 ``count_keys``     int64 [C, 4]      count keys (q, m, c, i) (see ``counts``)
 ``c0``             int64 [S, 2]      c = 0 keys (q, m) to decide input by input
@@ -37,6 +39,7 @@ NONE, PROVE, REFUTE, EXACT = 0, 1, 2, 3
 
 TENSORS = {
     "l1_keys": (torch.int64, 2, 4),
+    "l1_outputs": (torch.bool, 2, "V"),
     "l1_class_keys": (torch.int64, 2, 4),
     "count_keys": (torch.int64, 2, 4),
     "c0": (torch.int64, 2, 2),
@@ -56,6 +59,7 @@ class Plan:
     """A structurally valid certificate (value ranges that need the model are checked later)."""
 
     l1_keys: Tensor
+    l1_outputs: Tensor
     l1_class_keys: Tensor
     count_keys: Tensor
     c0: Tensor
@@ -97,6 +101,11 @@ def parse(cert: Certificate, V: int) -> Plan:
         if ndim == 2 and t.shape[1] != want:
             raise ProofPreconditionError(f"certificate field {name!r} must have {want} columns")
         out[name] = t.contiguous()
+    L = out["l1_keys"].shape[0]
+    if "l1_outputs" not in cert:
+        out["l1_outputs"] = torch.ones(L, V, dtype=torch.bool)
+    elif out["l1_outputs"].shape[0] != L:
+        raise ProofPreconditionError("l1_outputs needs one row per l1_keys row")
     plan = Plan(**out)
     T = plan.split_parent.shape[0]
     if plan.split_slot.shape[0] != T or plan.split_mask.shape[0] != T:

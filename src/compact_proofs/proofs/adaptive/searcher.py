@@ -50,6 +50,8 @@ MAX_NODES = {True: 1 << 19, False: 1 << 17}
 # they are most of the gain (seed 50: bound 0.9984 with, 0.9779 without).
 MAX_COUNT = 3
 COUNT_FROM = 5
+# Level-1 keys take the mixed form with at most this many solo outputs (else every output).
+MAX_SOLO = 24
 
 
 @dataclass
@@ -106,6 +108,10 @@ def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.St
     )
     ok = keys.level1(ck, cand[~ok_class], no_keys, ops)[0]
     l1c, l1 = cand[ok_class], cand[~ok_class][ok]
+    # The mixed form where it proves the key too (cheaper), else every output one by one.
+    l1_out = _solo_outputs(ck, l1, ops)
+    mixed = keys.level1(ck, l1, no_keys, ops, l1_out)[0]
+    l1_out[~mixed] = True
     for ks in (l1, l1c):
         proven[ks[:, 0], ks[:, 1], ks[:, 2], ks[:, 3]] = True
     cnt, istar = _count_keys(ck, proven, ops)
@@ -114,7 +120,16 @@ def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.St
     roots = _roots(proven, istar, V, n)
     tr = _branch_and_bound(ck, proven, istar, roots)
     return budget_mod.State(
-        ck=ck, proven=proven, istar=istar, tr=tr, l1=l1, l1c=l1c, cnt=cnt, roots=roots, c0=c0
+        ck=ck,
+        proven=proven,
+        istar=istar,
+        tr=tr,
+        l1=l1,
+        l1_out=l1_out,
+        l1c=l1c,
+        cnt=cnt,
+        roots=roots,
+        c0=c0,
     )
 
 
@@ -122,7 +137,7 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     """The certificate of ``state`` for a FLOP budget (None: everything found)."""
     keep = torch.ones(state.roots.shape[0], dtype=torch.bool)
     st = state
-    cert = budget_mod.certificate(st.tr, st.l1, st.l1c, st.cnt, st.c0, st.roots, keep)
+    cert = budget_mod.certificate(st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep)
     cert["budget"] = -1 if budget is None else int(budget)
     cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
     if budget is None:
@@ -145,6 +160,60 @@ def _exact_charge_bound(cfg: ModelConfig, st: budget_mod.State) -> int:
     tokens = torch.cat([singles.c0_tokens(c0[:, 0], c0[:, 1], cfg.n_ctx), leaf_tokens])
     tables = (ck.EQKE_s, ck.EQKP_s, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
     return singles.exact_charge_bound(tokens, tables, cfg.d_model)
+
+
+def _solo_outputs(ck: keys.CubicKeys, ks: Tensor, ops: Ops) -> Tensor:
+    """Per level-1 key, a small set of outputs to test one by one such that the others, as one
+    class, pass the mixed form (``keys`` docstring) in float arithmetic: greedily, remove from
+    the class the output whose removal lowers the class bound most (one of the groups'
+    maxima), at most ``MAX_SOLO`` times; a key that needs more keeps every output (the
+    checker's cost would be about the same)."""
+    V, n = ck.circ.EVOU.shape[0], ck.circ.PVOU.shape[0]
+    solo = torch.ones(ks.shape[0], V, dtype=torch.bool)
+    for last in (False, True):
+        idx = torch.nonzero((ks[:, 3] == n - 1) == last, as_tuple=True)[0]
+        for lo in range(0, idx.numel(), keys.KEY_CHUNK):
+            sub = idx[lo : lo + keys.KEY_CHUNK]
+            logw, D = keys.level1_terms(ck, ks[sub], last, ops)
+            alpha = torch.softmax(logw.mid, dim=-1)  # [L, r, G]: the sign is that of the bound
+            rows = torch.stack([d.mid for d in D], dim=1)  # [L, G, x]
+            solo[sub] = _greedy_solo(alpha, rows, ks[sub, 1])
+    return solo
+
+
+def _greedy_solo(alpha: Tensor, rows: Tensor, m: Tensor) -> Tensor:
+    """``_solo_outputs`` for one batch: ``alpha`` [L, r, G], ``rows`` [L, G, x], max tokens
+    ``m`` [L]."""
+    L, G, V = rows.shape
+    rest = torch.ones(L, V, dtype=torch.bool)  # the class
+    rest[torch.arange(L), m] = False
+    done = torch.zeros(L, dtype=torch.bool)
+    for _ in range(MAX_SOLO):
+        value, at = _class_bound(alpha, rows, rest)
+        done |= value < 0
+        todo = torch.nonzero(~done, as_tuple=True)[0]
+        if todo.numel() == 0:
+            break
+        best = torch.full((todo.numel(),), torch.inf, dtype=rows.dtype)
+        pick = at[todo, 0]
+        for g in range(G):
+            trial = rest[todo].clone()
+            trial[torch.arange(todo.numel()), at[todo, g]] = False
+            v = _class_bound(alpha[todo], rows[todo], trial)[0]
+            better = v < best
+            best, pick = torch.where(better, v, best), torch.where(better, at[todo, g], pick)
+        rest[todo, pick] = False
+    done |= _class_bound(alpha, rows, rest)[0] < 0
+    solo = ~rest
+    solo[~done] = True
+    return solo
+
+
+def _class_bound(alpha: Tensor, rows: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
+    """Float class bound max_r sum_g alpha_g max_{x in rest} rows_g[x] ([L]), and each group's
+    argmax over ``rest`` ([L, G])."""
+    top, at = rows.masked_fill(~rest[:, None, :], -torch.inf).max(dim=2)
+    return (alpha * top[:, None, :]).sum(dim=2).amax(dim=1), at
 
 
 def _candidate_keys(proven: Tensor, V: int, n: int) -> Tensor:
