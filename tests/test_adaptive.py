@@ -523,9 +523,9 @@ def test_random_trees_are_sound(seed, soundness_model):
 def test_mutated_certificates_never_overclaim(seed):
     """The search's certificate on a random small model, mutated at random (claims and witnesses
     re-drawn on half the leaves, random split masks, extra c = 0 and level-1 keys, random solo
-    outputs of the level-1 keys, a random choice of E per max token, all still well-formed): the checker counts only truly correct
-    inputs as correct and truly incorrect ones as incorrect, and its counts equal its covered
-    and refuted sets."""
+    outputs of the level-1 keys, a random choice of E per max token, all still well-formed):
+    the checker counts only truly correct inputs as correct and truly incorrect ones as
+    incorrect, and its counts equal its covered and refuted sets."""
     w = models.random_small_model(1000 + seed)
     truth = models.truth_mask(w)
     V, n = w.config.d_vocab, w.config.n_ctx
