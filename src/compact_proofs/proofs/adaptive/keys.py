@@ -42,9 +42,9 @@ C (x != m, x not in X) pass it as one class (each group's D_g replaced by max_{x
 satisfies the same property. Proof: for x in C, sum_g alpha_g H_g(x) <= sum_g alpha_g
 max_{x' in C} H_g(x') (every alpha_g > 0), and the float maximum of a subset of a row is within
 the row's radius of the exact one (as for ``Ops.amax``). X = every output is the per-output test;
-the search picks a small X, which makes the test cost about 5 d_vocab instead of 12.     QED
-Cost: ``level1_flops``; per key about 12 d_vocab per output (5 d_vocab plus 10 per solo output in
-the mixed form), 3 d_vocab in the class form, and 2 - 5 d_vocab per pair (q, m).
+the search picks a small X, which makes the test cost about 4 d_vocab instead of 11.     QED
+Cost: ``level1_flops``; per key about 11 d_vocab per output (4 d_vocab plus 11 per solo output in
+the mixed form), 2 d_vocab in the class form, and 2 - 5 d_vocab per pair (q, m).
 """
 
 import itertools
@@ -236,9 +236,11 @@ def _level1_chunk(
     q, m, k, c = keys.unbind(1)
     L, V = q.numel(), solo.shape[1]
     ar = torch.arange(L)
-    D = [_d_k(ck, rows, pair_of, m, k, ops), rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
+    u, shift = _u_k(ck, rows, pair_of, m, k, ops)  # Dk = u - shift, taken where needed
+    D = [u, rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
     if not last:
         D.insert(0, rows.d_max[rows.max_row[pair_of]])
+    g_k = 0 if last else 1
     logw = _log_weights(ck, keys, last, ops)
     s = Ops()  # scratch: charged per key below
     top, others, ratio = _ratios(logw, s)
@@ -251,6 +253,7 @@ def _level1_chunk(
     J = int(n_solo.max())
     if J:
         at, pad = _gather(D, solo, J)  # [L, J] each
+        at[g_k] = s.sub(at[g_k], shift.map_layout(lambda t: t[:, None]), label=LABEL)
         bound = _combine(top, others, ratio, at, s)  # [L, r, J]
         bound = bound.map_layout(lambda t: t.masked_fill(pad[:, None, :], -torch.inf))
         worst = s.amax(bound, dim=2)  # [L, r]
@@ -260,6 +263,7 @@ def _level1_chunk(
         # The class of the other outputs: each group's max over them (module docstring).
         at, pad = _gather([d[sel] for d in D], rest[sel], int(n_rest.max()))
         cls = [s.amax(a.map_layout(lambda t: t.masked_fill(pad, -torch.inf)), 1) for a in at]
+        cls[g_k] = s.sub(cls[g_k], shift[sel], label=LABEL)
         cls = [x.map_layout(lambda t: t[:, None]) for x in cls]  # [S, 1] each
         bound = _combine(top[sel], others[sel], ratio[sel], cls, s)  # [S, r, 1]
         ok[sel] &= s.proven_negative(bound).flatten(1).all(dim=1)
@@ -285,17 +289,21 @@ def level1_terms(
     pairs = torch.stack([codes // V, codes % V], 1)
     every = torch.ones(pairs.shape[0], dtype=torch.bool)
     rows = _pair_rows(ck, pairs, every, every if not last else ~every, ops)
-    D = [_d_k(ck, rows, pair_of, keys[:, 1], keys[:, 2], ops), rows.d_z[rows.z_row[pair_of]]]
+    u, shift = _u_k(ck, rows, pair_of, keys[:, 1], keys[:, 2], ops)
+    d_k = ops.sub(u, shift.map_layout(lambda t: t[:, None]), label=LABEL)
+    D = [d_k, rows.d_z[rows.z_row[pair_of]]]
     if not last:
         D.insert(0, rows.d_max[rows.max_row[pair_of]])
     return _log_weights(ck, keys, last, ops), D
 
 
-def _d_k(ck: CubicKeys, rows: _PairRows, pair_of: Tensor, m: Tensor, k: Tensor, ops: Ops) -> Approx:
-    """Dk[q, m, k, x] = pvm[q, m, x] + EVOU[k, x] - EVOU[k, m]. Cost: 2 d_vocab per key."""
-    EV = ck.circ.EVOU
-    ev_k = ops.sub(EV[k], EV[k, m].map_layout(lambda t: t[:, None]), label=LABEL)
-    return ops.add(rows.pvm[pair_of], ev_k, label=LABEL)
+def _u_k(
+    ck: CubicKeys, rows: _PairRows, pair_of: Tensor, m: Tensor, k: Tensor, ops: Ops
+) -> tuple[Approx, Approx]:
+    """Dk[q, m, k, x] = u[x] - EVOU[k, m] with u = pvm[q, m, x] + EVOU[k, x]: the rows u [L, x]
+    and the shifts EVOU[k, m] [L] (a max of Dk over outputs is the max of u, shifted once).
+    Cost: d_vocab per key."""
+    return ops.add(rows.pvm[pair_of], ck.circ.EVOU[k], label=LABEL), ck.circ.EVOU[k, m]
 
 
 def _class_chunk(
@@ -314,7 +322,7 @@ def _class_chunk(
     q, m, k, c = keys.unbind(1)
     L, V = q.numel(), S.EUPU.shape[1]
     ar = torch.arange(L)
-    d_k = _d_k(ck, rows, pair_of, m, k, ops)
+    u, shift = _u_k(ck, rows, pair_of, m, k, ops)
     mk = torch.stack([m, k], 1)
 
     def classes(at_k: Approx, rest: Approx) -> Approx:  # [L, class]: x = k, x not in {m, k}
@@ -322,7 +330,10 @@ def _class_chunk(
 
     w_qm = S.W[q, m]
     groups = [
-        classes(d_k[ar, k], ops.amax_excluding(d_k, 1, mk, label=LABEL)),
+        classes(
+            ops.sub(u[ar, k], shift, label=LABEL),
+            ops.sub(ops.amax_excluding(u, 1, mk, label=LABEL), shift, label=LABEL),
+        ),
         classes(
             ops.sub(S.W[q, k], w_qm, label=LABEL),
             ops.sub(
@@ -392,10 +403,11 @@ def level1_flops(
 
     # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
     total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V
-    # per key: Dk (2V) and log-weights (4 at 2 placements, 1 at c = n-1), then
-    # ``_level1_key_flops``. Class form: max of Dk over x not in {m, k} (V-1), Dz at k and its
-    # class max (1 + 2), Dmax at k and its class max (2 + 2), top and ratios, products and sums
-    # per placement and class (16, or 4 with 2 groups), decisions (8, or 4).
+    # per key: u (V) and log-weights (4 at 2 placements, 1 at c = n-1), then
+    # ``_level1_key_flops``. Class form: max of u over x not in {m, k} (V-1), Dk at k and its
+    # class max (2 shifts), Dz at k and its class max (1 + 2), Dmax at k and its class max
+    # (2 + 2), top and ratios, products and sums per placement and class (16, or 4 with 2
+    # groups), decisions (8, or 4).
     if keys.shape[0]:
         solo = torch.ones(keys.shape[0], V, dtype=torch.bool) if solo is None else solo.clone()
         solo[torch.arange(keys.shape[0]), keys[:, 1]] = False
@@ -404,25 +416,25 @@ def level1_flops(
         for is_last in (False, True):
             sel = (keys[:, 3] == n - 1) == is_last
             per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel])
-            total += int(per.sum()) + int(sel.sum()) * (2 * V + (1 if is_last else 4))
+            total += int(per.sum()) + int(sel.sum()) * (V + (1 if is_last else 4))
     c_last = int((last & is_class).sum())
     c_mid = class_keys.shape[0] - c_last
-    total += c_mid * (2 * V + 4 + (V - 1) + 3 + 4 + 4 + 8 + 16 + 8)
-    total += c_last * (2 * V + 1 + (V - 1) + 3 + 1 + 2 + 4 + 4)
+    total += c_mid * (V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 8)
+    total += c_last * (V + 1 + (V - 1) + 2 + 3 + 1 + 2 + 4 + 4)
     return total
 
 
 def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Tensor:
-    """Per key of ``_level1_chunk`` after Dk and the log-weights, with G groups at r placements
+    """Per key of ``_level1_chunk`` after u and the log-weights, with G groups at r placements
     (3 at 2, or 2 at 1 for c = n-1): the top (r (G-1)) and ratios (2 r (G-1)); per solo output
-    the products and sums (2 r (G-1)), their max (r (J-1)) and the decisions (2 r); with other
-    outputs, each group's max over them (G (R-1)), their products and sums (2 r (G-1)) and the
-    decisions (2 r)."""
+    Dk (1), the products and sums (2 r (G-1)), their max (r (J-1)) and the decisions (2 r);
+    with other outputs, each group's max over them (G (R-1)), Dk's shift (1), their products
+    and sums (2 r (G-1)) and the decisions (2 r)."""
     G, r = (2, 1) if last else (3, 2)
     J, R = n_solo.to(torch.int64), n_rest.to(torch.int64)
-    out = 3 * r * (G - 1) + 2 * r * (G - 1) * J
+    out = 3 * r * (G - 1) + (2 * r * (G - 1) + 1) * J
     out = out + torch.where(J > 0, r * (J - 1) + 2 * r, 0)
-    return out + torch.where(R > 0, G * (R - 1) + 2 * r * (G - 1) + 2 * r, 0)
+    return out + torch.where(R > 0, G * (R - 1) + 1 + 2 * r * (G - 1) + 2 * r, 0)
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:
