@@ -187,33 +187,30 @@ def _greedy_solo(alpha: Tensor, rows: Tensor, m: Tensor) -> Tensor:
     L, G, V = rows.shape
     rest = torch.ones(L, V, dtype=torch.bool)  # the class
     rest[torch.arange(L), m] = False
-    done = torch.zeros(L, dtype=torch.bool)
-    for _ in range(MAX_SOLO):
-        value, at = _class_bound(alpha, rows, rest)
-        done |= value < 0
-        todo = torch.nonzero(~done, as_tuple=True)[0]
-        if todo.numel() == 0:
+    todo = torch.arange(L)
+    for step in range(MAX_SOLO + 1):
+        a, r = alpha[todo], rows[todo]
+        below = _class_bound(a, r, rest[todo][:, None, :])[:, 0] < 0
+        todo, a, r = todo[~below], a[~below], r[~below]
+        if todo.numel() == 0 or step == MAX_SOLO:
             break
-        best = torch.full((todo.numel(),), torch.inf, dtype=rows.dtype)
-        pick = at[todo, 0]
-        for g in range(G):
-            trial = rest[todo].clone()
-            trial[torch.arange(todo.numel()), at[todo, g]] = False
-            v = _class_bound(alpha[todo], rows[todo], trial)[0]
-            better = v < best
-            best, pick = torch.where(better, v, best), torch.where(better, at[todo, g], pick)
-        rest[todo, pick] = False
-    done |= _class_bound(alpha, rows, rest)[0] < 0
+        # Each group's argmax over the class, and the class bound without it.
+        at = r.masked_fill(~rest[todo, None, :], -torch.inf).argmax(dim=2)  # [T, G]
+        trial = rest[todo, None, :].repeat(1, G, 1)  # [T, trial, x]
+        trial.scatter_(2, at[:, :, None], False)
+        best = _class_bound(a, r, trial).argmin(dim=1)
+        rest[todo, at.gather(1, best[:, None])[:, 0]] = False
     solo = ~rest
-    solo[~done] = True
+    solo[todo] = True  # more than MAX_SOLO solo outputs: every output
     return solo
 
 
-def _class_bound(alpha: Tensor, rows: Tensor, rest: Tensor) -> tuple[Tensor, Tensor]:
-    """Float class bound max_r sum_g alpha_g max_{x in rest} rows_g[x] ([L]), and each group's
-    argmax over ``rest`` ([L, G])."""
-    top, at = rows.masked_fill(~rest[:, None, :], -torch.inf).max(dim=2)
-    return (alpha * top[:, None, :]).sum(dim=2).amax(dim=1), at
+def _class_bound(alpha: Tensor, rows: Tensor, classes: Tensor) -> Tensor:
+    """Float class bound max_r sum_g alpha_g max_{x in class} rows_g[x] for each of the
+    classes ``classes`` [L, C, x] of each key (``alpha`` [L, r, G], ``rows`` [L, G, x]):
+    [L, C]."""
+    top = rows[:, None, :, :].masked_fill(~classes[:, :, None, :], -torch.inf).amax(dim=3)
+    return (alpha[:, None, :, :] * top[:, :, None, :]).sum(dim=3).amax(dim=2)
 
 
 def _candidate_keys(proven: Tensor, V: int, n: int) -> Tensor:
