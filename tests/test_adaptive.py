@@ -387,6 +387,23 @@ def test_level1_mixed_form(make):
     assert keys.level1_flops(V, n, l1, l1[:0], solo) < full
 
 
+@pytest.mark.parametrize(
+    "make",
+    [*PER_OUTPUT_KEYS, lambda: models.random_small_model(91)],  # 91: a class of one
+)
+def test_solo_outputs_never_cost_more(make):
+    """Key by key, the search's solo outputs cost at most what every output one by one costs."""
+    w = make()
+    V, n = w.config.d_vocab, w.config.n_ctx
+    cert = adaptive.search(w)
+    l1, solo = cert["l1_keys"], cert["l1_outputs"]
+    assert l1.shape[0] > 0
+    for i in range(l1.shape[0]):
+        one = l1[i : i + 1]
+        mixed = keys.level1_flops(V, n, one, one[:0], solo[i : i + 1])
+        assert mixed <= keys.level1_flops(V, n, one, one[:0])
+
+
 @pytest.mark.parametrize("make", PER_OUTPUT_KEYS[:2])
 @pytest.mark.parametrize("n_solo", [0, 1, 3, None])
 def test_level1_charges_what_it_computes(make, n_solo, monkeypatch):

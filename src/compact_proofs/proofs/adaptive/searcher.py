@@ -166,8 +166,8 @@ def _solo_outputs(ck: keys.CubicKeys, ks: Tensor, ops: Ops) -> Tensor:
     """Per level-1 key, a small set of outputs to test one by one such that the others, as one
     class, pass the mixed form (``keys`` docstring) in float arithmetic: greedily, remove from
     the class the output whose removal lowers the class bound most (one of the groups'
-    maxima), at most ``MAX_SOLO`` times; a key that needs more keeps every output (the
-    checker's cost would be about the same)."""
+    maxima), at most ``MAX_SOLO`` times. A key that needs more, or whose class would hold a
+    single output (testing it alone costs less), keeps every output."""
     V, n = ck.circ.EVOU.shape[0], ck.circ.PVOU.shape[0]
     solo = torch.ones(ks.shape[0], V, dtype=torch.bool)
     for last in (False, True):
@@ -202,6 +202,7 @@ def _greedy_solo(alpha: Tensor, rows: Tensor, m: Tensor) -> Tensor:
         rest[todo, at.gather(1, best[:, None])[:, 0]] = False
     solo = ~rest
     solo[todo] = True  # more than MAX_SOLO solo outputs: every output
+    solo[rest.sum(dim=1) <= 1] = True  # a class of one output: cheaper alone
     return solo
 
 
