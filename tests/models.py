@@ -373,4 +373,6 @@ CATALOGUE = {
     "neartie-planted-V7-K4": _planted_near_ties,
     "neartie-c0-V6-K4": _c0_near_ties,
     "neartie-trained-V8-K3": _trained_near_ties,
+    # the adaptive search re-checks 18 of its homogeneous keys per output (mixed form)
+    "random-V9-K4-perkey": lambda: random_small_model(32),
 }
