@@ -11,7 +11,7 @@ from compact_proofs import exact
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs import adaptive, cubic
-from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher
+from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher, singles
 from compact_proofs.proofs.cubic import cases, pessimize
 
 SMALL = ["trained-V8-K3", "random-V6-K4-sharp", "planted-V8-K4-noisy", "neartie-planted-V7-K4"]
@@ -480,6 +480,36 @@ def test_count_key_bound_against_enumeration(model_name, soundness_model):
 def _cert(soundness_model, name="planted-V8-K4-noisy"):
     w, truth = soundness_model(name)
     return w, truth, adaptive.search(w)
+
+
+@pytest.mark.parametrize("model_name", ["random-V7-K3", "random-V6-K4-sharp", "neartie-c0-V6-K4"])
+def test_c0_margins_refute_only_incorrect_inputs(model_name, soundness_model):
+    """The cubic's exact c = 0 margins (``cubic.Stage.margin0``) hold the exact margins of their
+    inputs (arb, independently); ``singles.decide_c0`` refutes with them only incorrect inputs,
+    at 2 FLOPs each, and decides the rest as ``singles.decide`` does."""
+    w, truth = soundness_model(model_name)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ck = keys.cubic_keys(w, Ops())
+    qs, ms = torch.nonzero(~torch.isnan(ck.margin0.mid), as_tuple=True)
+    assert qs.numel() > 0
+    scratch = Ops()
+    lo, hi = scratch.lower(ck.margin0[qs, ms]), scratch.upper(ck.margin0[qs, ms])
+    for q, m, a, b in zip(qs.tolist(), ms.tolist(), lo.tolist(), hi.tolist(), strict=True):
+        margin = -models.exact_margin(w, [m] * (n - 1) + [q])  # max_x logit(x) - logit(m)
+        assert a <= float(margin.lower()) and float(margin.upper()) <= b
+    todo = torch.nonzero(~ck.proven0 & torch.triu(torch.ones(V, V, dtype=torch.bool)))
+    tables = (ck.EQKE_s, ck.EQKP_s, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU)
+    ops = Ops()
+    exact_decider = singles.ExactDecider(w)
+    verdict = singles.decide_c0(todo[:, 0], todo[:, 1], ck.margin0, tables, exact_decider, ops)
+    tokens = singles.c0_tokens(todo[:, 0], todo[:, 1], n)
+    index = (tokens * V ** torch.arange(n)).sum(dim=1)
+    assert torch.equal(verdict == 1, truth[index]) and torch.equal(verdict == -1, ~truth[index])
+    refuted = int((lo[~ck.proven0[qs, ms]] > 0).sum())
+    rest = todo.shape[0] - refuted
+    assert refuted > 0
+    charged = ops.ledger.flop - ops.ledger.by_label.get(singles.EXACT_LABEL, 0)
+    assert charged == singles.c0_flops(refuted, rest, n, V)
 
 
 def test_false_claims_are_not_counted(soundness_model):

@@ -14,7 +14,8 @@ Proof:
   (1b) Stage 2b (``counts``): a counted prefix i = 1 .. i* of proven count keys of (q, m, c)
       adds the inputs with exactly i non-max tokens outside K(q, m, c), all correct by the
       count-key lemma; these sets are disjoint from each other and from (1).
-  (2) Stage 3 (``singles``): listed c = 0 keys the cubic did not prove are decided input by input.
+  (2) Stage 3 (``singles.decide_c0``): listed c = 0 keys the cubic did not prove are refuted
+      by the margin its exact evaluation found, or decided input by input.
   (3) Stage 4 (``tree``, ``boxes``, ``singles``): the leaves of the listed refinement trees are
       disjoint boxes outside (1) and (2) (``tree`` docstring); a leaf's claim counts only if it
       re-checks: prove (box bounds (a) and (c)), refute (box bound (b) at a live witness),
@@ -23,9 +24,9 @@ Proof:
       c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
       refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
 Cost: stage 1 ``CubicKeys.flops`` (``cubic.cubic_flops``); stage 2 ``keys.level1_flops``; stage 3
-``singles``; stage 4 ``boxes.table_flops`` per (max token, queries) group (it depends on the
-keys' numbers of live outputs), plus ``prove_flops`` / ``refute_flops`` per leaf. Reading,
-indexing and the bool set work of rebuilding the trees are free (paper rules).
+``singles.c0_flops``; stage 4 ``boxes.table_flops`` per (max token, queries) group (it depends
+on the keys' numbers of live outputs), plus ``prove_flops`` / ``refute_flops`` per leaf.
+Reading, indexing and the bool set work of rebuilding the trees are free (paper rules).
 """
 
 import math
@@ -104,7 +105,7 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
             raise ProofPreconditionError("duplicate c0 entries in the certificate")
         c0 = c0[~ck.proven0[q0, m0]]
     c0_tokens = singles.c0_tokens(c0[:, 0], c0[:, 1], n)
-    c0_verdict = singles.decide(c0_tokens, tabs, exact, ops) if c0.shape[0] else torch.zeros(0)
+    c0_verdict = singles.decide_c0(c0[:, 0], c0[:, 1], ck.margin0, tabs, exact, ops)
     correct += int((c0_verdict == 1).sum())
     incorrect = int((c0_verdict == -1).sum())
     # (3) stage 4: refinement trees

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from compact_proofs.config import ModelConfig
+from compact_proofs.core.rigorous import Ops
 from compact_proofs.proofs.adaptive import boxes, counts, keys, plan, singles, tree
 from compact_proofs.proofs.protocol import Certificate
 
@@ -46,7 +47,9 @@ def predict(
                     total += counts.count_flops(V, n, mv, Q, sizes)
     c0 = pl.c0
     if c0.shape[0]:
-        total += singles.float_flops(int((~ck.proven0[c0[:, 0], c0[:, 1]]).sum()), n, V)
+        c0 = c0[~ck.proven0[c0[:, 0], c0[:, 1]]]
+        refuted = int((Ops().lower(ck.margin0[c0[:, 0], c0[:, 1]]) > 0).sum())
+        total += singles.c0_flops(refuted, c0.shape[0] - refuted, n, V)
     nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)
     claim = torch.where(nodes.leaf, pl.claim, torch.zeros_like(pl.claim))
     sizes = nodes.sizes

@@ -152,6 +152,36 @@ def exact_charge_bound(
     return exact_cost(n, d_model, V, rows, int((~below[open_]).sum()))
 
 
+def decide_c0(
+    q: Int[Tensor, " inputs"],
+    m: Int[Tensor, " inputs"],
+    margin0: Approx,
+    tables: tuple[Approx, Approx, Approx, Approx, Approx],
+    exact: ExactDecider,
+    ops: Ops,
+) -> Int[Tensor, " inputs"]:
+    """``decide`` for the c = 0 inputs (m, ..., m, q), with a shortcut: ``margin0[q, m]`` is
+    max_{x != m} logit(x) - logit(m) of that input where the cubic's step (6) evaluated it
+    exactly (``cubic.Stage.margin0``; NaN elsewhere).
+    Claim: -1 only for incorrect inputs, +1 only for correct ones.
+    Proof: a rigorous lower bound of the margin > 0 means some x != m has logit(x) > logit(m)
+    (NaN is never > 0); the other inputs go to ``decide`` (module docstring).        QED
+    Cost: 2 per input (lower bound, comparison), then ``decide`` on those not refuted."""
+    refuted = ops.lower(margin0[q, m], label=LABEL) > 0
+    ops.ledger.add(q.numel(), label=LABEL)  # the comparisons with 0
+    out = torch.full((q.numel(),), -1, dtype=torch.int64)
+    rest = ~refuted
+    if bool(rest.any()):
+        out[rest] = decide(c0_tokens(q[rest], m[rest], tables[1].shape[1]), tables, exact, ops)
+    return out
+
+
+def c0_flops(refuted: int, rest: int, n: int, V: int) -> int:
+    """Ledger total of ``decide_c0`` for ``refuted`` inputs refuted by their margin and ``rest``
+    others (the float stage; exact decisions are charged as they happen)."""
+    return 2 * (refuted + rest) + float_flops(rest, n, V)
+
+
 def c0_tokens(q: Int[Tensor, " inputs"], m: Int[Tensor, " inputs"], n: int) -> Tensor:
     """The c = 0 inputs (m, ..., m, q)."""
     return torch.cat([m[:, None].expand(-1, n - 1), q[:, None]], dim=1)

@@ -128,6 +128,9 @@ class Stage:
     groups: Approx | None  # [d_vocab_q, n_ctx - 2, placement, 2] log-weights (max, non-max)
     lse_all: Approx  # [d_vocab_q] log-sum-exp of all non-query positional scores
     proven0: Bool[Tensor, "d_vocab_q d_vocab_max"]
+    # max_{x != m} logit(x) - logit(m) of the c = 0 input (m, ..., m, q) where step (6) evaluated
+    # it exactly (``cases.single_inputs``), NaN elsewhere
+    margin0: Approx  # [d_vocab_q, d_vocab_max]
     tiers: cases.Tiers  # what each cheaper test left to the next (the FLOPs depend on it)
     slots: pessimize.SlotTables  # step (2)'s per-slot tables
     row_tops: pessimize.RowTops  # ... their row maxima
@@ -181,7 +184,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         on_chunk(chunk)
     ok = cases.single_one_shot(q0, m0, pb.u_max, pb.u_z, eqke, lse_all, z, ops)  # (6)
     left = ~ok
-    ok[left] = cases.single_inputs(  # (6) exactly
+    ok[left], margin = cases.single_inputs(  # (6) exactly
         q0[left],
         m0[left],
         eqke,
@@ -196,6 +199,8 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
     )
     proven0 = torch.zeros(V, V, dtype=torch.bool)
     proven0[q0, m0] = ok
+    margin0 = torch.full((V, V), torch.nan, dtype=torch.float64)
+    margin0[q0[left], m0[left]] = margin.mid
     return Stage(
         circ=circ,
         EQKE_s=eqke,
@@ -204,6 +209,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         groups=groups,
         lse_all=lse_all,
         proven0=proven0,
+        margin0=Approx(margin0, margin.rad, margin.mag),
         tiers=tiers + cases.Tiers(exact_c0=int(left.sum())),
         slots=st,
         row_tops=rows,

@@ -100,7 +100,7 @@ def single_inputs(
     EUPU: Approx,
     ops: Ops,
     pair_chunk: int,
-) -> Bool[Tensor, " pairs"]:
+) -> tuple[Bool[Tensor, " pairs"], Approx]:
     """Step (6): c = 0, exactly. The key (q, m), q <= m, is the single input (m, ..., m, q).
 
     Its logits are evaluated exactly along the path decomposition (true attention, true
@@ -110,16 +110,19 @@ def single_inputs(
     non-query positional scores). Hence
         logit(x) = EUPU[q, x] + a_max (EVOU[m, x] + Pbar[q, x]) + a_q R[q, x],
     Pbar = pi @ PVOU[:n-1], R = EVOU + PVOU[n-1] (row q: the query slot's token and position).
-    Proven iff max_{x != m} logit(x) - logit(m) < 0 rigorously.
+    Proven iff max_{x != m} logit(x) - logit(m) < 0 rigorously. Returns the verdicts and these
+    margins (an Approx per pair: the float max of the rows is within their radius of the exact
+    max, as for ``Ops.amax``), which the adaptive proof reuses (``singles.decide_c0``).
     Cost: ``single_inputs_flops``.
     """
     n = EQKP_s.shape[1]
     out = torch.zeros(qs.numel(), dtype=torch.bool)
     if qs.numel() == 0:
-        return out
+        return out, Approx(torch.zeros(0, dtype=torch.float64), 0.0, 0.0)
     pi = ops.softmax(EQKP_s[:, : n - 1], dim=1, label="cubic:c0")  # [q, p]
     pbar = ops.matmul(pi, PVOU[: n - 1], label="cubic:c0")  # [q, x]
     R = ops.add(EVOU, PVOU[n - 1 :], label="cubic:c0")  # [q, x]
+    diffs = []
     for start in range(0, qs.numel(), pair_chunk):
         qi = qs[start : start + pair_chunk]
         mi = ms[start : start + pair_chunk]
@@ -142,7 +145,8 @@ def single_inputs(
         worst = ops.amax_excluding(logits, dim=1, exclude=mi[:, None], label="cubic:c0")
         diff = ops.sub(worst, logits[torch.arange(qi.numel()), mi], label="cubic:c0")
         out[start : start + pair_chunk] = ops.proven_negative(diff, label="cubic:c0")
-    return out
+        diffs.append(diff)
+    return out, Ops.cat(diffs, dim=0)
 
 
 SINGLE_ONE_SHOT = 11  # FLOPs per pair
