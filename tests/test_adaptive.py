@@ -254,6 +254,63 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
     "w",
     [
         models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2),
+        models.random_small_model(11),
+        models.random_small_model(37),
+    ],
+)
+def test_witness_tables_equal_the_full_tables(w, monkeypatch):
+    """``boxes.witness_tables`` at random columns of many keys at once (padded) gives the
+    values and radii ``boxes.tables`` gives at the same columns, whether live there or not
+    (its screen left aside), -inf past each key's max token; alone (one max token, nothing
+    padded), its charge is exactly what the rigorous operations counted."""
+    V = w.config.d_vocab
+    ck = keys.cubic_keys(w, Ops())
+    tabs = _tabs(ck)
+    scratch = []
+
+    class Recording(Ops):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scratch.append(self)
+
+    qm = torch.triu_indices(V, V)
+    qs, ms = qm[0], qm[1]
+    order = torch.argsort(ms * V + qs)
+    qs, ms = qs[order], ms[order]
+    g = torch.Generator().manual_seed(0)
+    pick = (torch.rand(qs.numel(), V, generator=g) < 0.4) & (torch.arange(V) != ms[:, None])
+    pair, x = torch.nonzero(pick, as_tuple=True)
+    t, flops = boxes.witness_tables(qs, ms, pair, x, *tabs)
+    charged, lives = 0, []
+    for m in range(V):
+        sel = torch.nonzero(ms == m, as_tuple=True)[0]
+        on = torch.isin(pair, sel)
+        full = boxes.tables(qs[sel], ms[sel], torch.ones_like(sel, dtype=torch.bool), *tabs, Ops())
+        monkeypatch.setattr(boxes, "Ops", Recording)
+        scratch[:] = []
+        local = torch.searchsorted(sel, pair[on])
+        tm, fm = boxes.witness_tables(qs[sel], ms[sel], local, x[on], *tabs)
+        monkeypatch.undo()
+        assert fm == scratch[0].ledger.flop  # the formula counts the ops
+        charged += fm
+        cols = t.col[pair[on], x[on]]
+        assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
+        assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
+        assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
+        live = full.col[local, x[on]] >= 0  # the full tables' columns where they have them
+        assert torch.equal(tm.F.mid[live], full.F.mid[full.col[local, x[on]][live]])
+        assert torch.equal(tm.Fq.mid[live], full.Fq.mid[full.col[local, x[on]][live]])
+        assert (tm.F.rad, tm.Fq.rad, tm.F.mag) == (full.F.rad, full.Fq.rad, full.F.mag)
+        lives.append(live)
+    assert flops == charged and t.pair.numel() == pair.numel()
+    live = torch.cat(lives)
+    assert bool(live.any()) and not bool(live.all())
+
+
+@pytest.mark.parametrize(
+    "w",
+    [
+        models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2),
         models.random_weights(6, 4, seed=3, qk_scale=2.0),
         models.random_small_model(11),
         # wide ranges of b_k over the queries of an m (each side of E's range matters)

@@ -124,6 +124,21 @@ def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
     return out
 
 
+def witness_batches(n_cols: Int[Tensor, " pairs"], ms: Int[Tensor, " pairs"], n: int):
+    """Ranges [lo, hi) of the keys (sorted by max token ``ms``, with ``n_cols`` witness
+    columns each) for ``witness_tables``: F within ``TABLE_ELEMENTS`` unless one key alone
+    exceeds it."""
+    size = torch.cumsum(n_cols, 0) * (n - 1) * (ms + 1)  # F of keys 0 .. i at once, padded
+    out, lo = [], 0
+    while lo < ms.numel():
+        base = 0 if lo == 0 else int(torch.cumsum(n_cols, 0)[lo - 1])
+        fits = (size[lo:] - base * (n - 1) * (ms[lo:] + 1)) <= TABLE_ELEMENTS
+        hi = lo + max(1, int(fits.to(torch.int64).cumprod(0).sum()))
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
 def tables(
     qs: Int[Tensor, " pairs"],
     ms: Int[Tensor, " pairs"],
@@ -200,6 +215,62 @@ def tables(
     F = F.map_layout(lambda t: t.masked_fill(beyond[u[pair]][:, None, :], -torch.inf))
     ops.ledger.add(keys_table_flops(qs, ms, own, live.sum(dim=1), n, V), label=LABEL)
     return _columns(qs, ms, pair, x, V, F, Fq[pair, x])
+
+
+def witness_tables(
+    qs: Int[Tensor, " pairs"],
+    ms: Int[Tensor, " pairs"],
+    pair: Int[Tensor, " columns"],
+    x: Int[Tensor, " columns"],
+    EQKE_s: Approx,
+    EQKP_s: Approx,
+    z: Approx,
+    EUPU: Approx,
+    EVOU: Approx,
+    PVOU: Approx,
+) -> tuple[Tables, int]:
+    """F and Fq of the keys (qs[i], ms[i]) (qs <= ms) at the columns (pair[j], x[j]) only
+    (sorted by key, then output, x != m), for refute claims: claim (b) holds at any output, so
+    these need no key-level screen (claim (c)). The shift, the operations and so the values and
+    radii are those of ``tables`` at the same columns. Rigorous ``Ops`` on tensors padded to
+    K = max(ms) + 1 key tokens; returns the tables and ``witness_table_flops`` of the real
+    entries, for the caller to charge."""
+    P, n, V = qs.numel(), PVOU.shape[0], EVOU.shape[1]
+    s1 = n - 1
+    K = int(ms.max()) + 1 if P else 1
+    beyond = torch.arange(K)[None, :] > ms[:, None]  # [P, K]: k > m
+    s = Ops()  # scratch: the real entries are charged by formula
+    rows = EQKE_s[qs, :K].map_layout(lambda t: t.masked_fill(beyond, -torch.inf))
+    d, top = s.shift_by_max(rows, dim=1)  # [P, K], M_b [P, 1]
+    bk = s.exp_nonpositive(d)  # b_k = exp(EQKE_s[q, k] - M_b) (k > m: 0)
+    zq = s.sub(z[qs], Approx(top[:, 0], 0.0, EQKE_s.mag))
+    a = s.exp_shifted(Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1), 1)
+    ab = s.mul(
+        a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
+    )  # [P, slots, K]
+    q, m = qs[pair], ms[pair]
+    eu = s.sub(EUPU[q, x], EUPU[q, m])  # [R]
+    pv = s.sub(PVOU[:, x].map_layout(lambda t: t.T), PVOU[:, m].map_layout(lambda t: t.T))
+    e = s.sub(EVOU[:K, x].map_layout(lambda t: t.T), EVOU[:K, m].map_layout(lambda t: t.T))
+    cx = s.add(eu.map_layout(lambda t: t[:, None]), pv[:, :s1])  # [R, slots]
+    ex = e.map_layout(lambda t: t[:, None, :])  # [R, 1, K]
+    F = s.mul(ab[pair], s.add(cx.map_layout(lambda t: t[:, :, None]), ex))  # [R, slots, K]
+    F = F.map_layout(lambda t: t.masked_fill(beyond[pair][:, None, :], -torch.inf))
+    e_q = e.map_layout(lambda t: t.gather(1, q[:, None])[:, 0])  # e[q, x]
+    Fq = s.mul(a[pair, s1], s.add(s.add(eu, pv[:, s1]), e_q))
+    n_cols = torch.bincount(pair, minlength=P)
+    return _columns(qs, ms, pair, x, V, F, Fq), witness_table_flops(ms, n_cols, n)
+
+
+def witness_table_flops(ms: Tensor, n_cols: Tensor, n: int) -> int:
+    """Ledger total of ``witness_tables`` for keys with max tokens ``ms`` and ``n_cols``
+    columns each: per key its shifted scores (K - 1 + K), b_k (K), the query score (1), the
+    weights a (n - 1 + 2n) and a_p b_k (s1 K); per column eu (1), the positional rows (n), e
+    (K), c (s1), F (2 s1 K) and Fq (3)."""
+    s1, K = n - 1, ms.to(torch.int64) + 1
+    per_key = (K - 1) + 2 * K + 1 + (n - 1) + 2 * n + s1 * K
+    per_col = 1 + n + K + s1 + 2 * s1 * K + 3
+    return int((per_key + n_cols.to(torch.int64) * per_col).sum())
 
 
 def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:

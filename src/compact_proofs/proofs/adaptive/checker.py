@@ -18,14 +18,16 @@ Proof:
       by the margin its exact evaluation found, or decided input by input.
   (3) Stage 4 (``tree``, ``boxes``, ``singles``): the leaves of the listed refinement trees are
       disjoint boxes outside (1) and (2) (``tree`` docstring); a leaf's claim counts only if it
-      re-checks: prove (box bounds (a) and (c)), refute (box bound (b) at a live witness),
+      re-checks: prove (box bounds (a) and (c)), refute (box bound (b) at the witness; for a
+      key without prove claims, from F at its witnesses only: ``boxes.witness_tables``),
       exact (a single input, decided as in (2)).
   (4) The sets counted in (1)-(3) are pairwise disjoint (the keys partition the inputs; (2) is
       c = 0, (3) has more than i* tokens outside K and c >= 1), so the counts add. The
       refuted sets (``incorrect``) are disjoint likewise, and from the correct ones.      QED
 Cost: stage 1 ``CubicKeys.flops`` (``cubic.cubic_flops``); stage 2 ``keys.level1_flops``; stage 3
 ``singles.c0_flops``; stage 4 ``boxes.table_flops`` per (max token, queries) group (it depends
-on the keys' numbers of live outputs), plus ``prove_flops`` / ``refute_flops`` per leaf.
+on the keys' numbers of live outputs) for keys with prove claims, ``witness_table_flops`` for
+the others, plus ``prove_flops`` / ``refute_flops`` per leaf.
 Reading, indexing and the bool set work of rebuilding the trees are free (paper rules).
 """
 
@@ -164,6 +166,18 @@ def _check_boxes(nodes, claim, witness, own_E, nonempty, ck, ops, verdict) -> No
     ):
         raise ProofPreconditionError("a refute claim needs a witness output x != m in range")
     idx = torch.nonzero(want, as_tuple=True)[0]
+    V = circ.EVOU.shape[0]
+    # Keys (q, m) with a prove claim get the full tables (claim (c)); the others only F at
+    # their refute claims' witnesses.
+    code = nodes.m[idx] * V + nodes.q[idx]
+    full = torch.isin(code, code[claim[idx] == plan.PROVE])
+    _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx[full])
+    _check_refutations(nodes, witness, ck, ops, verdict, idx[~full])
+
+
+def _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx) -> None:
+    """The claims of the leaves ``idx``, with the tables of their keys (``boxes.tables``)."""
+    circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     # The keys (q, m) of the leaves, by max token, then query; their tables in a few batches.
     codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
@@ -194,6 +208,39 @@ def _check_boxes(nodes, claim, witness, own_E, nonempty, ck, ops, verdict) -> No
         if bool((~pr).any()):
             rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)
             verdict[sel[~pr]] = -rf.to(torch.int64)
+
+
+def _check_refutations(nodes, witness, ck, ops, verdict, idx) -> None:
+    """The refute claims of the leaves ``idx``, with F at their witnesses only
+    (``boxes.witness_tables``), a few keys at a time."""
+    if idx.numel() == 0:
+        return
+    circ = ck.circ
+    V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
+    code = nodes.m[idx] * V + nodes.q[idx]
+    cols = torch.unique(code * V + witness[idx])  # (key, witness), by key, then witness
+    codes, col_key = torch.unique(cols // V, return_inverse=True)
+    leaf_key = torch.searchsorted(codes, code)
+    for lo, hi in boxes.witness_batches(torch.bincount(col_key), codes // V, n):
+        on = (col_key >= lo) & (col_key < hi)
+        t, flops = boxes.witness_tables(
+            codes[lo:hi] % V,
+            codes[lo:hi] // V,
+            col_key[on] - lo,
+            cols[on] % V,
+            ck.EQKE_s,
+            ck.EQKP_s,
+            ck.z,
+            circ.EUPU,
+            circ.EVOU,
+            circ.PVOU,
+        )
+        ops.ledger.add(flops, label=boxes.LABEL)
+        leaves = (leaf_key >= lo) & (leaf_key < hi)
+        sel = idx[leaves]
+        masks = nodes.masks[sel, :, : t.F.shape[2]]
+        rf = boxes.refute(t, leaf_key[leaves] - lo, masks, witness[sel], ops)
+        verdict[sel] = -rf.to(torch.int64)
 
 
 def _single_tokens(nodes: tree.Nodes, idx: Tensor) -> Tensor:

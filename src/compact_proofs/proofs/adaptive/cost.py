@@ -1,10 +1,10 @@
 """Adaptive proof: the closed-form FLOP count of the check for a given certificate.
 
 ``predict`` adds up the stage costs (stage 1 ``CubicKeys.flops``, ``keys.level1_flops``,
-``counts.count_flops``, ``singles.float_flops``, ``boxes.keys_table_flops`` / ``prove_flops`` /
-``refute_flops``); it equals the checker's ledger total except for the exact
-(python-flint) decisions of near-ties, which are charged ``exact_tie.exact_cost`` as they
-happen (tests/test_adaptive.py asserts the equality).
+``counts.count_flops``, ``singles.c0_flops`` / ``float_flops``, ``boxes.keys_table_flops`` /
+``witness_table_flops`` / ``prove_flops`` / ``refute_flops``); it equals the checker's ledger
+total except for the exact (python-flint) decisions of near-ties, which are charged
+``exact_tie.exact_cost`` as they happen (tests/test_adaptive.py asserts the equality).
 """
 
 import torch
@@ -56,13 +56,18 @@ def predict(
     nonempty = (sizes > 0).all(dim=1)
     want = ((claim == plan.PROVE) | (claim == plan.REFUTE)) & nonempty
     idx = torch.nonzero(want, as_tuple=True)[0]
-    codes, pair = torch.unique(nodes.m[idx] * V + nodes.q[idx], return_inverse=True)
+    code = nodes.m[idx] * V + nodes.q[idx]
+    full = torch.isin(code, code[claim[idx] == plan.PROVE])  # keys with tables, as in the check
+    codes, pair = torch.unique(code[full], return_inverse=True)
     ms, qs = codes // V, codes % V  # the keys (q, m) with claims, as the checker groups them
     L, L_exact = n_live[qs, ms, 0], n_live[qs, ms, 1]
     total += boxes.keys_table_flops(qs, ms, torch.isin(ms, pl.own_E), L, n, V)
-    pr = claim[idx] == plan.PROVE
-    total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], sizes[idx][pr], qs)
+    pr = claim[idx[full]] == plan.PROVE
+    total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], sizes[idx[full]][pr], qs)
     total += boxes.refute_flops(sizes[idx][claim[idx] == plan.REFUTE])
+    cols = torch.unique(code[~full] * V + pl.witness[idx[~full]])  # the refutations' columns
+    keys_w, n_cols = torch.unique(cols // V, return_counts=True)
+    total += boxes.witness_table_flops(keys_w // V, n_cols, n)
     single = (sizes == 1).all(dim=1)
     total += singles.float_flops(int(((claim == plan.EXACT) & single).sum()), n, V)
     return total
