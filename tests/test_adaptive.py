@@ -38,6 +38,34 @@ def test_exact_input_by_input(model_name, soundness_model):
     assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) == cert["predicted"]
 
 
+def test_check_in_small_batches(soundness_model, monkeypatch):
+    """With small table batches (a few keys each: ``boxes.batches``, ``boxes.witness_batches``)
+    the check counts the same inputs at the same FLOPs."""
+    w, truth = soundness_model("random-V9-K4-perkey")
+    cert = adaptive.search(w)
+    out, ledger = _run(w, cert)
+    monkeypatch.setattr(boxes, "TABLE_ELEMENTS", 600)
+    ranges = []
+
+    def witness_batches(*args):
+        ranges.append(batches(*args))
+        return ranges[-1]
+
+    batches = boxes.witness_batches
+    monkeypatch.setattr(boxes, "witness_batches", witness_batches)
+    small, small_ledger = _run(w, cert)
+    assert len(ranges) == 1 and len(ranges[0]) > 1
+    assert (
+        (small.correct, small.incorrect)
+        == (out.correct, out.incorrect)
+        == (
+            int(truth.sum()),
+            int((~truth).sum()),
+        )
+    )
+    assert small_ledger.flop == ledger.flop
+
+
 def test_strategy_verdict_matches_exact_evaluator():
     """Through the Strategy protocol, against ``exact.correct_mask`` (the brute-force evaluator)."""
     w = models.trained_weights(10, 4, seed=2, steps=60)
