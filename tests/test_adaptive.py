@@ -17,6 +17,18 @@ from compact_proofs.proofs.cubic import cases, pessimize
 SMALL = ["trained-V8-K3", "random-V6-K4-sharp", "planted-V8-K4-noisy", "neartie-planted-V7-K4"]
 
 
+def _recording_ops(scratch: list) -> type[Ops]:
+    """An ``Ops`` that appends every instance to ``scratch`` (to read the ledgers of the
+    scratch ``Ops`` a module creates, once monkeypatched in)."""
+
+    class Recording(Ops):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            scratch.append(self)
+
+    return Recording
+
+
 def _run(w, cert):
     ops = Ops()
     out = checker.run(w, cert, ops)
@@ -45,24 +57,17 @@ def test_check_in_small_batches(soundness_model, monkeypatch):
     cert = adaptive.search(w)
     out, ledger = _run(w, cert)
     monkeypatch.setattr(boxes, "TABLE_ELEMENTS", 600)
-    ranges = []
+    ranges, batches = [], boxes.witness_batches
 
     def witness_batches(*args):
         ranges.append(batches(*args))
         return ranges[-1]
 
-    batches = boxes.witness_batches
     monkeypatch.setattr(boxes, "witness_batches", witness_batches)
     small, small_ledger = _run(w, cert)
     assert len(ranges) == 1 and len(ranges[0]) > 1
-    assert (
-        (small.correct, small.incorrect)
-        == (out.correct, out.incorrect)
-        == (
-            int(truth.sum()),
-            int((~truth).sum()),
-        )
-    )
+    expected = (int(truth.sum()), int((~truth).sum()))
+    assert (small.correct, small.incorrect) == (out.correct, out.incorrect) == expected
     assert small_ledger.flop == ledger.flop
 
 
@@ -243,13 +248,8 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
     tabs = _tabs(ck)
-    scratch = []
-
-    class Recording(Ops):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            scratch.append(self)
-
+    scratch: list[Ops] = []
+    Recording = _recording_ops(scratch)
     monkeypatch.setattr(boxes, "Ops", Recording)
     qm = torch.triu_indices(V, V)
     order = torch.randperm(qm.shape[1], generator=torch.Generator().manual_seed(0))
@@ -294,13 +294,8 @@ def test_witness_tables_equal_the_full_tables(w, monkeypatch):
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
     tabs = _tabs(ck)
-    scratch = []
-
-    class Recording(Ops):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            scratch.append(self)
-
+    scratch: list[Ops] = []
+    Recording = _recording_ops(scratch)
     qm = torch.triu_indices(V, V)
     qs, ms = qm[0], qm[1]
     order = torch.argsort(ms * V + qs)
@@ -508,13 +503,8 @@ def test_level1_charges_what_it_computes(make, n_solo, monkeypatch):
         score[torch.arange(cand.shape[0]), cand[:, 1]] = 2.0
         solo = score.argsort(dim=1)[:, :n_solo]
         solo = torch.zeros(cand.shape[0], V, dtype=torch.bool).scatter_(1, solo, True)
-    scratch = []
-
-    class Recording(Ops):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            scratch.append(self)
-
+    scratch: list[Ops] = []
+    Recording = _recording_ops(scratch)
     ops = Ops()
     keys.level1(ck, cand, cand[:0], ops, solo)
     assert ops.ledger.flop == keys.level1_flops(V, n, cand, cand[:0], solo)
