@@ -128,11 +128,11 @@ def witness_batches(n_cols: Int[Tensor, " pairs"], ms: Int[Tensor, " pairs"], n:
     """Ranges [lo, hi) of the keys (sorted by max token ``ms``, with ``n_cols`` witness
     columns each) for ``witness_tables``: F within ``TABLE_ELEMENTS`` unless one key alone
     exceeds it."""
-    size = torch.cumsum(n_cols, 0) * (n - 1) * (ms + 1)  # F of keys 0 .. i at once, padded
+    cols = torch.cumsum(n_cols, 0)  # columns of keys 0 .. i
     out, lo = [], 0
     while lo < ms.numel():
-        base = 0 if lo == 0 else int(torch.cumsum(n_cols, 0)[lo - 1])
-        fits = (size[lo:] - base * (n - 1) * (ms[lo:] + 1)) <= TABLE_ELEMENTS
+        base = 0 if lo == 0 else int(cols[lo - 1])
+        fits = (cols[lo:] - base) * (n - 1) * (ms[lo:] + 1) <= TABLE_ELEMENTS  # F, padded
         hi = lo + max(1, int(fits.to(torch.int64).cumprod(0).sum()))
         out.append((lo, hi))
         lo = hi
