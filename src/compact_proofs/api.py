@@ -21,6 +21,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import UserError
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.proofs.registry import STRATEGIES
+from compact_proofs.threads import DEFAULT_THREADS, torch_threads
 from compact_proofs.weights import Weights
 
 # Above this many inputs, `accuracy` samples instead of enumerating
@@ -161,20 +162,27 @@ def prove_one(
     *,
     true_correct: int | None = None,
     true_accuracy: float | None = None,
+    threads: int | None = DEFAULT_THREADS,
 ) -> ProofResult:
-    """Run one strategy's untrusted search, then its trusted, counted check."""
+    """Run one strategy's untrusted search, then its trusted, counted check, with ``threads``
+    torch threads (``compact_proofs.threads``; None: torch's own setting). A ``true_correct``
+    outside [0, d_vocab**n_ctx] is refused; one below the proven count is kept (a sweep flags
+    that as unsound)."""
     cfg = w.config
+    if true_correct is not None and not 0 <= true_correct <= cfg.n_inputs:
+        raise UserError(f"true correct count {true_correct} is outside [0, {cfg.n_inputs:,}]")
     if strategy.max_inputs is not None and cfg.n_inputs > strategy.max_inputs:
         raise UserError(
             f"strategy {strategy.name!r} enumerates inputs and refuses d_vocab**n_ctx = "
             f"{cfg.n_inputs:.3g} > {strategy.max_inputs:.3g}; use 'cubic' or a subcubic strategy"
         )
-    t0 = time.perf_counter()
-    certificate = strategy.search(w)
-    t1 = time.perf_counter()
     ledger = FlopLedger()
-    verdict = strategy.check(w, certificate, Ops(ledger))
-    t2 = time.perf_counter()
+    with torch_threads(threads):
+        t0 = time.perf_counter()
+        certificate = strategy.search(w)
+        t1 = time.perf_counter()
+        verdict = strategy.check(w, certificate, Ops(ledger))
+        t2 = time.perf_counter()
     return ProofResult(
         strategy=strategy.name,
         family=strategy.family,
@@ -205,11 +213,15 @@ def prove(
     true_correct: int | None = None,
     true_accuracy: float | None = None,
     progress: Callable[[str], None] | None = None,
+    threads: int | None = DEFAULT_THREADS,
 ) -> list[ProofResult]:
     """Prove accuracy lower bounds for ``model`` with each of ``strategies``.
 
     ``true_correct`` (exact correct count) or ``true_accuracy`` (an estimate) make the results carry
     a normalised bound. A brute-force run supplies ``true_correct`` for the strategies after it.
+    ``threads``: torch threads for the proofs (default 1, see ``compact_proofs.threads``; None
+    keeps torch's own setting). A given ``true_correct`` below a proven count is refused (the
+    proofs are sound, so that count is wrong).
     """
     w = load(model)
     chosen = resolve_strategies(strategies)
@@ -218,12 +230,24 @@ def prove(
     for strategy in chosen:
         if progress is not None:
             progress(strategy.name)
-        result = prove_one(w, strategy, true_correct=true_correct, true_accuracy=true_accuracy)
+        result = prove_one(
+            w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
+        )
+        refuse_wrong_truth(result, true_correct)
         if strategy.name == "brute-force" and true_correct is None:
             true_correct = result.correct_count
             result = _with_truth(result, true_correct)
         results.append(result)
     return results
+
+
+def refuse_wrong_truth(result: ProofResult, true_correct: int | None) -> None:
+    """A user's ``true_correct`` below a proven count is wrong (the proofs are sound)."""
+    if true_correct is not None and result.correct_count > true_correct:
+        raise UserError(
+            f"{result.strategy} proves {result.correct_count:,} inputs correct, more than the "
+            f"stated true correct count {true_correct:,}: that count is wrong"
+        )
 
 
 def _with_truth(result: ProofResult, true_correct: int) -> ProofResult:

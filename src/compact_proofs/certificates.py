@@ -42,6 +42,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs.protocol import Certificate, Strategy
 from compact_proofs.storage import atomic_write, file_sha256
+from compact_proofs.threads import DEFAULT_THREADS, torch_threads
 from compact_proofs.weights import Weights
 
 FORMAT = "compact-proofs-certificate"
@@ -156,7 +157,7 @@ def certify(
 ) -> ProofResult:
     """Prove with one strategy (``api.prove_one``: search, then the counted check) and save its
     certificate to ``path``. ``prove_kwargs`` go to ``prove_one`` (``true_correct``,
-    ``true_accuracy``). Returns the proof result."""
+    ``true_accuracy``, ``threads``). Returns the proof result."""
     from compact_proofs import api
 
     w = api.load(model)
@@ -169,6 +170,7 @@ def certify(
         return cert
 
     result = api.prove_one(w, replace(strategy, search=search), **prove_kwargs)
+    api.refuse_wrong_truth(result, prove_kwargs.get("true_correct"))
     save_certificate(path, strategy_name, captured[0], result, w)
     return result
 
@@ -275,7 +277,10 @@ def read_certificate(path: str | os.PathLike) -> tuple[dict[str, Any], Certifica
 def _require(meta: dict, key: str, kind: type) -> None:
     v = meta.get(key)
     if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise CertificateError(f"certificate field {key!r} is missing or not a {kind.__name__}")
+        article = "an" if kind.__name__[0] in "aeiou" else "a"
+        raise CertificateError(
+            f"certificate field {key!r} is missing or not {article} {kind.__name__}"
+        )
 
 
 def _strategy(name: str, error: type[UserError] = CertificateError) -> Strategy:
@@ -300,13 +305,15 @@ def _revision_hint(meta: dict[str, Any], strategy: Strategy) -> str:
     if written == strategy.revision:
         return ""
     return (
-        f" (the certificate was written for revision {written!r} of the {strategy.name!r} "
-        f"checker and this is revision {strategy.revision}: re-create it with "
-        "`prove --certificate`)"
+        f" (the certificate records checker revision {written!r}; the installed "
+        f"{strategy.name!r} checker is revision {strategy.revision}: if the certificate was "
+        "written by another version, re-create it with `prove --certificate`)"
     )
 
 
-def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirmation:
+def check_certificate(
+    model_or_weights: Any, path: str | os.PathLike, *, threads: int | None = DEFAULT_THREADS
+) -> Confirmation:
     """Re-run only the trusted check of the certificate at ``path`` on the model, and confirm
     its stated bound.
 
@@ -314,6 +321,7 @@ def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirm
         model_or_weights: ``Weights``, a model directory / weights file, or a TransformerLens
             model (anything ``api.load`` accepts).
         path: the certificate's JSON file (its tensor file beside it).
+        threads: torch threads for the check (``compact_proofs.threads``; None: torch's own).
 
     Returns:
         A ``Confirmation``: the stated ``correct_count`` holds.
@@ -346,7 +354,8 @@ def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirm
     ledger = FlopLedger()
     t0 = time.perf_counter()
     try:
-        verdict = strategy.check(w, cert, Ops(ledger))
+        with torch_threads(threads):
+            verdict = strategy.check(w, cert, Ops(ledger))
     except (ProofPreconditionError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CertificateError(
             f"the {strategy.name!r} checker rejects the certificate: {type(e).__name__}: {e}"
@@ -356,8 +365,8 @@ def check_certificate(model_or_weights: Any, path: str | os.PathLike) -> Confirm
     proven = int(verdict.correct_count)
     if proven < stated:
         raise CertificateError(
-            f"the {strategy.name!r} check proves only {proven} correct inputs, fewer than the "
-            f"stated {stated}: the stated bound is refused" + _revision_hint(meta, strategy)
+            f"the {strategy.name!r} check proves only {proven:,} correct inputs, fewer than the "
+            f"stated {stated:,}: the stated bound is refused" + _revision_hint(meta, strategy)
         )
     return Confirmation(
         strategy=strategy.name,
