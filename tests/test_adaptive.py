@@ -9,7 +9,7 @@ import torch
 
 from compact_proofs import exact
 from compact_proofs.core.rigorous import Ops
-from compact_proofs.errors import ProofPreconditionError
+from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs import adaptive, cubic
 from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher, singles
 from compact_proofs.proofs.cubic import cases, pessimize
@@ -149,8 +149,15 @@ def test_budget_names():
     assert adaptive.strategy_for_name("adaptive-budget-1000").name == "adaptive-budget-1000"
     assert adaptive.strategy_for_name("adaptive") is adaptive.STRATEGY
     assert adaptive.strategy_for_name("adaptive-budget-x") is None
-    assert adaptive.strategy_for_name("adaptive-budget-2.5") is None  # not a whole FLOP count
+    assert adaptive.strategy_for_name("cubic") is None
     assert adaptive.strategy_for_name("adaptive-budget-2.5e6").name == "adaptive-budget-2.5e6"
+    assert adaptive.budget_of("adaptive-budget-2.5e6") == 2_500_000
+    assert adaptive.budget_of("adaptive-budget-1e18") == 10**18 == adaptive.MAX_BUDGET
+    assert adaptive.budget_of("adaptive") is None
+    # Not a whole number of FLOPs from 1 to 1e18: refused with the reason, not "unknown".
+    for bad in ("2.5", "1e-3", "0", "-5", "1e400", "1000000000000000001"):
+        with pytest.raises(UserError, match=f"whole number from 1 to 1e18, got {bad}"):
+            adaptive.strategy_for_name(f"adaptive-budget-{bad}")
     assert {s.name for s in adaptive.BUDGET_STRATEGIES} == {
         "adaptive-budget-2e7",
         "adaptive-budget-3e7",

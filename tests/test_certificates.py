@@ -123,7 +123,7 @@ def test_tampered_bound_is_refused(tmp_path, saved):
     w, path = _copy(saved, tmp_path)
     stated = json.loads(path.read_text())["correct_count"]
     _edit(path, correct_count=stated + 1)
-    with pytest.raises(CertificateError, match=f"proves only {stated} correct inputs"):
+    with pytest.raises(CertificateError, match=f"proves only {stated:,} correct inputs"):
         certificates.check_certificate(w, path)
     _edit(path, correct_count=stated - 1)  # a weaker statement is still a theorem
     assert certificates.check_certificate(w, path).correct_count == stated - 1
@@ -143,8 +143,11 @@ def test_a_refusal_names_an_older_checker_revision(tmp_path, saved):
     assert "revision" not in str(same.value)
     del meta["checker_revision"]
     path.write_text(json.dumps(meta | {"correct_count": stated + 1}))
-    hint = f"for revision 1 of the 'adaptive' checker and this is revision {adaptive.REVISION}"
-    with pytest.raises(CertificateError, match=f"proves only {stated} .*{hint}"):
+    hint = (
+        "records checker revision 1; the installed 'adaptive' checker is revision "
+        f"{adaptive.REVISION}"
+    )
+    with pytest.raises(CertificateError, match=f"proves only {stated:,} .*{hint}"):
         certificates.check_certificate(w, path)
     _edit(path, correct_count=stated)
     assert certificates.check_certificate(w, path).proven_count == stated

@@ -2,6 +2,8 @@
 one-line refusals (exit status 2, nothing written)."""
 
 import json
+import re
+import shutil
 
 import pytest
 
@@ -22,11 +24,20 @@ def test_strategies_names_list_the_registry(capsys):
     assert capsys.readouterr().out.split() == list(STRATEGIES)
 
 
-def test_accuracy_json_equals_the_library(model_dir, tmp_path):
+def test_accuracy_json_equals_the_library(model_dir, tmp_path, capsys):
+    """`accuracy` writes --json, and keeps an exact count beside a model directory, which
+    `prove` then normalises by."""
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
     target = tmp_path / "acc.json"
-    assert cli.main(["accuracy", str(model_dir), "--json", str(target)]) == 0
+    assert cli.main(["accuracy", str(model), "--json", str(target)]) == 0
     written = json.loads(target.read_text())
-    assert written["correct"] == exact.exact_accuracy(api.load(model_dir)).correct
+    truth = exact.exact_accuracy(api.load(model_dir)).correct
+    assert written["correct"] == truth
+    assert json.loads((model / "accuracy.json").read_text())["correct"] == truth
+    assert "stored in" in capsys.readouterr().out
+    assert cli.main(["prove", str(model), "--strategy", "brute-force", "--json", str(target)]) == 0
+    assert json.loads(target.read_text())["normalized_bound"] == 1.0
 
 
 def test_prove_all_is_sound_and_brute_force_is_exact(model_dir, tmp_path):
@@ -78,6 +89,78 @@ def test_certificate_round_trip_and_refusals(model_dir, tmp_path, capsys):
     cert.write_text(json.dumps(header))
     assert cli.main(["check", str(model_dir), str(cert)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--k", "1", "--seed", "3"], r"n_ctx \(K\) must be at least 2, got 1"),
+        (["--k", "3", "--seed", "-1"], "seed must be a non-negative integer, got -1"),
+        (["--k", "3", "--seed", "3", "--steps", "0"], "--steps must be at least 1, got 0"),
+        (["--k", "3", "--seed", "3", "--d-vocab", "1"], "d_vocab must be at least 2, got 1"),
+    ],
+)
+def test_train_refuses_bad_settings(argv, message, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert cli.main(["train", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and err.count("\n") == 1, err  # one line, nothing else
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--strategy", "adaptive-budget-1e400"], "whole number from 1 to 1e18, got 1e400"),
+        (["--strategy", "adaptive-budget--5"], "whole number from 1 to 1e18, got -5"),
+        (["--strategy", "adaptive-budget-2.5"], "whole number from 1 to 1e18, got 2.5"),
+        (["--true-correct", "-3"], r"true correct count -3 is outside \[0, 512\]"),
+        (["--true-correct", "513"], r"true correct count 513 is outside \[0, 512\]"),
+        (["--true-correct", "1"], "more than the stated true correct count 1: that count is wrong"),
+        (
+            ["--true-correct", "1", "--certificate", "TMP/c.json"],
+            "more than the stated true correct",
+        ),
+        (["--json", "MISSING/x.json"], "MISSING does not exist"),
+        (["--certificate", "MISSING/c.json"], "MISSING does not exist"),
+        (["--json", "."], "is a directory; name a file"),
+        (["--threads", "-1"], "--threads must be 0"),
+    ],
+)
+def test_prove_refuses_bad_options(argv, message, model_dir, tmp_path, capsys):
+    argv = [
+        a.replace("MISSING", str(tmp_path / "missing")).replace("TMP", str(tmp_path)) for a in argv
+    ]
+    assert cli.main(["prove", str(model_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message.replace("MISSING", re.escape(str(tmp_path / "missing"))), err), err
+    assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_output_paths_are_checked_before_any_work(model_dir, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    monkeypatch.setattr(api, "prove", no_work)
+    monkeypatch.setattr(api, "accuracy", no_work)
+    bad = str(tmp_path / "missing" / "x.json")
+    assert cli.main(["prove", str(model_dir), "--json", bad]) == 2
+    assert cli.main(["accuracy", str(model_dir), "--json", bad]) == 2
+    assert cli.main(["check", str(model_dir), str(tmp_path / "c.json"), "--json", bad]) == 2
+
+
+def test_prove_runs_each_strategy_once_and_flags_a_budget_below_the_cubic(
+    model_dir, tmp_path, capsys
+):
+    target = tmp_path / "one.json"
+    argv = ["prove", str(model_dir), "--strategy", "cubic", "--strategy", "cubic,cubic"]
+    assert cli.main([*argv, "--json", str(target)]) == 0
+    assert json.loads(target.read_text())["strategy"] == "cubic"  # one proof: one object
+    capsys.readouterr()
+    assert cli.main(["prove", str(model_dir), "--strategy", "adaptive-budget-100"]) == 0
+    assert "adaptive-budget-100 is over its budget" in capsys.readouterr().out
+    assert cli.main(["prove", str(model_dir), "--strategy", "adaptive-budget-1e12"]) == 0
+    assert "over its budget" not in capsys.readouterr().out
 
 
 def test_certificate_needs_exactly_one_strategy(model_dir, tmp_path):

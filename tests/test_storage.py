@@ -202,6 +202,12 @@ def test_sha_mismatch_and_inconsistent_json(tmp_path, weights):
     (out2 / "model.json").write_text(json.dumps(meta))
     with pytest.raises(UnsupportedModelError, match="n_heads=2"):
         storage.load_model(out2)
+    meta["config"].update(n_heads=1)
+    (out2 / "model.json").write_text(json.dumps(meta | {"task": "sorting"}))
+    with pytest.raises(UnsupportedModelError, match="task is 'sorting'; the proofs cover Max-of-K"):
+        storage.load_model(out2)
+    (out2 / "model.json").write_text(json.dumps(meta | {"task": "max_of_k"}))
+    assert storage.load_model(out2)[0].sha256() == weights.sha256()
     (out2 / "model.json").write_text("{not json")
     with pytest.raises(ModelFormatError, match="not valid JSON"):
         storage.load_model(out2)

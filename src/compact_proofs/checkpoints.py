@@ -103,8 +103,8 @@ def _check_file(p: Path) -> None:
         raise ModelFormatError(f"{p} does not exist; pass a .safetensors, .pt or .pth file")
     if p.is_dir():
         raise ModelFormatError(
-            f"{p} is a directory; pass the checkpoint file itself (a model directory written by "
-            "compact-proofs is read by storage.load_model)"
+            f"{p} is a directory; pass the checkpoint file itself (--config applies only to "
+            "checkpoint files, not to model directories written by compact-proofs)"
         )
     if p.suffix not in SUFFIXES:
         raise ModelFormatError(
@@ -217,7 +217,8 @@ def _resolve_config(config: Any, embedded: Any, p: Path) -> tuple[dict[str, Any]
         if not found:
             raise ModelFormatError(
                 f"{p}: no config found; write the model's HookedTransformerConfig fields to "
-                f"{p.with_name('config.json')} (see interop.jsonable_config) or pass config="
+                f"{p.with_name('config.json')} (see interop.jsonable_config), or pass it with "
+                "--config (config= in the API)"
             )
         config = found[0]
     if isinstance(config, str | os.PathLike):

@@ -12,6 +12,13 @@ from rich.table import Table
 
 from compact_proofs import api
 from compact_proofs.errors import UserError
+from compact_proofs.proofs import adaptive
+from compact_proofs.threads import DEFAULT_THREADS
+
+DESCRIPTION = (
+    "Train small transformers on Max-of-K and prove rounding-sound lower bounds on their "
+    "accuracy over every input, with the FLOPs each proof's check costs."
+)
 
 console = Console(stderr=True)
 # Tables of long strategy names: when piped, print them wide rather than folding every cell.
@@ -28,13 +35,26 @@ def progress_bar(description: str):
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    # Drawn on a terminal only (in a pipe or a log it would leave a stray blank line).
+    shown = console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int, *_: object) -> None:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def _check_output(path: str | None, option: str) -> None:
+    """Refuse an output file whose directory does not exist, before any work is done."""
+    if path is None:
+        return
+    parent = Path(path).resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: directory {parent} does not exist")
+    if Path(path).is_dir():
+        raise UserError(f"{option} {path} is a directory; name a file")
 
 
 def _write_json(path: str | None, payload: object) -> None:
@@ -47,6 +67,8 @@ def _write_json(path: str | None, payload: object) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {args.steps}")
     if Path(args.out).exists() and not args.overwrite:
         raise UserError(f"{args.out} already exists; choose another --out or pass --overwrite")
     with progress_bar(f"training Max-of-{args.k} seed {args.seed}") as update:
@@ -68,10 +90,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
+    _check_output(args.json, "--json")
+    if args.samples < 1:
+        raise UserError(f"--samples must be at least 1, got {args.samples}")
     exact = {"auto": None, "exact": True, "sampled": False}[args.method]
+    weights = api.load(args.model, args.config)
     with progress_bar("evaluating inputs") as update:
         res = api.accuracy(
-            api.load(args.model, args.config),
+            weights,
             exact=exact,
             n_samples=args.samples,
             seed=args.seed,
@@ -90,9 +116,21 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             f"{res['n_samples']:,} samples of {res['total']:.3g} inputs)  [{res['seconds']:.2f} s]"
         )
     _write_json(args.json, res)
+    if res["method"] == "exact":
+        _store_exact_count(Path(args.model), weights, res)
 
 
-def _stored_exact_count(model: Path, weights) -> int | None:
+def _store_exact_count(model: Path, weights, res: dict) -> None:
+    """Keep an exact count beside a model directory (``accuracy.json``, as sweeps do) unless
+    one for these weights is there already: ``prove`` normalises by it."""
+    path = model / "accuracy.json"
+    if not model.is_dir() or _stored_exact_count(model, weights, quiet=True) is not None:
+        return
+    _write_json(str(path), res)
+    out.print(f"stored in {path} (prove normalises by it)")
+
+
+def _stored_exact_count(model: Path, weights, *, quiet: bool = False) -> int | None:
     """The exact correct count a sweep stored beside the model (``accuracy.json``), if it was
     computed for these very weights; it fills the table's normalised column."""
     path = model / "accuracy.json"
@@ -104,13 +142,18 @@ def _stored_exact_count(model: Path, weights) -> int | None:
         return None
     if acc.get("method") != "exact" or acc.get("model_sha256") != weights.sha256():
         return None
-    out.print(f"normalising by the exact count in {path}: {acc['correct']:,}")
+    if not quiet:
+        out.print(f"normalising by the exact count in {path}: {acc['correct']:,}")
     return int(acc["correct"])
 
 
 def cmd_prove(args: argparse.Namespace) -> None:
+    threads = _threads(args)
+    _check_output(args.json, "--json")
+    _check_output(args.certificate, "--certificate")
     names = args.strategy or ["cubic"]
     strategies = api.resolve_strategies("all" if "all" in names else ",".join(names))
+    strategies = list({s.name: s for s in strategies}.values())  # each once, in order
     weights = api.load(args.model, args.config)
     true_correct = args.true_correct
     if true_correct is None:
@@ -122,7 +165,11 @@ def cmd_prove(args: argparse.Namespace) -> None:
             raise UserError("--certificate stores one proof: name exactly one --strategy")
         results = [
             certificates.certify(
-                weights, strategies[0].name, args.certificate, true_correct=true_correct
+                weights,
+                strategies[0].name,
+                args.certificate,
+                true_correct=true_correct,
+                threads=threads,
             )
         ]
     else:
@@ -134,7 +181,11 @@ def cmd_prove(args: argparse.Namespace) -> None:
                 done.append(name)
 
             results = api.prove(
-                weights, [s.name for s in strategies], true_correct=true_correct, progress=step
+                weights,
+                [s.name for s in strategies],
+                true_correct=true_correct,
+                progress=step,
+                threads=threads,
             )
     table = Table(title=f"proofs for {args.model}")
     for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "search s", "check s"):
@@ -153,6 +204,13 @@ def cmd_prove(args: argparse.Namespace) -> None:
             r.complexity,
         )
     out.print(table)
+    for r in results:
+        budget = adaptive.budget_of(r.strategy)
+        if budget is not None and r.flops > budget:
+            out.print(
+                f"note: {r.strategy} is over its budget ({r.flops:.3g} FLOPs): the cubic stage "
+                "it starts from costs more than the budget, so this is the cubic proof"
+            )
     payload = [r.to_dict() for r in results]
     _write_json(args.json, payload[0] if len(payload) == 1 else payload)
     if args.certificate is not None:
@@ -162,8 +220,10 @@ def cmd_prove(args: argparse.Namespace) -> None:
 def cmd_check(args: argparse.Namespace) -> None:
     from compact_proofs import certificates
 
+    threads = _threads(args)
+    _check_output(args.json, "--json")
     confirmation = certificates.check_certificate(
-        api.load(args.model, args.config), args.certificate
+        api.load(args.model, args.config), args.certificate, threads=threads
     )
     c = confirmation
     out.print(
@@ -256,27 +316,38 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="compact-proofs", description=__doc__)
+    p = argparse.ArgumentParser(prog="compact-proofs", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a Max-of-K model with the paper's recipe")
     t.add_argument("--k", type=int, default=4, help="sequence length K (default 4)")
-    t.add_argument("--seed", type=int, required=True)
-    t.add_argument("--d-vocab", type=int, default=64)
-    t.add_argument("--d-model", type=int, default=32)
+    t.add_argument("--seed", type=int, required=True, help="paper seed (e.g. 50, 104, 123)")
+    t.add_argument("--d-vocab", type=int, default=64, help="number of tokens (default 64)")
+    t.add_argument("--d-model", type=int, default=32, help="residual width (default 32)")
     t.add_argument(
         "--steps", type=int, default=None, help="training steps (default: the paper's 3000)"
     )
     t.add_argument("--out", required=True, help="model directory to create")
-    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("accuracy", help="exact (or sampled) accuracy of a model")
     a.add_argument("model", help=MODEL_HELP)
     a.add_argument("--config", help=CONFIG_HELP)
-    a.add_argument("--method", choices=("auto", "exact", "sampled"), default="auto")
-    a.add_argument("--samples", type=int, default=1_000_000)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--method",
+        choices=("auto", "exact", "sampled"),
+        default="auto",
+        help="auto (default): exact up to 2^30 inputs (Max-of-5 at d_vocab 64), else sampled",
+    )
+    a.add_argument(
+        "--samples",
+        type=int,
+        default=1_000_000,
+        help="sampled: about this many inputs (stratified by max token, with a minimum per "
+        "stratum; default 1,000,000)",
+    )
+    a.add_argument("--seed", type=int, default=0, help="sampled: random seed (default 0)")
     a.add_argument("--json", help="also write the result to this JSON file")
     a.set_defaults(func=cmd_accuracy)
 
@@ -289,7 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a name, comma-separated names, or 'all'; repeatable (default: cubic)",
     )
     pr.add_argument(
-        "--true-correct", type=int, default=None, help="exact correct count, for normalising"
+        "--true-correct",
+        type=int,
+        default=None,
+        help="exact correct count, for normalising (default: the one `accuracy` stored beside "
+        "a model directory, if any)",
     )
     pr.add_argument("--json", help="also write the result(s) to this JSON file")
     pr.add_argument(
@@ -297,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="store the proof's certificate (FILE JSON + tensors beside it) for `check`",
     )
+    _add_threads(pr)
     pr.set_defaults(func=cmd_prove)
 
     ck = sub.add_parser("check", help="re-run only the trusted check of a stored certificate")
@@ -304,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("certificate", help="certificate JSON written by `prove --certificate`")
     ck.add_argument("--config", help=CONFIG_HELP)
     ck.add_argument("--json", help="also write the confirmation to this JSON file")
+    _add_threads(ck)
     ck.set_defaults(func=cmd_check)
 
     s = sub.add_parser("strategies", help="list the proof strategies")
@@ -312,27 +389,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train, measure and prove many models (resumable)")
     sw.add_argument("--k", type=int, nargs="+", default=[4], help="sequence lengths (default 4)")
-    sw.add_argument("--d-vocab", type=int, nargs="+", default=[64], help="vocabulary sizes")
-    sw.add_argument("--seeds", default="3", help="a count of paper seeds, 'all', or e.g. 50,104")
-    sw.add_argument("--strategy", default="all", help="a name, comma-separated names, or 'all'")
+    sw.add_argument(
+        "--d-vocab", type=int, nargs="+", default=[64], help="vocabulary sizes (default 64)"
+    )
+    sw.add_argument(
+        "--seeds", default="3", help="a count of paper seeds (default 3), 'all', or e.g. 50,104"
+    )
+    sw.add_argument(
+        "--strategy",
+        default="all",
+        help="a name, comma-separated names, or 'all' (default: all 106, about 1 min per "
+        "Max-of-4 model on one core)",
+    )
     sw.add_argument("--out", required=True, help="sweep directory (created or resumed)")
     _add_run_options(sw, jobs_default=1)
-    sw.add_argument("--d-model", type=int, default=32)
-    sw.add_argument("--analysis", choices=ANALYSES, default="basic", help=ANALYSIS_HELP)
+    sw.add_argument("--d-model", type=int, default=32, help="residual width (default 32)")
+    sw.add_argument(
+        "--analysis", choices=ANALYSES, default="basic", help=ANALYSIS_HELP + " (default basic)"
+    )
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("reproduce", help="the paper's study on a small default, with its report")
     rp.add_argument("--k", type=int, default=4, help="sequence length K (default 4)")
-    rp.add_argument("--d-vocab", type=int, default=64)
+    rp.add_argument("--d-vocab", type=int, default=64, help="number of tokens (default 64)")
     rp.add_argument("--seeds", default="3", help="a count of paper seeds (default 3), or 'all'")
-    rp.add_argument("--strategy", default="all", help="a name, comma-separated names, or 'all'")
+    rp.add_argument(
+        "--strategy", default="all", help="a name, comma-separated names, or 'all' (default)"
+    )
     rp.add_argument("--out", default=None, help="directory (default runs/reproduce-k{K})")
     _add_run_options(rp, jobs_default=-1)
-    rp.add_argument("--analysis", choices=ANALYSES, default="sampled", help=ANALYSIS_HELP)
+    rp.add_argument(
+        "--analysis", choices=ANALYSES, default="sampled", help=ANALYSIS_HELP + " (default sampled)"
+    )
     rp.set_defaults(func=cmd_reproduce)
 
     rt = sub.add_parser("report", help="tables, figures and LaTeX values from a sweep directory")
-    rt.add_argument("sweep_dir")
+    rt.add_argument("sweep_dir", help="a directory written by `sweep` or `reproduce`")
     rt.add_argument("--seed", type=int, default=None, help="model for the per-model figures")
     rt.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/report)")
     rt.set_defaults(func=cmd_report)
@@ -345,6 +437,22 @@ MODEL_HELP = (
 CONFIG_HELP = "TransformerLens config JSON for a foreign checkpoint (default: found beside it)"
 ANALYSES = ("none", "basic", "sampled", "full")
 ANALYSIS_HELP = "per-model analysis for the report (ablations, noise): none/basic/sampled/full"
+
+
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULT_THREADS,
+        help=f"torch threads (default {DEFAULT_THREADS}: robust when the cores are shared; 2 "
+        "threads gain 1.2-1.6x on an idle 2-core machine; 0: torch's own default)",
+    )
+
+
+def _threads(args: argparse.Namespace) -> int | None:
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
+    return args.threads or None
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, jobs_default: int) -> None:

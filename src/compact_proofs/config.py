@@ -8,6 +8,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from compact_proofs.errors import ConfigError
+
 # The paper's 151 Max-of-K seeds (reference-algorithms §1.4), sorted.
 PAPER_SEEDS: tuple[int, ...] = (
     50,
@@ -208,11 +210,11 @@ class ModelConfig:
         for name in ("d_vocab", "n_ctx", "d_model", "d_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.d_vocab < 2:
-            raise ValueError(f"d_vocab must be at least 2, got {self.d_vocab}")
+            raise ConfigError(f"d_vocab must be at least 2, got {self.d_vocab}")
         if self.n_ctx < 2:
-            raise ValueError(f"n_ctx (K) must be at least 2, got {self.n_ctx}")
+            raise ConfigError(f"n_ctx (K) must be at least 2, got {self.n_ctx}")
 
     @property
     def d_vocab_out(self) -> int:
@@ -247,9 +249,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.batch_size < 1 or self.steps < 0:
-            raise ValueError("batch_size must be >= 1 and steps >= 0")
+            raise ConfigError("batch_size must be >= 1 and steps >= 0")
 
     @property
     def model_seed(self) -> int:
@@ -272,5 +274,5 @@ def preset(k: int, d_vocab: int = 64) -> ModelConfig:
     """The paper's model shape for Max-of-``k`` over ``d_vocab`` tokens."""
     if (k, d_vocab) not in PAPER_PRESETS:
         known = ", ".join(f"(K={a}, d_vocab={b})" for a, b in PAPER_PRESETS)
-        raise ValueError(f"no paper preset for K={k}, d_vocab={d_vocab}; known presets: {known}")
+        raise ConfigError(f"no paper preset for K={k}, d_vocab={d_vocab}; known presets: {known}")
     return ModelConfig(d_vocab=d_vocab, n_ctx=k)

@@ -6,6 +6,10 @@ class UserError(Exception):
     """Bad input from the user: missing or malformed files, unsupported models, bad options."""
 
 
+class ConfigError(UserError, ValueError):
+    """An invalid model shape or training setting (also a ValueError, for API callers)."""
+
+
 class ModelFormatError(UserError):
     """A model file or state dict that cannot be read as a compact-proofs model."""
 

@@ -266,7 +266,8 @@ def load_model(path: str | os.PathLike) -> tuple[Weights, dict[str, Any]]:
         ModelFormatError: missing or malformed files, wrong keys, shapes or dtypes, NaN/Inf values,
             or a sha256 that does not match model.json.
         UnsupportedModelError: a well-formed model of an architecture the proofs do not cover
-            (several layers or heads, MLP, LayerNorm, nonzero biases).
+            (several layers or heads, MLP, LayerNorm, nonzero biases), or a task other than
+            Max-of-K in model.json.
     """
     weights_path, meta_path = _resolve(Path(path))
     meta = _read_meta(meta_path) if meta_path is not None else {}
@@ -322,6 +323,11 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 
 def _check_meta_config(meta: dict, path: Path) -> None:
+    task = meta.get("task", "max_of_k")
+    if task != "max_of_k":
+        raise UnsupportedModelError(
+            f"{path}: the model's task is {task!r}; the proofs cover Max-of-K ('max_of_k') only"
+        )
     cfg = meta["config"]
     if cfg.get("n_layers", 1) != 1:
         raise UnsupportedModelError(

@@ -26,6 +26,7 @@ def _fmt(seconds: float | None) -> str:
 def rich_progress(console=None, description: str = "sweep") -> Iterator[Callable[[int, int], None]]:
     """Yields ``update(done, total)`` for ``run_sweep(progress=...)``; draws a transient bar with
     ``done/total``, elapsed time and ETA on ``console`` (a ``rich.console.Console``)."""
+    from rich import get_console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
@@ -36,7 +37,9 @@ def rich_progress(console=None, description: str = "sweep") -> Iterator[Callable
         TextColumn("ETA {task.fields[eta]}"),
     )
     state: dict[str, float] = {}
-    with Progress(*columns, console=console, transient=True) as bar:
+    # Drawn on a terminal only (in a pipe or a log it would leave a stray blank line).
+    shown = (console or get_console()).is_terminal
+    with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task(description, total=None, eta=_fmt(None))
 
         def update(done: int, total: int) -> None:

@@ -323,11 +323,18 @@ def _count_statuses(root, specs, chosen, infos, summary: SweepSummary) -> None:
                 summary.failed += 1
 
 
+def _plural(n: int, noun: str) -> str:
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
 def describe(summary: SweepSummary) -> str:
     """A few lines for people: counts, time, failures and soundness alarms."""
     s = summary
     lines = [
-        f"{len(s.models)} models x {len(s.strategies)} strategies: {s.ok} proved, "
+        f"{_plural(len(s.models), 'model')} x {_plural(len(s.strategies), 'strategy')}: "
+        f"{s.ok} proved, "
         f"{s.skipped} skipped, {s.failed} failed; {s.total - s.already_done} of {s.total} units "
         f"run now in {s.seconds:.1f} s ({s.out_dir})"
     ]

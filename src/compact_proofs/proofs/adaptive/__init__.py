@@ -23,6 +23,7 @@ which keys and boxes to refine and how to split; the certificate lists them, for
 """
 
 import dataclasses
+import decimal
 import re
 
 from compact_proofs.config import ModelConfig
@@ -42,6 +43,9 @@ REVISION = 2
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).
 DEFAULT_BUDGETS = (20_000_000, 30_000_000, 100_000_000)
+# Larger budgets are refused: no refinement comes near them (the full one of a Max-of-10,
+# d_vocab 128 model costs about 2.6e9 FLOPs), and ``adaptive`` is the unbudgeted proof.
+MAX_BUDGET = 10**18
 
 
 def check(weights: Weights, certificate: Certificate, ops: Ops) -> Verdict:
@@ -109,10 +113,25 @@ BUDGET_STRATEGIES = tuple(budget_strategy(b) for b in DEFAULT_BUDGETS)
 
 
 def strategy_for_name(name: str) -> Strategy | None:
-    """``adaptive`` or ``adaptive-budget-<N>`` (N an int or like 3e7), else None."""
+    """``adaptive`` or ``adaptive-budget-<N>`` (N a whole number of FLOPs: an int or like 3e7),
+    else None. Raises UserError for a budget that is not a whole number from 1 to
+    ``MAX_BUDGET``."""
     if name == NAME:
         return STRATEGY
-    match = re.fullmatch(re.escape(BUDGET_PREFIX) + r"(\d+(?:\.\d+)?(?:e\d+)?)", name)
-    if match is None or float(match.group(1)) != int(float(match.group(1))):
+    budget = budget_of(name)
+    return None if budget is None else dataclasses.replace(budget_strategy(budget), name=name)
+
+
+def budget_of(name: str) -> int | None:
+    """The FLOP budget of ``adaptive-budget-<N>``; None for any other name. Raises UserError
+    for a budget that is not a whole number from 1 to ``MAX_BUDGET``."""
+    text = name[len(BUDGET_PREFIX) :] if name.startswith(BUDGET_PREFIX) else ""
+    if re.fullmatch(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", text) is None:
         return None
-    return dataclasses.replace(budget_strategy(int(float(match.group(1)))), name=name)
+    value = decimal.Decimal(text)  # exact: 3e7, 2.5e6 and 1e400 alike
+    if value != value.to_integral_value() or not 0 < value <= MAX_BUDGET:
+        raise UserError(
+            f"FLOP budget must be a whole number from 1 to 1e18, got {text} "
+            f"(for no budget use {NAME!r})"
+        )
+    return int(value)
