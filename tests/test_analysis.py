@@ -244,3 +244,61 @@ def test_analyze_save_load_roundtrip(tmp_path):
     for k in tensors:
         assert torch.equal(tensors2[k], tensors[k].double())
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def _checker_recursive_eps(w: Weights) -> dict[str, torch.Tensor]:
+    """Per recursive mode, rigorous upper bounds on the subcubic checker's own eps (per query),
+    computed by the checker's component with the search's directions."""
+    from compact_proofs.core import circuits
+    from compact_proofs.core.rigorous import Ops
+    from compact_proofs.proofs.subcubic import eqke, search
+    from compact_proofs.proofs.subcubic.variants import RECURSIVE_MEANS
+
+    ops = Ops()
+    lv = circuits.leaves(w, ops)
+    em = eqke.embeds(lv, ops)
+    cert = search.directions(w)
+    return {
+        mode: ops.upper(eqke.subproduct(mode, lv, em, cert, ops).eps) for mode in RECURSIVE_MEANS
+    }
+
+
+@pytest.mark.parametrize("model", ["random-V16-K4", "trained-V8-K3"])
+def test_recursive_mode_bounds_are_what_the_checker_uses(model, soundness_model):
+    """The recursive modes' bound in the analysis (and hence the noise figure) is the checker's
+    eps, min(paper's recursive bound, Cauchy–Schwarz), not the paper's bound alone: it equals the
+    checker's eps up to the checker's rounding control (eps is a rigorous upper bound, so ours may
+    only be below it, by a tiny relative amount) and never exceeds the paper's recursive bound."""
+    w = make_weights(16, 4, 12, 4) if model.startswith("random") else soundness_model(model)[0]
+    info, _ = noise.noise_analysis(w, n_resamples=2)
+    dec = noise.decompose(w)
+    ms = [dec["m0"], dec["m1"], dec["m2"], dec["m3"]]
+    bounds = noise.mode_bounds(*ms)
+    checker = _checker_recursive_eps(w)
+    assert set(checker) == {m for m in noise.ERROR_MODES if m.endswith("_recursive")}
+    for mode, eps in checker.items():
+        ours = bounds[mode]
+        assert bool((ours <= eps * (1 + 1e-9)).all()), mode
+        assert bool((ours >= eps * (1 - 1e-3)).all()), mode
+        assert info[f"noise_bound_{mode}"] == float(ours.max())
+        assert info[f"noise_bound_{mode}"] == pytest.approx(float(eps.max()), rel=1e-3)
+        paper = info[f"noise_paper_bound_{mode}"]
+        assert info[f"noise_bound_{mode}"] <= paper
+        # on these models Cauchy–Schwarz wins: the paper's bound alone overstates the proof's eps
+        assert info[f"noise_bound_{mode}"] < 0.6 * paper, mode
+        assert info[f"noise_bound_{mode}"] == min(paper, info[f"noise_cs_bound_{mode}"])
+
+
+def test_recursive_parts_min_is_the_mode_bound_and_both_parts_are_valid():
+    """Both parts of a recursive mode bound the residual's row ranges on their own (so their min
+    does), on factors with a large common row part (where the mean tricks matter)."""
+    g = torch.Generator().manual_seed(12)
+    for _ in range(10):
+        ms = [torch.randn(*s, generator=g, dtype=torch.float64) for s in ((9, 5), (5, 3), (3, 5))]
+        ms.append(torch.randn(5, 9, generator=g, dtype=torch.float64) + 3.0)
+        ms[0] = ms[0] + 4 * torch.randn(1, 5, generator=g, dtype=torch.float64)
+        actual = noise.row_range(ms[0] @ ms[1] @ ms[2] @ ms[3])
+        bounds = noise.mode_bounds(*ms)
+        for mode, (paper, cs) in noise.recursive_parts(*ms).items():
+            assert bool((paper >= actual - 1e-9).all()) and bool((cs >= actual - 1e-9).all())
+            assert torch.equal(bounds[mode], torch.minimum(paper, cs)), mode

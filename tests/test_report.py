@@ -434,3 +434,82 @@ def test_paper_numbers_printed_for_k4(tmp_path: Path):
     assert "rel 0.9539 ± 0.0080" in _row(md, "cubic")
     assert "rel 0.283 ± 0.037" in _row(md, "quadratic QK & EU")
     assert "seed 1 has no per-model data" in (out / "index.md").read_text()
+
+
+def test_unbudgeted_adaptive_points_stay_visible_over_budgeted_ones():
+    """The unbudgeted adaptive proof ends where its largest budget ends (same FLOPs, bound and
+    unexplained dimension), so both families' points coincide. In the FLOPs figures the
+    unbudgeted one is an opaque ring drawn above the filled budget dots and larger than them."""
+    from matplotlib.colors import to_rgba_array
+
+    from compact_proofs.report import figures
+
+    rows = []
+    for seed in (1, 2):
+        for fam, strategy, flops in (
+            ("cubic", "cubic", 4e7),
+            ("adaptive (budget)", "adaptive-budget-2e7", 2e7),
+            ("adaptive (budget)", "adaptive-budget-1e8", 3e7),
+            ("adaptive", "adaptive", 3e7),
+        ):
+            rows.append(
+                {
+                    "k": 3,
+                    "d_vocab": 6,
+                    "seed": seed,
+                    "strategy": strategy,
+                    "family": fam,
+                    "accuracy_bound": 0.9 if flops == 3e7 else 0.7,
+                    "normalized_bound": 0.95 if flops == 3e7 else 0.75,
+                    "flops": flops,
+                    "unexplained_dim": 5000.0,
+                    "on_frontier": True,
+                }
+            )
+    df = pd.DataFrame(rows)
+    made = [
+        figures.bound_vs_flops(df, frontier_only=False, title="t"),
+        figures.bound_vs_flops(df, frontier_only=True, title="t"),
+        figures.unexplained_dim_vs_flops(df, title="t"),
+    ]
+    for fig in made:
+        ax = fig.axes[0]
+        by_label = {c.get_label().split(" (rel")[0]: c for c in ax.collections}
+        ring, dots = by_label["adaptive"], by_label["adaptive (budget)"]
+        ring_xy = {tuple(p) for p in ring.get_offsets().tolist()}
+        assert ring_xy <= {tuple(p) for p in dots.get_offsets().tolist()}  # same places
+        assert ring.get_zorder() > max(c.get_zorder() for c in ax.collections if c is not ring)
+        face = to_rgba_array(ring.get_facecolor())
+        assert face.size == 0 or float(face[:, 3].max()) == 0.0  # hollow: the dot shows through
+        assert float(to_rgba_array(ring.get_edgecolor())[:, 3].min()) == 1.0  # opaque edge
+        assert ring.get_linewidths()[0] > 0
+        assert float(min(ring.get_sizes())) > float(max(dots.get_sizes()))
+        legend_labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(t.startswith("adaptive (rel") or t == "adaptive" for t in legend_labels)
+
+
+def test_noise_figure_plots_the_recursive_bounds_the_proof_uses():
+    """In the noise figure's "what each attention-error mode proves" panel the filled bar of a
+    recursive mode is the checker's eps (min of the paper's recursive bound and Cauchy–Schwarz,
+    recomputed here from the analysis' two parts), and the paper's bound alone is a separate,
+    hollow bar that is never shorter."""
+    from compact_proofs.analysis import noise
+    from compact_proofs.report import model_figures
+
+    w = random_weights(12, 3, 8, 7)
+    info, tensors = noise.noise_analysis(w, n_resamples=5)
+    fig = model_figures.noise_figure(info, tensors, "t")
+    ax = next(a for a in fig.axes if a.get_title() == "what each attention-error mode proves")
+    modes = [t.get_text() for t in ax.get_yticklabels()]
+    filled = [b for b in ax.patches if b.get_fill()]
+    hollow = {round(b.get_y() + b.get_height() / 2): b for b in ax.patches if not b.get_fill()}
+    assert [round(b.get_y() + b.get_height() / 2) for b in filled] == list(range(len(modes)))
+    recursive = [m for m in modes if m.endswith("_recursive")]
+    assert len(recursive) == 3 and set(hollow) == {modes.index(m) for m in recursive}
+    for i, mode in enumerate(modes):
+        assert filled[i].get_width() == info[f"noise_bound_{mode}"]
+    for mode in recursive:
+        i = modes.index(mode)
+        paper, cs = info[f"noise_paper_bound_{mode}"], info[f"noise_cs_bound_{mode}"]
+        assert filled[i].get_width() == min(paper, cs)
+        assert hollow[i].get_width() == paper >= filled[i].get_width()

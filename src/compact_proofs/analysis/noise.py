@@ -18,6 +18,12 @@ bound it by, and with the same statistic for 100 resamples of the factors in whi
 every factor are shuffled (permuted), and 100 in which they are replaced by i.i.d. Gaussians with
 the factor's mean and std (one ``torch.Generator`` seeded 1234, shuffles first). If the residual
 behaved like structureless noise, the actual value would sit inside the resampled distributions.
+
+The per-mode bounds are the ones the subcubic checker uses (``proofs/subcubic/eqke.py``; here in
+float64, without its rounding control, so at most slightly below its eps): for the three recursive
+modes that is the elementwise min of the paper's recursive row-range bound and a
+Cauchy–Schwarz bound (eqke.py, family (d)); both parts are also reported separately
+(``noise_paper_bound_*``, ``noise_cs_bound_*``), so the paper's value stays visible.
 """
 
 import math
@@ -27,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from compact_proofs.analysis.paths import embeddings
+from compact_proofs.proofs.subcubic.variants import RECURSIVE_MEANS
 from compact_proofs.weights import Weights
 
 RESAMPLE_SEED = 1234
@@ -113,14 +120,15 @@ def _mean_max_diff(A: Tensor, B: Tensor) -> Tensor:
     return row_range(a_bar @ B) + (A - a_bar).abs() @ row_range(B)
 
 
-def _recursive(ms: list[Tensor], *, mean_levels: int) -> Tensor:
-    """Row-range bound of ``ms[0] @ ... @ ms[-1]`` by recursion from the right; the mean-row trick
-    is applied at the outermost ``mean_levels`` levels."""
+def _recursive(ms: list[Tensor], means: list[bool]) -> Float[Tensor, " a"]:
+    """The paper's row-range bound of ``ms[0] @ ... @ ms[-1]`` by recursion from the right;
+    ``means[i]`` applies the mean-row trick at level ``i`` (as ``eqke.rr_bound``). Returns
+    [rows of ms[0]]."""
     bound = row_range(ms[-1])
     rest = ms[-1]
     for depth in range(len(ms) - 2, -1, -1):
         A = ms[depth]
-        if depth < mean_levels:
+        if means[depth]:
             a_bar = A.mean(dim=0, keepdim=True)
             bound = row_range(a_bar @ rest) + (A - a_bar).abs() @ bound
         else:
@@ -129,12 +137,62 @@ def _recursive(ms: list[Tensor], *, mean_levels: int) -> Tensor:
     return bound
 
 
+def _sigma_sq_bound(A: Float[Tensor, "r k"], B: Float[Tensor, "k c"]) -> float:
+    """The checker's bound on ``sigma_1(A B)^2`` (``eqke._sigma_sq_up``, without its rounding
+    control): the eigenvalues ``l_i >= 0`` of ``G = (AᵀA)(BBᵀ)`` are the squared singular values
+    of ``A B``, so ``l_max <= (sum_i l_i^32)^(1/32) = tr(G) tr((G / tr G)^32)^(1/32) <= tr(G)``."""
+    G = (A.T @ A) @ (B @ B.T)  # [k, k]
+    tr = float(torch.trace(G))
+    if tr <= 0.0:
+        return 0.0
+    X = G / tr
+    for _ in range(4):  # X^2, X^4, X^8, X^16
+        X = X @ X
+    t = max(float((X * X.T).sum()), 0.0)  # tr(X^32)
+    return min(tr, tr * t ** (1.0 / 32.0))
+
+
+def _cauchy_schwarz(ms: list[Tensor], *, mean_q: bool, mean_k: bool) -> Float[Tensor, " a"]:
+    """The checker's Cauchy–Schwarz row-range bound of ``m0 m1 m2 m3`` (``eqke._cs_eps``):
+    ``eps[q] = head + 2 sigma beta ||m0[q] - abar||_2`` with ``sigma^2 >= sigma_1(m1 m2)^2``
+    (``_sigma_sq_bound``), ``beta = max_i ||m3[:, i] - kbar||_2``; ``abar`` = mean row of ``m0``
+    and ``head = range(abar m1 m2 m3)`` if ``mean_q`` (else 0, 0); ``kbar`` = mean column of
+    ``m3`` if ``mean_k`` (else 0). Returns [rows of m0]."""
+    m0, m1, m2, m3 = ms
+    sigma = math.sqrt(_sigma_sq_bound(m1, m2))
+    cols = m3.T  # [V_k, d]
+    if mean_k:
+        cols = cols - cols.mean(dim=0, keepdim=True)
+    beta = float(torch.linalg.vector_norm(cols, dim=1).max())
+    head = torch.zeros(1, dtype=m0.dtype)
+    if mean_q:
+        a_bar = m0.mean(dim=0, keepdim=True)
+        head = row_range(a_bar @ m1 @ m2 @ m3)  # [1]
+        m0 = m0 - a_bar
+    return head + 2.0 * sigma * beta * torch.linalg.vector_norm(m0, dim=1)
+
+
+def recursive_parts(
+    m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per recursive mode: (the paper's recursive bound, the Cauchy–Schwarz bound), per query.
+    The checker's eps is their elementwise min (eqke.py, family (d)); the mean flags are the
+    checker's ``RECURSIVE_MEANS`` (Cauchy–Schwarz: query mean at level 0, key mean at the last)."""
+    ms = [m0, m1, m2, m3]
+    return {
+        mode: (_recursive(ms, means), _cauchy_schwarz(ms, mean_q=means[0], mean_k=means[-1]))
+        for mode, means in RECURSIVE_MEANS.items()
+    }
+
+
 def mode_bounds(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor) -> dict[str, Tensor]:
     """Per-query bounds ``eps[q] >= row_range(m0 m1 m2 m3)[q]`` of every mode in ``ERROR_MODES``.
 
     Two-matrix modes (``max_diff``, ``mean+max_diff``) split the product as
     ``(m0 m1 m2)(m3)``, like the factored ``A = E_q Q Kᵀ``, ``B = Ēᵀ`` view of §8.4(a); the
-    subproduct modes take the elementwise min over the three split points.
+    subproduct modes take the elementwise min over the three split points; the recursive modes
+    take, like the checker, the elementwise min of the paper's recursive bound and the
+    Cauchy–Schwarz bound (``recursive_parts``).
     """
     ms = [m0, m1, m2, m3]
     R = m0 @ m1 @ m2 @ m3
@@ -155,9 +213,7 @@ def mode_bounds(m0: Tensor, m1: Tensor, m2: Tensor, m3: Tensor) -> dict[str, Ten
         "mean+max_diff": _mean_max_diff(*splits[2]),
         "max_diff_subproduct": torch.stack([_max_diff(a, b) for a, b in splits]).amin(0),
         "mean+max_diff_subproduct": torch.stack([_mean_max_diff(a, b) for a, b in splits]).amin(0),
-        "max_diff_subproduct_recursive": _recursive(ms, mean_levels=0),
-        "mean+max_diff_subproduct_recursive": _recursive(ms, mean_levels=1),
-        "mean_recursive+max_diff_subproduct_recursive": _recursive(ms, mean_levels=len(ms) - 1),
+        **{mode: torch.minimum(paper, cs) for mode, (paper, cs) in recursive_parts(*ms).items()},
         "max_diff_exact": row_range(R),
     }
 
@@ -194,7 +250,12 @@ def resample_max_row_range(
 
 
 def noise_analysis(w: Weights, *, n_resamples: int = N_RESAMPLES) -> tuple[dict, dict[str, Tensor]]:
-    """Scalars (flat dict, keys prefixed ``noise_``) and tensors (keys prefixed ``noise.``)."""
+    """Scalars (flat dict, keys prefixed ``noise_``) and tensors (keys prefixed ``noise.``).
+
+    ``noise_bound_<mode>`` is the max over queries of the bound the checker's ``eps`` of that
+    mode gives (``mode_bounds``); for the recursive modes ``noise_paper_bound_<mode>`` and
+    ``noise_cs_bound_<mode>`` are its two parts (``recursive_parts``), the paper's recursive
+    bound and the Cauchy–Schwarz one."""
     d = decompose(w)
     R, S = d["residual"], d["simple"]
     ms = [d["m0"], d["m1"], d["m2"], d["m3"]]
@@ -223,7 +284,10 @@ def noise_analysis(w: Weights, *, n_resamples: int = N_RESAMPLES) -> tuple[dict,
         "noise_n_resamples": n_resamples,
     }
     for mode, eps in bounds.items():
-        out[f"noise_bound_{mode}"] = float(eps.max())
+        out[f"noise_bound_{mode}"] = float(eps.max())  # what the checker's eps allows
+    for mode, (paper, cs) in recursive_parts(*ms).items():
+        out[f"noise_paper_bound_{mode}"] = float(paper.max())
+        out[f"noise_cs_bound_{mode}"] = float(cs.max())
     for name, vals in (("shuffle", shuffled), ("gaussian", gaussian)):
         out[f"noise_resample_{name}_mean"] = float(vals.mean())
         out[f"noise_resample_{name}_std"] = float(vals.std()) if vals.numel() > 1 else math.nan

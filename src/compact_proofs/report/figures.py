@@ -4,6 +4,7 @@ Uses matplotlib's object API (``Figure`` + Agg canvas), never pyplot: no global 
 
 1. ``bound_vs_flops_all``: normalised bound vs FLOPs to check (log2 axis), every row, coloured
    by family; legend: family (normalised bound of its best variant per seed, mean ± std).
+   Families in ``RING_FAMILIES`` are drawn as rings above the filled dots (``point_style``).
 2. ``bound_vs_flops_frontier``: only rows on their seed's Pareto frontier (§10.5), with the dashed
    brute-force linear baseline ``y = mean(normalised bound / FLOPs of brute force) · x``.
 3. ``unexplained_dim_vs_flops``: unexplained dimension vs FLOPs (log2-log2).
@@ -36,6 +37,34 @@ PALETTE = (
     "#bcbd22",
     "#7f7f7f",
 )
+
+
+# Families drawn as open rings above every filled dot. The unbudgeted adaptive proof stops where
+# its largest FLOP budget stops too, so its points coincide with "adaptive (budget)" points: as a
+# filled dot drawn in family order it would be hidden under them, leaving a legend entry with no
+# visible points. A ring around the filled dot keeps both visible.
+ADAPTIVE, ADAPTIVE_BUDGET = "adaptive", "adaptive (budget)"
+RING_FAMILIES: frozenset[str] = frozenset({ADAPTIVE})
+# Families with a few points per seed (one per seed, or one per budget): drawn larger.
+FEW_POINT_FAMILIES: frozenset[str] = frozenset(
+    {naming.BRUTE_FORCE, naming.CUBIC, ADAPTIVE, ADAPTIVE_BUDGET}
+)
+
+
+def point_style(family: str, color: str, size: float, alpha: float) -> dict:
+    """``scatter`` keywords of a family: a filled dot of area ``size`` (zorder 3), or for
+    ``RING_FAMILIES`` an opaque ring (no face, 1.3 pt edge) of 2.5 times that area, at least
+    60, at zorder 4, i.e. drawn on top and around a filled dot at the same place."""
+    if family in RING_FAMILIES:
+        return {
+            "s": max(2.5 * size, 60.0),
+            "facecolors": "none",
+            "edgecolors": color,
+            "linewidths": 1.3,
+            "alpha": 1.0,
+            "zorder": 4,
+        }
+    return {"s": size, "color": color, "alpha": alpha, "linewidths": 0, "zorder": 3}
 
 
 def family_colors(families) -> dict[str, str]:
@@ -110,17 +139,18 @@ def bound_vs_flops(df: pd.DataFrame, *, frontier_only: bool, title: str) -> Figu
         rows = shown[shown["family"] == fam]
         if rows.empty:
             continue
-        few = fam in (naming.BRUTE_FORCE, naming.CUBIC)  # one point per seed, stacked: draw larger
+        few = fam in FEW_POINT_FAMILIES  # a few points per seed, stacked: draw larger
         ax.scatter(
             rows["flops"],
             rows["normalized_bound"],
-            s=30 if few else (18 if frontier_only else 6),
-            alpha=0.8 if frontier_only or few else 0.45,
-            color=colors[fam],
             label=legend_label(df, fam),
             rasterized=True,
-            linewidths=0,
-            zorder=3,
+            **point_style(
+                fam,
+                colors[fam],
+                30 if few else (18 if frontier_only else 6),
+                0.8 if frontier_only or few else 0.45,
+            ),
         )
     flops = df["flops"][df["flops"] > 0]
     if not flops.empty:
@@ -146,12 +176,9 @@ def unexplained_dim_vs_flops(df: pd.DataFrame, *, title: str) -> Figure:
         ax.scatter(
             rows["flops"],
             rows["unexplained_dim"],
-            s=30 if fam in (naming.BRUTE_FORCE, naming.CUBIC) else 8,
-            alpha=0.5,
-            color=colors[fam],
             label=naming.family_label(fam),
             rasterized=True,
-            linewidths=0,
+            **point_style(fam, colors[fam], 30 if fam in FEW_POINT_FAMILIES else 8, 0.5),
         )
     ok = df[(df["flops"] > 0) & (df["unexplained_dim"] > 0)]
     if not ok.empty:
