@@ -156,7 +156,7 @@ def mode_bounds_panel(ax, info: dict, actual: float, shuffled_mean: float) -> No
     ax.invert_yaxis()
     ax.set_xscale("log")
     lo = min([v for v in vals if v > 0] + [actual, shuffled_mean])
-    ax.set_xlim(lo / 2, max(vals + list(paper.values()) + [actual]) * 12)  # legend room
+    ax.set_xlim(lo / 2, max(vals + list(paper.values()) + [actual]) * 1000)  # legend room
     ax.axvline(actual, color="k", lw=2, label="actual max row range")
     ax.axvline(shuffled_mean, color=PALETTE[2], lw=1.5, ls="--", label="mean shuffled")
     ax.set_xlabel("bound on the max row range (log scale)")
