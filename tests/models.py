@@ -359,6 +359,20 @@ def _trained_near_ties() -> Weights:
     return w
 
 
+def exact_ties_model(seed: int) -> Weights:
+    """A noisy planted model in which token V - 2 is a copy of token V - 3 (same embedding row,
+    same unembedding column): logit(V - 2) == logit(V - 3) exactly on every input, so every
+    input whose max is either of them is an exact tie (wrong), while the other inputs keep
+    their margins. d_vocab 5..8, n_ctx 3..4, drawn from the seed."""
+    g = torch.Generator().manual_seed(seed)
+    V = int(torch.randint(5, 9, (1,), generator=g))
+    n = int(torch.randint(3, 5, (1,), generator=g))
+    w = planted_weights(V, n, noise=0.05, pos_noise=0.3, seed=seed)
+    E, U = w.W_E.clone(), w.W_U.clone()
+    E[V - 2], U[:, V - 2] = E[V - 3], U[:, V - 3]
+    return Weights(W_E=E, W_pos=w.W_pos, W_Q=w.W_Q, W_K=w.W_K, W_V=w.W_V, W_O=w.W_O, W_U=U)
+
+
 CATALOGUE = {
     "trained-V8-K3": lambda: trained_weights(8, 3, seed=1, steps=300),
     "trained-V10-K4-partial": lambda: trained_weights(10, 4, seed=2, steps=60),
@@ -375,4 +389,6 @@ CATALOGUE = {
     "neartie-trained-V8-K3": _trained_near_ties,
     # the adaptive search re-checks 18 of its homogeneous keys per output (mixed form)
     "random-V9-K4-perkey": lambda: random_small_model(32),
+    # hundreds of inputs whose max logit ties exactly with another (wrong, decided exactly)
+    "ties-duplicate-token": lambda: exact_ties_model(0),
 }

@@ -70,6 +70,24 @@ def test_sound_on_random_models(seed):
         models.assert_sound(_ALL[name], w, truth)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(20))
+def test_sound_on_models_with_exact_ties(seed):
+    """Models in which one token duplicates another (``models.exact_ties_model``): every input
+    whose max is either of the two is an exact tie, so wrong; each strategy above proves none
+    of them, and the adaptive proof still reaches the exact count."""
+    w = models.exact_ties_model(seed)
+    truth = models.truth_mask(w)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    tokens = models.all_tokens(V, n)
+    top = tokens.max(dim=1).values
+    assert not bool(truth[(top == V - 2) | (top == V - 3)].any())  # all ties: all wrong
+    for name in FUZZ_STRATEGIES:
+        verdict = models.assert_sound(_ALL[name], w, truth)
+        if name == "adaptive":
+            assert verdict.correct_count == int(truth.sum())
+
+
 def test_near_tie_construction_hits_its_targets():
     """The adversarial models really put inputs within ~1e-20 of the requested margins."""
     w = models.planted_weights(7, 4)
