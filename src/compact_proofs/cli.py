@@ -126,7 +126,11 @@ def _store_exact_count(model: Path, weights, res: dict) -> None:
     path = model / "accuracy.json"
     if not model.is_dir() or _stored_exact_count(model, weights, quiet=True) is not None:
         return
-    _write_json(str(path), res)
+    try:
+        _write_json(str(path), res)
+    except OSError as err:  # e.g. a read-only model directory: the result is printed anyway
+        out.print(f"not stored beside the model ({err.strerror}: {path})")
+        return
     out.print(f"stored in {path} (prove normalises by it)")
 
 
