@@ -449,7 +449,7 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_THREADS,
         help=f"torch threads (default {DEFAULT_THREADS}: robust when the cores are shared; 2 "
-        "threads gain 1.2-1.6x on an idle 2-core machine; 0: torch's own default)",
+        "threads gain 1.1-2.2x on an idle 2-core machine; 0: torch's own default)",
     )
 
 

@@ -1,9 +1,9 @@
 """Torch intra-op threads for the proofs.
 
-A proof's search and check are many small tensor operations. On an idle 2-core machine two
-threads make them only 1.2 - 1.6x faster (Max-of-4 seed 123: brute force 1.6x, adaptive 1.3x,
-cubic 1.2x), but when the cores are shared with other work (another sweep, a training run)
-OpenMP's thread barriers make them 10 - 40x slower. So proofs run single-threaded unless asked
+A proof's search and check are mostly many small tensor operations. On an idle 2-core machine
+two threads make them only 1.1 - 2.2x faster (the 8 paper seeds of Max-of-4: brute force
+1.4 - 2.2x, adaptive 1.1 - 1.7x), but when the cores are shared with other work (another sweep,
+a training run) OpenMP's thread barriers make them 10 - 40x slower. So proofs run single-threaded unless asked
 otherwise; sweeps scale out with processes (``--jobs``) or Dask instead.
 """
 
