@@ -3,8 +3,8 @@
 A proof's search and check are mostly many small tensor operations. On an idle 2-core machine
 two threads make them only 1.1 - 2.2x faster (the 8 paper seeds of Max-of-4: brute force
 1.4 - 2.2x, adaptive 1.1 - 1.7x), but when the cores are shared with other work (another sweep,
-a training run) OpenMP's thread barriers make them 10 - 40x slower. So proofs run single-threaded unless asked
-otherwise; sweeps scale out with processes (``--jobs``) or Dask instead.
+a training run) OpenMP's thread barriers make them 10 - 40x slower. So proofs run
+single-threaded unless asked otherwise; sweeps scale out with processes (``--jobs``) or Dask.
 """
 
 from collections.abc import Iterator
