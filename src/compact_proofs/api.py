@@ -226,6 +226,7 @@ def prove(
     w = load(model)
     chosen = resolve_strategies(strategies)
     chosen.sort(key=lambda s: s.name != "brute-force")  # brute force first: it gives the truth
+    given = true_correct
     results = []
     for strategy in chosen:
         if progress is not None:
@@ -233,7 +234,7 @@ def prove(
         result = prove_one(
             w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
         )
-        refuse_wrong_truth(result, true_correct)
+        refuse_wrong_truth(result, given)
         if strategy.name == "brute-force" and true_correct is None:
             true_correct = result.correct_count
             result = _with_truth(result, true_correct)
