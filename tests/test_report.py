@@ -486,6 +486,21 @@ def test_unbudgeted_adaptive_points_stay_visible_over_budgeted_ones():
         assert float(min(ring.get_sizes())) > float(max(dots.get_sizes()))
         legend_labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert any(t.startswith("adaptive (rel") or t == "adaptive" for t in legend_labels)
+    pytest.importorskip("plotly")
+    from compact_proofs.report import html
+
+    for fig in (
+        html.bound_figure(df, frontier_only=False, title="t"),
+        html.bound_figure(df, frontier_only=True, title="t"),
+        html.dim_figure(df, title="t"),
+    ):
+        traces = [t for t in fig.data if t.mode == "markers"]
+        names = [t.name.split(" (rel")[0] for t in traces]
+        ring, dots = traces[names.index("adaptive")], traces[names.index("adaptive (budget)")]
+        assert names[-1] == "adaptive"  # drawn last, on top
+        assert ring.marker.symbol == "circle-open" and ring.marker.size > dots.marker.size
+        ranks = {n: t.legendrank for n, t in zip(names, traces, strict=True)}
+        assert ranks["adaptive"] < ranks["adaptive (budget)"]  # legend order unchanged
 
 
 def test_noise_figure_plots_the_recursive_bounds_the_proof_uses():

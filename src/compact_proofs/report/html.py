@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 
 from compact_proofs.report import naming
-from compact_proofs.report.figures import PALETTE, family_colors, legend_label, sigma_fits
+from compact_proofs.report.figures import (
+    PALETTE,
+    RING_FAMILIES,
+    family_colors,
+    legend_label,
+    sigma_fits,
+)
 from compact_proofs.report.frontier import brute_force_slope
 
 
@@ -44,13 +50,28 @@ def _hover(rows: pd.DataFrame) -> list[str]:
     ]
 
 
+def _drawing_order(families) -> list[tuple[int, str]]:
+    """(legend rank, family): ``RING_FAMILIES`` drawn last, i.e. on top (as in ``figures``)."""
+    ranked = list(enumerate(families))
+    return [r for r in ranked if r[1] not in RING_FAMILIES] + [
+        r for r in ranked if r[1] in RING_FAMILIES
+    ]
+
+
+def _marker(family: str, color: str, size: float, opacity: float) -> dict:
+    """A filled dot, or for ``RING_FAMILIES`` an open ring twice its size around it."""
+    if family in RING_FAMILIES:
+        return {"color": color, "size": 2 * size + 2, "symbol": "circle-open", "line": {"width": 2}}
+    return {"color": color, "size": size, "opacity": opacity}
+
+
 def bound_figure(df: pd.DataFrame, *, frontier_only: bool, title: str):
     import plotly.graph_objects as go
 
     colors = family_colors(df["family"])
     fig = go.Figure()
     shown = df[df["on_frontier"]] if frontier_only else df
-    for fam in colors:
+    for rank, fam in _drawing_order(colors):
         rows = shown[shown["family"] == fam]
         if rows.empty:
             continue
@@ -60,7 +81,8 @@ def bound_figure(df: pd.DataFrame, *, frontier_only: bool, title: str):
                 y=rows["normalized_bound"],
                 mode="markers",
                 name=legend_label(df, fam),
-                marker={"color": colors[fam], "size": 7 if frontier_only else 4, "opacity": 0.7},
+                legendrank=rank,
+                marker=_marker(fam, colors[fam], 7 if frontier_only else 4, 0.7),
                 hovertext=_hover(rows),
                 hoverinfo="text",
             )
@@ -94,7 +116,7 @@ def dim_figure(df: pd.DataFrame, title: str):
 
     colors = family_colors(df["family"])
     fig = go.Figure()
-    for fam in colors:
+    for rank, fam in _drawing_order(colors):
         rows = df[df["family"] == fam]
         fig.add_trace(
             go.Scattergl(
@@ -102,7 +124,8 @@ def dim_figure(df: pd.DataFrame, title: str):
                 y=rows["unexplained_dim"],
                 mode="markers",
                 name=naming.family_label(fam),
-                marker={"color": colors[fam], "size": 4},
+                legendrank=rank,
+                marker=_marker(fam, colors[fam], 4, 1.0),
                 hovertext=_hover(rows),
                 hoverinfo="text",
             )
