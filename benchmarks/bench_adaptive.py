@@ -50,7 +50,7 @@ def model_dir(root: Path, k: int, seed: int, train: bool) -> Path | None:
     return d
 
 
-def part1(root: Path, runs: int, train: bool) -> None:
+def part1(root: Path, runs: int, train: bool, threads: int) -> None:
     strategies = (brute_force.STRATEGY, cubic.STRATEGY, adaptive.STRATEGY)
     head = (
         f"{'seed':>5} {'true correct':>12} {'adaptive':>12} {'exact':>5} {'cubic bound':>11}"
@@ -74,7 +74,7 @@ def part1(root: Path, runs: int, train: bool) -> None:
         for _ in range(runs):
             for s in strategies:
                 t0 = time.perf_counter()
-                r = api.prove_one(w, s, threads=None)  # the --threads set below
+                r = api.prove_one(w, s, threads=threads)  # the same count for every strategy
                 times[s.name].append(time.perf_counter() - t0)
                 res[s.name] = r
                 if s is adaptive.STRATEGY:
@@ -193,7 +193,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if not a.skip_k4:
-        part1(a.root, a.runs, a.train)
+        part1(a.root, a.runs, a.train, a.threads)
     if not a.skip_large:
         part2(a.root, a.train, a.figure, a.samples, [int(b) for b in a.budget])
 

@@ -21,7 +21,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import UserError
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.proofs.registry import STRATEGIES
-from compact_proofs.threads import DEFAULT_THREADS, torch_threads
+from compact_proofs.threads import resolve, torch_threads
 from compact_proofs.weights import Weights
 
 # Above this many inputs, `accuracy` samples instead of enumerating
@@ -162,10 +162,11 @@ def prove_one(
     *,
     true_correct: int | None = None,
     true_accuracy: float | None = None,
-    threads: int | None = DEFAULT_THREADS,
+    threads: int | None = None,
 ) -> ProofResult:
     """Run one strategy's untrusted search, then its trusted, counted check, with ``threads``
-    torch threads (``compact_proofs.threads``; None: torch's own setting). A ``true_correct``
+    torch threads (``compact_proofs.threads``: None is the strategy's own default, 1 or torch's
+    setting for brute force; 0 is torch's setting). A ``true_correct``
     outside [0, d_vocab**n_ctx] is refused; one below the proven count is kept (a sweep flags
     that as unsound)."""
     cfg = w.config
@@ -177,7 +178,7 @@ def prove_one(
             f"{cfg.n_inputs:.3g} > {strategy.max_inputs:.3g}; use 'cubic' or a subcubic strategy"
         )
     ledger = FlopLedger()
-    with torch_threads(threads):
+    with torch_threads(resolve(threads, strategy.threads)):
         t0 = time.perf_counter()
         certificate = strategy.search(w)
         t1 = time.perf_counter()
@@ -213,15 +214,15 @@ def prove(
     true_correct: int | None = None,
     true_accuracy: float | None = None,
     progress: Callable[[str], None] | None = None,
-    threads: int | None = DEFAULT_THREADS,
+    threads: int | None = None,
 ) -> list[ProofResult]:
     """Prove accuracy lower bounds for ``model`` with each of ``strategies``.
 
     ``true_correct`` (exact correct count) or ``true_accuracy`` (an estimate) make the results carry
     a normalised bound. A brute-force run supplies ``true_correct`` for the strategies after it.
-    ``threads``: torch threads for the proofs (default 1, see ``compact_proofs.threads``; None
-    keeps torch's own setting). A given ``true_correct`` below a proven count is refused (the
-    proofs are sound, so that count is wrong).
+    ``threads``: torch threads for the proofs (default: each strategy's own, see
+    ``compact_proofs.threads``; 0 keeps torch's setting). A given ``true_correct`` below a
+    proven count is refused (the proofs are sound, so that count is wrong).
     """
     w = load(model)
     chosen = resolve_strategies(strategies)

@@ -42,7 +42,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs.protocol import Certificate, Strategy
 from compact_proofs.storage import atomic_write, file_sha256
-from compact_proofs.threads import DEFAULT_THREADS, torch_threads
+from compact_proofs.threads import resolve, torch_threads
 from compact_proofs.weights import Weights
 
 FORMAT = "compact-proofs-certificate"
@@ -312,7 +312,7 @@ def _revision_hint(meta: dict[str, Any], strategy: Strategy) -> str:
 
 
 def check_certificate(
-    model_or_weights: Any, path: str | os.PathLike, *, threads: int | None = DEFAULT_THREADS
+    model_or_weights: Any, path: str | os.PathLike, *, threads: int | None = None
 ) -> Confirmation:
     """Re-run only the trusted check of the certificate at ``path`` on the model, and confirm
     its stated bound.
@@ -321,7 +321,8 @@ def check_certificate(
         model_or_weights: ``Weights``, a model directory / weights file, or a TransformerLens
             model (anything ``api.load`` accepts).
         path: the certificate's JSON file (its tensor file beside it).
-        threads: torch threads for the check (``compact_proofs.threads``; None: torch's own).
+        threads: torch threads for the check (``compact_proofs.threads``; None: the
+            strategy's own default; 0: torch's setting).
 
     Returns:
         A ``Confirmation``: the stated ``correct_count`` holds.
@@ -354,7 +355,7 @@ def check_certificate(
     ledger = FlopLedger()
     t0 = time.perf_counter()
     try:
-        with torch_threads(threads):
+        with torch_threads(resolve(threads, strategy.threads)):
             verdict = strategy.check(w, cert, Ops(ledger))
     except (ProofPreconditionError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CertificateError(

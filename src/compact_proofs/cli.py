@@ -13,7 +13,6 @@ from rich.table import Table
 from compact_proofs import api
 from compact_proofs.errors import UserError
 from compact_proofs.proofs import adaptive
-from compact_proofs.threads import DEFAULT_THREADS
 
 DESCRIPTION = (
     "Train small transformers on Max-of-K and prove rounding-sound lower bounds on their "
@@ -447,16 +446,17 @@ def _add_threads(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=DEFAULT_THREADS,
-        help=f"torch threads (default {DEFAULT_THREADS}: robust when the cores are shared; 2 "
-        "threads gain 1.1-2.2x on an idle 2-core machine; 0: torch's own default)",
+        default=None,
+        help="torch threads for every strategy (default: 1, which is robust when the cores are "
+        "busy, and torch's own setting for brute force, whose large tensor operations scale "
+        "with cores; 0: torch's own setting)",
     )
 
 
 def _threads(args: argparse.Namespace) -> int | None:
-    if args.threads < 0:
-        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
-    return args.threads or None
+    if args.threads is not None and args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's setting) or positive, got {args.threads}")
+    return args.threads
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, jobs_default: int) -> None:

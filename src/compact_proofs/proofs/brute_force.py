@@ -19,6 +19,7 @@ from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs.protocol import Certificate, Strategy, Verdict
+from compact_proofs.threads import TORCH_DEFAULT
 from compact_proofs.weights import Weights
 
 # Largest d_vocab**n_ctx brute force accepts (Max-of-5 at d_vocab 64 is 2**30).
@@ -64,4 +65,5 @@ STRATEGY = Strategy(
     check=check,
     unexplained_dim=unexplained_dim,
     max_inputs=MAX_INPUTS,
+    threads=TORCH_DEFAULT,  # a few large tensor operations: they scale with cores
 )

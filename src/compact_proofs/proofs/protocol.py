@@ -54,6 +54,9 @@ class Strategy:
         revision: the checker's revision, raised whenever a change to ``check`` may refuse a
             certificate an earlier revision's search wrote (certificates record it, so such a
             refusal can say why).
+        threads: torch threads its search and check run with unless the caller says otherwise
+            (``compact_proofs.threads``): 1 for many small tensor operations, 0 for torch's own
+            setting (large ones that scale with cores).
     """
 
     name: str
@@ -64,3 +67,4 @@ class Strategy:
     unexplained_dim: Callable[..., int]
     max_inputs: int | None = None
     revision: int = 1
+    threads: int = 1
