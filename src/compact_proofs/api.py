@@ -165,10 +165,10 @@ def prove_one(
     threads: int | None = None,
 ) -> ProofResult:
     """Run one strategy's untrusted search, then its trusted, counted check, with ``threads``
-    torch threads (``compact_proofs.threads``: None is the strategy's own default, 1 or torch's
-    setting for brute force; 0 is torch's setting). A ``true_correct``
-    outside [0, d_vocab**n_ctx] is refused; one below the proven count is kept (a sweep flags
-    that as unsound)."""
+    torch threads (``compact_proofs.threads``: None is the strategy's own default, which is 1,
+    or torch's setting for brute force; 0 is torch's setting). A ``true_correct`` outside
+    [0, d_vocab**n_ctx] is refused; one below the proven count is kept (a sweep flags that as
+    unsound)."""
     cfg = w.config
     if true_correct is not None and not 0 <= true_correct <= cfg.n_inputs:
         raise UserError(f"true correct count {true_correct} is outside [0, {cfg.n_inputs:,}]")
