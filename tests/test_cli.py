@@ -24,6 +24,28 @@ def test_strategies_names_list_the_registry(capsys):
     assert capsys.readouterr().out.split() == list(STRATEGIES)
 
 
+def test_strategies_lists_every_name_under_its_family(capsys):
+    """The default listing: one heading per family (its count and cost), then its names."""
+    assert cli.main(["strategies"]) == 0
+    heading = re.compile(r"^(.+), (\d+) strateg(?:y|ies): (.+)$")
+    seen: dict[str, tuple[str, str]] = {}
+    counts = {}
+    group = None
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        if line.startswith("  "):
+            assert line.strip() not in seen
+            seen[line.strip()] = group
+        elif line:
+            family, count, complexity = heading.match(line).groups()
+            group = (family, complexity)
+            counts[group] = int(count)
+    assert sorted(seen) == sorted(STRATEGIES)
+    for name, strategy in STRATEGIES.items():
+        assert seen[name] == (strategy.family, strategy.complexity)
+    assert sum(counts.values()) == len(STRATEGIES)
+    assert all(list(seen.values()).count(g) == c for g, c in counts.items())
+
+
 def test_accuracy_json_equals_the_library(model_dir, tmp_path, capsys):
     """`accuracy` writes --json, and keeps an exact count beside a model directory, which
     `prove` then normalises by."""

@@ -242,13 +242,17 @@ def cmd_strategies(args: argparse.Namespace) -> None:
     if args.names:  # one name per line, for scripts
         print("\n".join(s.name for s in strategies))
         return
-    table = Table(title=f"{len(strategies)} proof strategies")
-    table.add_column("name", no_wrap=True)
-    table.add_column("family")
-    table.add_column("complexity")
+    # One heading per (family, complexity), in registry order, then its names: the names are
+    # long (up to ~110 characters), so a table with a column for each would not fit a terminal.
+    groups: dict[tuple[str, str], list[str]] = {}
     for s in strategies:
-        table.add_row(s.name, s.family, s.complexity)
-    out.print(table)
+        groups.setdefault((s.family, s.complexity), []).append(s.name)
+    out.print(f"{len(strategies)} proof strategies, by family, with each family's checking cost")
+    for (family, complexity), names in groups.items():
+        count = f"{len(names)} strateg{'y' if len(names) == 1 else 'ies'}"
+        out.print(f"\n[bold]{family}[/bold], {count}: {complexity}", highlight=False)
+        for name in names:
+            out.print(f"  {name}", highlight=False, soft_wrap=True)
 
 
 def _sweep_log(message: str) -> None:
