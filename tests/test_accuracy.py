@@ -196,6 +196,28 @@ def test_exact_mask_equals_arb_truth_on_catalogue_models(name, soundness_model):
     assert ex.exact_accuracy(w).correct == int(truth.sum())
 
 
+@pytest.mark.parametrize("scale", [1e3, 1e5])
+def test_scores_beyond_float64_resolution_are_decided_exactly(scale):
+    """Weights this large make the float tests' error bound rho >= 1 (1e3) or +inf (1e5): their
+    thresholds must then decide nothing (once they went negative and proved every input), and
+    the exact stage decides every input."""
+    w = models.random_weights(5, 3, 4, seed=1, scale=scale)
+    t = at.build_tables(w, Ops())
+    assert at._weight_rel_err(t)[1] >= 1
+    assert at.screen_constants(t) == at.ScreenConstants(K1=math.inf, K0=math.inf)
+    assert at.f64_constants(t).zeta1 == math.inf
+    truth = models.truth_mask(w)
+    assert 0 < int(truth.sum()) < truth.numel()
+    res = ex.exact_accuracy(w)
+    assert res.correct == int(truth.sum()) and res.n_exact == truth.numel()
+    assert torch.equal(ex.correct_mask(w), truth)
+
+
+def test_scores_beyond_2_pow_100_are_refused():
+    with pytest.raises(UserError, match="2\\^100"):
+        ex.exact_accuracy(models.random_weights(5, 3, 4, seed=1, scale=1e12))
+
+
 def test_workers_and_progress():
     w = rand_w(9, 4, seed=3)
     calls = []

@@ -373,3 +373,17 @@ def test_decisions_and_leaves():
     leaf = ops.exact(w)
     assert leaf.rad == 0.0 and leaf.mag == 3.0 and ops.ledger.flop == 2 * 4 - 1
     assert_contains(leaf, [q(float(v)) for v in w.flatten().tolist()])
+
+
+def test_bounds_past_float64_range_are_infinite_not_errors():
+    """Scores beyond exp's float64 range give vacuous (+inf) radii, never an OverflowError; a
+    zero bound times an infinite one bounds a product of 0 (no NaN radius)."""
+    from compact_proofs.core import rigorous
+
+    assert rigorous._exp_up(800.0) == math.inf and rigorous._expm1_up(1e6) == math.inf
+    assert rigorous._exp_up(700.0) >= math.exp(700.0)
+    assert rigorous.up_mul(0.0, math.inf) == 0.0 and rigorous.up_mul(2.0, math.inf) == math.inf
+    ops = Ops()
+    out = ops.softmax(Approx(torch.tensor([[0.0, -1.0]], dtype=torch.float64), 400.0, 1.0), 1)
+    assert out.rad == math.inf
+    assert not ops.proven_negative(ops.sub(out, Approx(out.mid + 1.0, 0.0, 3.0))).any()

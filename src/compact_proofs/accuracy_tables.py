@@ -30,7 +30,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from compact_proofs.core import circuits as circuits_mod
-from compact_proofs.core.rigorous import EXP_REL_ERR, Ops, U, gamma, up_mul, up_sum
+from compact_proofs.core.rigorous import EXP_MAX_ARG, EXP_REL_ERR, Ops, U, gamma, up_mul, up_sum
+from compact_proofs.errors import UnsupportedModelError
 from compact_proofs.weights import Weights
 
 V64 = U  # float64 unit roundoff, 2^-53
@@ -53,6 +54,13 @@ def gamma32(n: int) -> float:
     if n * U32 >= 0.5:
         raise ValueError("float32 summation too long for the gamma_n bound")
     return _up(_up(n * U32) / _down(1.0 - n * U32))
+
+
+def _recip_up(denom: float) -> float:
+    """Upper bound on 1 / denom for a lower bound ``denom`` of a positive number; +inf when
+    ``denom <= 0`` (the weight error rho >= 1: the float tests built on it then decide nothing,
+    see ``screen_constants``)."""
+    return _up(1.0 / denom) if denom > 0 else math.inf
 
 
 def exp_up(x: float) -> float:
@@ -150,6 +158,8 @@ def _weight_rel_err(t: Tables) -> tuple[float, float]:
     the float64 weight w~ = exp(fl64(S~ - c)) satisfies |w~ - w| <= rho w + TAU64 for
     w = exp(S - c): (1 + 4v) e^delta_e - 1 <= rho."""
     delta_e = up_sum(t.dS, up_mul(V64, up_sum(2.0 * t.magS, 64.0)))
+    if delta_e >= EXP_MAX_ARG:  # no float64 bound: rho = +inf makes every float test vacuous
+        return delta_e, math.inf
     rho = up_sum(
         _up(math.expm1(delta_e) * (1 + 8 * V64)), EXP_REL_ERR, up_mul(EXP_REL_ERR, exp_up(delta_e))
     )
@@ -199,10 +209,16 @@ def screen_constants(t: Tables) -> ScreenConstants:
           three float32 roundings in thr~ lose at most a factor (1 - u)^3 and 4 TAU, which the
           factor 2 covers as need >= 12 TAU. So marg~ > thr~ gives N[m] - R > 0, i.e.
           Z (logit(m) - max_{x != m} logit(x)) > 0 with Z > 0; symmetrically for < -thr~.  QED
+    Step (5) needs rho < 1. Otherwise (scores too large for float64 to resolve their softmax)
+    K1 = K0 = +inf: thr~ is +inf or NaN (0 inf), both tests are false for every input, and the
+    enumeration decides every input exactly.
     """
     n = t.n_ctx
     if t.magA > 2.0**100 or t.magS > 2.0**100:
-        raise ValueError("table magnitudes beyond 2^100: the absolute underflow terms assume less")
+        raise UnsupportedModelError(
+            "the model's attention scores or logit terms exceed 2^100 in magnitude: the exact"
+            " enumeration's error bounds do not cover them (use another proof strategy)"
+        )
     _, rho = _weight_rel_err(t)
     g = gamma32(max(n - 1, 1))
     uvw = up_sum(U32, V64, up_mul(U32, V64))
@@ -211,7 +227,9 @@ def screen_constants(t: Tables) -> ScreenConstants:
     E1 = up_sum(eta, up_mul(g, beta))
     E0 = up_mul(3 * n, TAU)
     denom = _down(_down(_down(1.0 - g) * _down(1.0 - rho)) * (1.0 - U32))
-    zeta1 = _up(1.0 / denom)
+    zeta1 = _recip_up(denom)
+    if math.isinf(zeta1):  # (5) fails: no threshold is rigorous, so none decides anything
+        return ScreenConstants(K1=math.inf, K0=math.inf)
     h = 1.0 - 2 * U32  # exact
     k1 = _up(up_mul(2.0, E1, zeta1) / h)
     k0 = _up(up_sum(up_mul(6 * n, TAU, E1, zeta1), up_mul(2.0, E0)) / h)
@@ -234,14 +252,15 @@ def f64_constants(t: Tables) -> F64Constants:
     With the per-input shift c = max_p S~_p, w~ = exp(fl(S~ - c)) and N~[x] = fl(sum_p w~_p A~_p[x])
     (any order, FMA or not): |N~[x] - N[x]| <= Z E1 + E0, E1 = rho magA + dA + gamma_n (1+rho) magA,
     E0 = 3 n TAU64 (magA + 1); and Z <= zeta1 (Z~ + 2 n TAU64) for Z~ = fl(sum_p w~_p),
-    zeta1 = 1/((1 - gamma_{n-1})(1 - rho)).
+    zeta1 = 1/((1 - gamma_{n-1})(1 - rho)), or +inf when rho >= 1 (the bound on Z fails: then
+    ``need`` is +inf or NaN, and neither test of ``BatchEval`` holds).
     """
     n = t.n_ctx
     _, rho = _weight_rel_err(t)
     E1 = up_sum(up_mul(rho, t.magA), t.dA, up_mul(gamma(n), 1.0 + rho, t.magA))
     E0 = up_mul(3 * n, TAU64, t.magA + 1.0)
     denom = _down(_down(1.0 - gamma(max(n - 1, 1))) * _down(1.0 - rho))
-    return F64Constants(E1=E1, E0=E0, zeta1=_up(1.0 / denom), n=n)
+    return F64Constants(E1=E1, E0=E0, zeta1=_recip_up(denom), n=n)
 
 
 @dataclass(frozen=True)
@@ -254,8 +273,10 @@ class BatchEval:
     m: Int[Tensor, " batch"]
 
     def positive(self) -> Tensor:
-        """Entries whose exact value is certainly > 0 (x = m counts as positive)."""
-        return self.diff * (1 - 2 * V64) > self.need[:, None]
+        """Entries whose exact value is certainly > 0 (x = m counts as positive, whatever
+        ``need``: it may be +inf or NaN, see ``f64_constants``)."""
+        at_m = torch.arange(self.diff.shape[1])[None, :] == self.m[:, None]
+        return (self.diff * (1 - 2 * V64) > self.need[:, None]) | at_m
 
     def negative(self) -> Tensor:
         return self.diff * (1 - 2 * V64) < -self.need[:, None]

@@ -35,6 +35,7 @@ LOG_REL_ERR = 4 * U
 ETA = 2.0**-1021  # absolute underflow error of one product or quotient (even with flush-to-zero)
 TAU = 2.0**-1021  # absolute underflow error of one exp (covers flush-to-zero)
 _INF = math.inf
+EXP_MAX_ARG = 709.0  # math.exp overflows a little above 709.78
 
 
 def _up(x: float) -> float:
@@ -51,7 +52,10 @@ def up_sum(*terms: float) -> float:
 
 
 def up_mul(*factors: float) -> float:
-    """Upper bound on the exact product of non-negative floats."""
+    """Upper bound on the exact product of non-negative floats (bounds of non-negative reals:
+    a zero factor bounds its real by 0, so the product is 0 even beside an infinite bound)."""
+    if 0.0 in factors:
+        return 0.0
     prod = 1.0
     for f in factors:
         prod = _up(prod * f)
@@ -74,13 +78,16 @@ def _inv_one_minus(x: float) -> float:
 
 
 def _exp_up(x: float) -> float:
-    """Upper bound on e^x (libm ``exp`` assumed accurate to 4 ulp, like torch's)."""
-    return up_mul(math.exp(x), 1.0 + EXP_REL_ERR)
+    """Upper bound on e^x (libm ``exp`` assumed accurate to 4 ulp, like torch's); +inf past
+    float64's range (the bound is then vacuous, and so is every radius built on it)."""
+    return up_mul(math.exp(x), 1.0 + EXP_REL_ERR) if x < EXP_MAX_ARG else _INF
 
 
 def _expm1_up(x: float) -> float:
-    """Upper bound on e^x - 1 for x >= 0."""
-    return up_mul(math.expm1(x), 1.0 + EXP_REL_ERR) if x > 0 else 0.0
+    """Upper bound on e^x - 1 for x >= 0 (+inf past float64's range, as ``_exp_up``)."""
+    if x <= 0:
+        return 0.0
+    return up_mul(math.expm1(x), 1.0 + EXP_REL_ERR) if x < EXP_MAX_ARG else _INF
 
 
 def gamma(n: int) -> float:
