@@ -73,7 +73,8 @@ def make_model(seed: int) -> tuple[str, Weights]:
         tokens = [rng.randrange(V) for _ in range(n)]
         return family, models.near_tie(w, tokens, rng.choice([1e-13, -1e-13, 1e-15, -1e-15, 0.0]))
     if family == "scale":
-        scale, pos = rng.choice([1e-3, 5.0, 10.0]), rng.choice([0.0, 1.0, 5.0])
+        scale = rng.choice([1e-3, 5.0, 10.0, 1e2, 1e3, 1e5])  # from 1e3: float64 cannot resolve it
+        pos = rng.choice([0.0, 1.0, 5.0])
         return family, models.random_weights(V, n, 6, seed=seed, scale=scale, pos_scale=pos)
     d, dh = rng.choice([3, 5, 8]), rng.choice([2, 4, 16])
     return family, models.random_weights(V, n, d, dh, seed=seed, qk_scale=rng.choice([1.0, 8.0]))
