@@ -427,6 +427,30 @@ def test_without_plotly_everything_else_is_written(sweep_dir: Path, tmp_path: Pa
     assert (out / "figures" / "k3-v6-s50-EQKE.png").is_file()
 
 
+def test_unsound_results_are_left_out_and_named(sweep_dir: Path, tmp_path: Path, monkeypatch):
+    """A row claiming more than the exact correct count is no theorem: it must not reach Table 1,
+    the frontier or the figures (it would top every frontier), and the index must say so."""
+    from compact_proofs.report import html
+
+    monkeypatch.setattr(html, "available", lambda: False)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for name in ("results.csv", "models.csv"):
+        (sweep / name).write_text((sweep_dir / name).read_text())
+    df = pd.read_csv(sweep / "results.csv")
+    liar = df[(df["seed"] == 50) & (df["strategy"] == "cubic")].assign(
+        strategy="liar", family="liar family", flops=1
+    )
+    liar["correct_count"] = liar["total"]
+    liar["accuracy_bound"] = 1.0
+    pd.concat([df, liar]).to_csv(sweep / "results.csv", index=False)
+    out = make_report(sweep, seed=50, out=tmp_path / "r")
+    assert "liar" not in (out / "table1.md").read_text()
+    assert "liar" not in set(pd.read_csv(out / "frontier.csv")["strategy"])
+    index = (out / "index.md").read_text()
+    assert "UNSOUND result left out of every table and figure: liar on Max-of-3" in index
+
+
 def test_paper_numbers_printed_for_k4(tmp_path: Path):
     root = write_fake_sweep(tmp_path / "s", k=4, v=64, seeds=(1, 2), real_analysis=False)
     out = make_report(root)

@@ -28,6 +28,7 @@ from compact_proofs.sweep import (
     MODEL_COLUMNS,
     RESULT_COLUMNS,
     aggregate,
+    describe,
     layout,
     reproduce,
     resolve_seeds,
@@ -330,6 +331,16 @@ def test_unsound_bound_is_flagged(tmp_path, monkeypatch):
     install({"fake-liar": liar}, monkeypatch.setattr)
     summary = run_sweep(tmp_path / "s", seeds=SEEDS[:1], **TINY)
     assert len(summary.unsound) == 1 and "fake-liar" in summary.unsound[0]
+    assert not summary.complete
+    assert ", 1 UNSOUND, " in describe(summary) and "UNSOUND k" in describe(summary)
+    # the row stays in results.csv for inspection; status.csv flags it
+    [row] = [r for r in read_csv(tmp_path / "s" / "results.csv") if r["strategy"] == "fake-liar"]
+    [flag] = read_csv(tmp_path / "s" / "status.csv")
+    assert flag["strategy"] == "fake-liar" and flag["status"] == "unsound"
+    assert (
+        f"claims {row['correct_count']} correct inputs but only {row['true_correct']}"
+        in (flag["reason"])
+    )
 
 
 def test_big_integers_are_exact(tmp_path):

@@ -279,6 +279,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             log=_sweep_log,
         )
     out.print(sweep.describe(summary))
+    if summary.unsound:
+        raise UserError(
+            f"the sweep in {args.out} found unsound results (see above): a strategy claimed more "
+            "correct inputs than there are; rerunning will not change that"
+        )
     if not summary.complete:
         raise UserError(
             f"the sweep in {args.out} did not complete cleanly (see above); rerun to retry"

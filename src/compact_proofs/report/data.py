@@ -152,11 +152,31 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
             "results.csv only"
         )
     _fill_normalized(results, models)
+    results = _drop_unsound(results, notes)
     results["attn_err"] = results["strategy"].map(naming.attn_err_mode)
     results = results.reset_index(drop=True)
     sweep = Sweep(root=root, results=results, models=models, notes=notes)
     sweep.analysis = _load_analysis_infos(sweep.analysis_dir, notes)
     return sweep
+
+
+def _drop_unsound(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """``results`` without the rows whose bound exceeds the exact correct count (a soundness bug
+    in that strategy: such a "bound" is not a theorem, and would top every frontier), each
+    named in ``notes``."""
+    if not {"correct_count", "true_correct"} <= set(results.columns):
+        return results
+    # float64 compares exactly: an exact correct count is known only below 2^53 (brute force)
+    claimed = pd.to_numeric(results["correct_count"], errors="coerce")
+    true = pd.to_numeric(results["true_correct"], errors="coerce")
+    bad = true.notna() & (claimed > true)
+    for r in results[bad].itertuples():
+        notes.append(
+            f"UNSOUND result left out of every table and figure: {r.strategy} on Max-of-{r.k} "
+            f"(d_vocab {r.d_vocab}) seed {r.seed} claims {int(r.correct_count)} correct inputs, "
+            f"but only {int(r.true_correct)} are"
+        )
+    return results[~bad]
 
 
 def _fill_normalized(results: pd.DataFrame, models: pd.DataFrame | None) -> None:

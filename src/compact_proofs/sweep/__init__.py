@@ -47,8 +47,10 @@ fsync, ``os.replace``; a killed sweep resumes, and rerunning never duplicates a 
                                              accuracy_method, correct, ci95_low, ci95_high,
                                              train_loss, train_accuracy, train_seconds,
                                              accuracy_seconds)
-      status.csv                             skipped / failed pairs: k, d_vocab, seed, strategy,
-                                             status, reason
+      status.csv                             skipped / failed pairs, and "unsound" results (a
+                                             bound above the exact correct count; the row stays
+                                             in results.csv, the report leaves it out): k,
+                                             d_vocab, seed, strategy, status, reason
 
 A stored result counts only if it parses, has ``status`` "ok", matches its path (K, d_vocab, seed,
 strategy) and carries the current model's ``model_sha256``; anything else (a corrupt or partial

@@ -142,9 +142,27 @@ def collect(root: Path) -> tuple[list[dict], list[dict], list[Path]]:
             others[(spec, strategy)] = _status_row(spec, strategy, "failed", data)
         else:
             ignored.append(path)
-    status = [row for key, row in sorted(others.items(), key=lambda kv: kv[0]) if key not in rows]
+    for key, row in rows.items():
+        reason = unsound_reason(row)
+        if reason:  # kept in results.csv for inspection, flagged here (``report`` leaves it out)
+            others[key] = {**{c: row[c] for c in ("k", "d_vocab", "seed", "strategy")},
+                           "status": "unsound", "reason": reason}  # fmt: skip
+    status = [
+        row
+        for key, row in sorted(others.items(), key=lambda kv: kv[0])
+        if key not in rows or row["status"] == "unsound"
+    ]
     ordered = [rows[key] for key in sorted(rows, key=lambda kv: (kv[0], kv[1]))]
     return ordered, status, ignored
+
+
+def unsound_reason(row: dict) -> str:
+    """Why a result row breaks the soundness contract ("" if it does not, or if the model's
+    correct count is not known exactly): its bound exceeds the exact correct count."""
+    claimed, true = row.get("correct_count"), row.get("true_correct")
+    if claimed is None or true is None or claimed <= true:
+        return ""
+    return f"claims {claimed} correct inputs but only {true} are (a soundness bug in this strategy)"
 
 
 def _status_row(spec: ModelSpec, strategy: str, status: str, data: dict) -> dict:

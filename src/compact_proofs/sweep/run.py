@@ -13,6 +13,7 @@ from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.sweep import jobs as job_fns
 from compact_proofs.sweep import layout
 from compact_proofs.sweep import pool as pool_mod
+from compact_proofs.sweep.aggregate import unsound_reason
 from compact_proofs.sweep.layout import ModelSpec
 
 Progress = Callable[[int, int], None] | None
@@ -312,11 +313,9 @@ def _count_statuses(root, specs, chosen, infos, summary: SweepSummary) -> None:
             if layout.valid_result(data, spec, s.name, info["sha"]):
                 summary.ok += 1
                 true_correct, _ = job_fns.truth(info["accuracy"])
-                if true_correct is not None and data["correct_count"] > true_correct:
-                    summary.unsound.append(
-                        f"{spec.key} {s.name}: claims {data['correct_count']} correct inputs but "
-                        f"only {true_correct} are (a soundness bug in this strategy)"
-                    )
+                claim = {"correct_count": data["correct_count"], "true_correct": true_correct}
+                if reason := unsound_reason(claim):
+                    summary.unsound.append(f"{spec.key} {s.name}: {reason}")
             elif _unit_done(root, spec, s, info["sha"]):
                 summary.skipped += 1
             else:
@@ -334,8 +333,9 @@ def describe(summary: SweepSummary) -> str:
     s = summary
     lines = [
         f"{_plural(len(s.models), 'model')} x {_plural(len(s.strategies), 'strategy')}: "
-        f"{s.ok} proved, "
-        f"{s.skipped} skipped, {s.failed} failed; {s.total - s.already_done} of {s.total} units "
+        f"{s.ok - len(s.unsound)} proved, "
+        + (f"{len(s.unsound)} UNSOUND, " if s.unsound else "")
+        + f"{s.skipped} skipped, {s.failed} failed; {s.total - s.already_done} of {s.total} units "
         f"run now in {s.seconds:.1f} s ({s.out_dir})"
     ]
     lines += [f"FAILED {key} {what}: {msg}" for key, what, msg in s.failures]
