@@ -130,9 +130,20 @@ def test_malicious_pickle_is_refused_and_never_executed(tmp_path, style):
             pickle.dump(payload, f, protocol=2)
     # The payload really would run if unpickled unsafely (checked without loading it here).
     assert b"system" in p.read_bytes()
-    with pytest.raises(ModelFormatError, match="refusing to unpickle arbitrary objects"):
+    with pytest.raises(ModelFormatError, match="refusing to unpickle arbitrary objects") as err:
         checkpoints.load_checkpoint(p, config=tl_config(weights()))
     assert not sentinel.exists()
+    assert "system" in str(err.value)  # names what it refused, not torch's general advice
+
+
+def test_a_pickled_module_is_refused_by_name(tmp_path):
+    """torch.save(model) instead of its state dict: the message names the class it refused."""
+    p = tmp_path / "whole.pt"
+    torch.save(torch.nn.Linear(2, 2), p)
+    with pytest.raises(ModelFormatError, match="refusing to unpickle") as err:
+        checkpoints.load_checkpoint(p, config=tl_config(weights()))
+    assert "torch.nn.modules.linear.Linear" in str(err.value)
+    assert "In PyTorch 2.6" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------ cases

@@ -138,10 +138,13 @@ def test_train_refuses_bad_settings(argv, message, tmp_path, capsys):
         (["--strategy", "adaptive-budget-2.5"], "whole number from 1 to 1e18, got 2.5"),
         (["--true-correct", "-3"], r"true correct count -3 is outside \[0, 512\]"),
         (["--true-correct", "513"], r"true correct count 513 is outside \[0, 512\]"),
-        (["--true-correct", "1"], "more than the stated true correct count 1: that count is wrong"),
+        (
+            ["--true-correct", "1"],
+            r"more than the count given by --true-correct \(1\): either that count is wrong or",
+        ),
         (
             ["--true-correct", "1", "--certificate", "TMP/c.json"],
-            "more than the stated true correct",
+            r"more than the count given by --true-correct \(1\)",
         ),
         (["--json", "MISSING/x.json"], "MISSING does not exist"),
         (["--certificate", "MISSING/c.json"], "MISSING does not exist"),
@@ -157,6 +160,33 @@ def test_prove_refuses_bad_options(argv, message, model_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(message.replace("MISSING", re.escape(str(tmp_path / "missing"))), err), err
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_proof_above_the_stored_exact_count_shows_every_result(
+    model_dir, tmp_path, capsys, monkeypatch
+):
+    """An unsound strategy against accuracy.json: the table of every result, then one line
+    naming the strategy and where the count came from."""
+    import dataclasses
+
+    from compact_proofs.proofs.protocol import Verdict
+
+    def claims_everything(w, certificate, ops):
+        ops.ledger.add(1, label="liar")
+        return Verdict(w.config.n_inputs)
+
+    liar = dataclasses.replace(STRATEGIES["cubic"], name="liar", check=claims_everything)
+    monkeypatch.setitem(STRATEGIES, "liar", liar)
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    assert cli.main(["accuracy", str(model)]) == 0
+    capsys.readouterr()
+    assert cli.main(["prove", str(model), "--strategy", "cubic", "--strategy", "liar"]) == 2
+    captured = capsys.readouterr()
+    assert "cubic" in captured.out and "liar" in captured.out and "1.0000" in captured.out
+    assert captured.err.count("\n") == 1
+    assert f"more than the exact count in {model / 'accuracy.json'}" in captured.err
+    assert "either that count is wrong or liar is unsound" in captured.err
 
 
 def test_output_paths_are_checked_before_any_work(model_dir, tmp_path, monkeypatch):

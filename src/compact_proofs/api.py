@@ -89,16 +89,17 @@ def train_model(
 def accuracy(
     model: Any,
     *,
+    config: Any = None,
     exact: bool | None = None,
     n_samples: int = 1_000_000,
     seed: int = 0,
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Exact accuracy over all d_vocab**n_ctx inputs (default when feasible), else a stratified
-    sampled estimate with a 95% confidence interval."""
+    sampled estimate with a 95% confidence interval. ``model`` and ``config``: as ``load``."""
     from compact_proofs import exact as exact_mod
 
-    w = load(model)
+    w = load(model, config)
     if exact is None:
         exact = w.config.n_inputs <= EXACT_LIMIT
     start = time.perf_counter()
@@ -132,28 +133,38 @@ def accuracy(
     return out
 
 
-def resolve_strategies(strategies: str | Iterable[str]) -> list[Strategy]:
-    """'all', one name, a comma-separated list, or an iterable of names -> registry entries.
+def resolve_strategies(strategies: str | Strategy | Iterable[str | Strategy]) -> list[Strategy]:
+    """'all', one name, a comma-separated list, a ``Strategy``, or an iterable of names and
+    ``Strategy`` objects (your own, see docs/new-strategy.md) -> strategies, each once, in order.
 
     Besides the registry names, ``adaptive-budget-<N>`` (N FLOPs: an integer, or like 3e7)
     names the anytime adaptive proof with any budget."""
     from compact_proofs.proofs import adaptive
 
-    if isinstance(strategies, str):
-        names = (
+    if isinstance(strategies, Strategy):
+        items: list = [strategies]
+    elif isinstance(strategies, str):
+        items = (
             list(STRATEGIES) if strategies == "all" else [s.strip() for s in strategies.split(",")]
         )
     else:
-        names = list(strategies)
-    found = {n: STRATEGIES.get(n) or adaptive.strategy_for_name(n) for n in names}
-    unknown = [n for n, s in found.items() if s is None]
-    if unknown:
-        raise UserError(
-            f"unknown strategy {unknown[0]!r}; run `compact-proofs strategies` for the "
-            f"{len(STRATEGIES)} available names (or use 'all'; any FLOP budget works as "
-            "'adaptive-budget-<N>', e.g. adaptive-budget-3e7)"
-        )
-    return [found[n] for n in names]
+        items = list(strategies)
+    chosen: dict[str, Strategy] = {}
+    for item in items:
+        if isinstance(item, Strategy):
+            found = item
+        elif isinstance(item, str):
+            found = STRATEGIES.get(item) or adaptive.strategy_for_name(item)
+        else:
+            raise UserError(f"a strategy must be a name or a Strategy, got a {type(item).__name__}")
+        if found is None:
+            raise UserError(
+                f"unknown strategy {item!r}; run `compact-proofs strategies` for the "
+                f"{len(STRATEGIES)} available names (or use 'all'; any FLOP budget works as "
+                "'adaptive-budget-<N>', e.g. adaptive-budget-3e7)"
+            )
+        chosen.setdefault(found.name, found)
+    return list(chosen.values())
 
 
 def prove_one(
@@ -209,47 +220,75 @@ def prove_one(
 
 def prove(
     model: Any,
-    strategies: str | Iterable[str] = "cubic",
+    strategies: str | Strategy | Iterable[str | Strategy] = "cubic",
     *,
+    config: Any = None,
     true_correct: int | None = None,
     true_accuracy: float | None = None,
     progress: Callable[[str], None] | None = None,
     threads: int | None = None,
 ) -> list[ProofResult]:
-    """Prove accuracy lower bounds for ``model`` with each of ``strategies``.
+    """Prove accuracy lower bounds for ``model`` (anything ``load`` takes, with its ``config``)
+    with each of ``strategies`` (``resolve_strategies``); the results come in that order.
 
     ``true_correct`` (exact correct count) or ``true_accuracy`` (an estimate) make the results carry
-    a normalised bound. A brute-force run supplies ``true_correct`` for the strategies after it.
-    ``threads``: torch threads for the proofs (default: each strategy's own, see
-    ``compact_proofs.threads``; 0 keeps torch's setting). A given ``true_correct`` below a
-    proven count is refused (the proofs are sound, so that count is wrong).
+    a normalised bound. Brute force, if chosen, runs first and supplies ``true_correct`` when none
+    is given. ``threads``: torch threads for the proofs (default: each strategy's own, see
+    ``compact_proofs.threads``; 0 keeps torch's setting). If a proven count exceeds the exact
+    count (given, or brute force's), every strategy still runs, then ``TruthConflict`` is raised
+    (its ``results`` holds them all): that count is wrong, or the strategy is unsound.
     """
-    w = load(model)
+    w = load(model, config)
     chosen = resolve_strategies(strategies)
-    chosen.sort(key=lambda s: s.name != "brute-force")  # brute force first: it gives the truth
-    given = true_correct
-    results = []
-    for strategy in chosen:
+    order = sorted(range(len(chosen)), key=lambda i: chosen[i].name != "brute-force")
+    results: list[ProofResult | None] = [None] * len(chosen)
+    source = "the given true count"
+    for i in order:  # brute force first: it gives the truth
+        strategy = chosen[i]
         if progress is not None:
             progress(strategy.name)
         result = prove_one(
             w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
         )
-        refuse_wrong_truth(result, given)
         if strategy.name == "brute-force" and true_correct is None:
-            true_correct = result.correct_count
+            true_correct, source = result.correct_count, "brute force's exact count"
             result = _with_truth(result, true_correct)
-        results.append(result)
+        results[i] = result
+    message = wrong_truth_message(results, true_correct, source)
+    if message is not None:
+        raise TruthConflict(message, results)
     return results
 
 
-def refuse_wrong_truth(result: ProofResult, true_correct: int | None) -> None:
-    """A user's ``true_correct`` below a proven count is wrong (the proofs are sound)."""
-    if true_correct is not None and result.correct_count > true_correct:
-        raise UserError(
-            f"{result.strategy} proves {result.correct_count:,} inputs correct, more than the "
-            f"stated true correct count {true_correct:,}: that count is wrong"
-        )
+class TruthConflict(UserError):
+    """Proofs claim more correct inputs than a given exact count: that count is wrong, or a
+    strategy is unsound. ``results`` holds every result, for inspection."""
+
+    def __init__(self, message: str, results: list[ProofResult]):
+        super().__init__(message)
+        self.results = results
+
+
+def wrong_truth_message(
+    results: list[ProofResult], true_correct: int | None, source: str = "the given true count"
+) -> str | None:
+    """Why ``results`` contradict ``true_correct`` (None if they do not)."""
+    over = [r for r in results if true_correct is not None and r.correct_count > true_correct]
+    if not over:
+        return None
+    r = over[0]
+    others = f" (so do {len(over) - 1} more strategies)" if len(over) > 1 else ""
+    return (
+        f"{r.strategy} proves {r.correct_count:,} inputs correct, more than {source} "
+        f"({true_correct:,}){others}: either that count is wrong or {r.strategy} is unsound"
+    )
+
+
+def refuse_wrong_truth(results: list[ProofResult], true_correct: int | None) -> None:
+    """Raise ``TruthConflict`` if a proven count exceeds the caller's ``true_correct``."""
+    message = wrong_truth_message(results, true_correct, "the given true count")
+    if message is not None:
+        raise TruthConflict(message, results)
 
 
 def _with_truth(result: ProofResult, true_correct: int) -> ProofResult:

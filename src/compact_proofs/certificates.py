@@ -170,7 +170,7 @@ def certify(
         return cert
 
     result = api.prove_one(w, replace(strategy, search=search), **prove_kwargs)
-    api.refuse_wrong_truth(result, prove_kwargs.get("true_correct"))
+    api.refuse_wrong_truth([result], prove_kwargs.get("true_correct"))
     save_certificate(path, strategy_name, captured[0], result, w)
     return result
 

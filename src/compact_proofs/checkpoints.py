@@ -162,8 +162,12 @@ def _read_torch(p: Path) -> Any:
 
 
 def _unpickler_detail(message: str) -> str:
-    """The line of torch's weights-only error that names the refused object or opcode."""
-    for line in message.splitlines()[1:]:
+    """The line of torch's weights-only error that names the refused object or opcode: the one
+    marked "WeightsUnpickler error:" if any (torch 2.6+ puts other advice first), else the first
+    informative line after the first."""
+    lines = message.splitlines()
+    marked = [line for line in lines if "WeightsUnpickler error:" in line]
+    for line in marked or lines[1:]:
         line = line.split("WeightsUnpickler error:")[-1].strip()
         if line and not line.startswith(("Check the documentation", "Please file an issue")):
             return line

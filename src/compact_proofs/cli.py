@@ -156,41 +156,57 @@ def cmd_prove(args: argparse.Namespace) -> None:
     _check_output(args.certificate, "--certificate")
     names = args.strategy or ["cubic"]
     strategies = api.resolve_strategies("all" if "all" in names else ",".join(names))
-    strategies = list({s.name: s for s in strategies}.values())  # each once, in order
     weights = api.load(args.model, args.config)
-    true_correct = args.true_correct
+    true_correct, source = args.true_correct, "the count given by --true-correct"
     if true_correct is None:
         true_correct = _stored_exact_count(Path(args.model), weights)
+        source = f"the exact count in {Path(args.model) / 'accuracy.json'}"
+    if args.certificate is not None and len(strategies) != 1:
+        raise UserError("--certificate stores one proof: name exactly one --strategy")
+    try:
+        results = _prove(args, weights, strategies, true_correct, threads)
+    except api.TruthConflict as conflict:  # show every result, then say what contradicts what
+        _print_results(args.model, conflict.results)
+        if true_correct is not None:  # name where the count came from
+            conflict = UserError(api.wrong_truth_message(conflict.results, true_correct, source))
+        raise conflict from None
+    _print_results(args.model, results)
+    payload = [r.to_dict() for r in results]
+    _write_json(args.json, payload[0] if len(payload) == 1 else payload)
+    if args.certificate is not None:
+        out.print(f"certificate written to {args.certificate}")
+
+
+def _prove(args, weights, strategies, true_correct, threads) -> list:
     if args.certificate is not None:
         from compact_proofs import certificates
 
-        if len(strategies) != 1:
-            raise UserError("--certificate stores one proof: name exactly one --strategy")
-        results = [
-            certificates.certify(
-                weights,
-                strategies[0].name,
-                args.certificate,
-                true_correct=true_correct,
-                threads=threads,
-            )
-        ]
-    else:
-        with progress_bar("proving") as update:
-            done = []
+        result = certificates.certify(
+            weights,
+            strategies[0].name,
+            args.certificate,
+            true_correct=true_correct,
+            threads=threads,
+        )
+        return [result]
+    with progress_bar("proving") as update:
+        done = []
 
-            def step(name: str) -> None:
-                update(len(done), len(strategies))
-                done.append(name)
+        def step(name: str) -> None:
+            update(len(done), len(strategies))
+            done.append(name)
 
-            results = api.prove(
-                weights,
-                [s.name for s in strategies],
-                true_correct=true_correct,
-                progress=step,
-                threads=threads,
-            )
-    table = Table(title=f"proofs for {args.model}")
+        return api.prove(
+            weights,
+            [s.name for s in strategies],
+            true_correct=true_correct,
+            progress=step,
+            threads=threads,
+        )
+
+
+def _print_results(model: str, results: list) -> None:
+    table = Table(title=f"proofs for {model}")
     for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "search s", "check s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     table.add_column("complexity")  # the one column that may wrap
@@ -214,10 +230,6 @@ def cmd_prove(args: argparse.Namespace) -> None:
                 f"note: {r.strategy} is over its budget ({r.flops:.3g} FLOPs): the cubic stage "
                 "it starts from costs more than the budget, so this is the cubic proof"
             )
-    payload = [r.to_dict() for r in results]
-    _write_json(args.json, payload[0] if len(payload) == 1 else payload)
-    if args.certificate is not None:
-        out.print(f"certificate written to {args.certificate}")
 
 
 def cmd_check(args: argparse.Namespace) -> None:

@@ -1,0 +1,88 @@
+"""The library entry points of ``compact_proofs.api``: strategies by name or as objects, result
+order, and what happens when a proof exceeds an exact count."""
+
+import dataclasses
+
+import models
+import pytest
+import torch
+
+import compact_proofs as cp
+from compact_proofs import api, exact
+from compact_proofs.errors import UserError
+from compact_proofs.proofs.protocol import Verdict
+from compact_proofs.proofs.registry import STRATEGIES
+
+
+@pytest.fixture(scope="module")
+def weights():
+    w = models.trained_weights(6, 3, seed=4, steps=40)
+    assert 0 < exact.exact_accuracy(w).correct < w.config.n_inputs  # room for a liar
+    return w
+
+
+def _claims_everything(w, certificate, ops) -> Verdict:
+    ops.ledger.add(1, label="liar")
+    return Verdict(w.config.n_inputs)
+
+
+LIAR = dataclasses.replace(STRATEGIES["cubic"], name="liar", check=_claims_everything)
+
+
+def test_strategy_objects_and_names_mix_each_once_in_the_given_order(weights):
+    mine = dataclasses.replace(STRATEGIES["cubic"], name="my-cubic")
+    results = cp.prove(weights, ["cubic", mine, "brute-force", "cubic", mine])
+    assert [r.strategy for r in results] == ["cubic", "my-cubic", "brute-force"]
+    truth = exact.exact_accuracy(weights).correct
+    assert results[2].correct_count == truth  # brute force ran first: every result has the truth
+    assert all(r.true_correct == truth for r in results)
+    assert results[0].correct_count == results[1].correct_count <= truth
+    [alone] = cp.prove(weights, mine)
+    assert alone.strategy == "my-cubic" and alone.correct_count == results[1].correct_count
+
+
+def test_a_bad_strategy_item_is_a_user_error(weights):
+    with pytest.raises(UserError, match="a strategy must be a name or a Strategy, got a int"):
+        cp.prove(weights, ["cubic", 3])
+    with pytest.raises(UserError, match="unknown strategy 'nope'"):
+        cp.prove(weights, "cubic,nope")
+
+
+def test_a_proof_above_brute_force_is_reported_after_every_strategy_ran(weights):
+    with pytest.raises(api.TruthConflict) as caught:
+        cp.prove(weights, [LIAR, "cubic", "brute-force"])
+    message = str(caught.value)
+    truth = exact.exact_accuracy(weights).correct
+    assert f"more than brute force's exact count ({truth:,})" in message
+    assert message.endswith("either that count is wrong or liar is unsound")
+    assert [r.strategy for r in caught.value.results] == ["liar", "cubic", "brute-force"]
+    assert caught.value.results[0].correct_count == weights.config.n_inputs
+    assert isinstance(caught.value, UserError)
+
+
+def test_a_given_count_below_a_proof_is_reported(weights):
+    [cubic] = cp.prove(weights, "cubic")
+    with pytest.raises(api.TruthConflict, match=r"more than the given true count \(0\)"):
+        cp.prove(weights, "cubic", true_correct=0)
+    assert cubic.correct_count > 0
+    # a count at or above every proof is accepted and normalises
+    [again] = cp.prove(weights, "cubic", true_correct=cubic.correct_count)
+    assert again.normalized_bound == 1.0
+
+
+def test_prove_and_accuracy_take_a_config_for_a_foreign_checkpoint(weights, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(weights.to_state_dict(), path)
+    config = {
+        "n_layers": 1,
+        "n_heads": 1,
+        "d_model": weights.config.d_model,
+        "d_head": weights.config.d_head,
+        "d_vocab": weights.config.d_vocab,
+        "n_ctx": weights.config.n_ctx,
+        "attn_only": True,
+        "normalization_type": None,
+    }
+    assert cp.accuracy(path, config=config)["correct"] == exact.exact_accuracy(weights).correct
+    [res] = cp.prove(path, "cubic", config=config)
+    assert res.model_sha256 == weights.sha256()
