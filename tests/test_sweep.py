@@ -343,6 +343,20 @@ def test_unsound_bound_is_flagged(tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_strategy_objects_outside_the_registry_are_swept(tmp_path, jobs):
+    """Your own Strategy, passed as an object (docs/new-strategy.md), also to worker processes."""
+    mine = GOOD["fake-loose"]
+    mine = Strategy(**{**mine.__dict__, "name": "mine-loose", "family": "mine"})
+    assert "mine-loose" not in registry.STRATEGIES
+    summary = run_sweep(
+        tmp_path / "s", seeds=SEEDS[:1], **(TINY | {"strategies": [mine, "cubic"]}), jobs=jobs
+    )
+    assert summary.complete and summary.ok == 2
+    rows = {r["strategy"]: r for r in read_csv(tmp_path / "s" / "results.csv")}
+    assert set(rows) == {"mine-loose", "cubic"} and rows["mine-loose"]["family"] == "mine"
+
+
 def test_big_integers_are_exact(tmp_path):
     """K=20 over 64 tokens: counts beyond 64 bits survive CSV exactly (and Parquet as text)."""
     spec = ModelSpec(20, 64, 1)

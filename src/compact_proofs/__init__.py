@@ -7,6 +7,16 @@ from compact_proofs.api import load as load
 from compact_proofs.api import prove as prove
 from compact_proofs.api import train_model as train_model
 from compact_proofs.core.result import ProofResult as ProofResult
+from compact_proofs.soundness import check_soundness as check_soundness
 from compact_proofs.weights import Weights as Weights
 
-__all__ = ["Weights", "ProofResult", "accuracy", "list_strategies", "load", "prove", "train_model"]
+__all__ = [
+    "Weights",
+    "ProofResult",
+    "accuracy",
+    "check_soundness",
+    "list_strategies",
+    "load",
+    "prove",
+    "train_model",
+]

@@ -298,4 +298,7 @@ def _with_truth(result: ProofResult, true_correct: int) -> ProofResult:
 
 
 def list_strategies() -> list[Strategy]:
+    """The registered strategies, in registry order (``strategy.name`` is what ``prove`` and
+    the CLI take; budgets other than the registered ones work by name, see
+    ``resolve_strategies``)."""
     return list(STRATEGIES.values())

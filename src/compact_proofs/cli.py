@@ -422,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--strategy",
         default="all",
-        help="a name, comma-separated names, or 'all' (default: all 106, about 1 min per "
-        "Max-of-4 model on one core)",
+        help=f"a name, comma-separated names, or 'all' (default: all {len(api.STRATEGIES)}, "
+        "about 1 min per Max-of-4 model on one core)",
     )
     sw.add_argument("--out", required=True, help="sweep directory (created or resumed)")
     _add_run_options(sw, jobs_default=1)

@@ -14,14 +14,19 @@ class ProofResult:
         d_vocab, n_ctx: model shape; ``total = d_vocab ** n_ctx``.
         correct_count: at least this many inputs are classified correctly (exact-real forward pass,
             strict margin at the last position).
-        true_correct: the exact correct count when known (for the normalised bound), else None.
+        true_correct: the exact correct count when known (for the normalised bound), else None;
+            ``true_accuracy``: a sampled estimate of the accuracy, used when it is not.
         flops: FLOPs of the check (paper counting rules); ``flops_by_label`` breaks them down.
         int_ops, branches: integer work of sequence counting.
-        unexplained_dim: the strategy's unexplained dimension (reference-algorithms §10.4).
+        unexplained_dim: the strategy's unexplained dimension (the paper's measure of how much
+            of the model the proof leaves unexplained).
         complexity: asymptotic cost class of the check.
         search_seconds, check_seconds: wall times of the untrusted search and the trusted check.
         version: compact-proofs version that produced it.
         details: strategy-specific diagnostics (JSON-serialisable).
+
+    Properties: ``accuracy_bound`` = correct_count / total; ``normalized_bound`` = the bound
+    divided by the true accuracy (exact or sampled; None when neither is known).
     """
 
     strategy: str

@@ -126,7 +126,7 @@ def run_sweep(
     ks: int | Iterable[int] = (4,),
     d_vocab: int | Iterable[int] = 64,
     seeds: Seeds = 3,
-    strategies: str | Iterable[str] = "all",
+    strategies: str | Strategy | Iterable[str | Strategy] = "all",
     jobs: int = 1,
     dask_address: str | None = None,
     train_steps: int | None = None,
@@ -143,7 +143,9 @@ def run_sweep(
         out_dir: the sweep directory (created if missing; see the package docstring).
         ks, d_vocab: sequence lengths and vocabulary sizes (every combination is swept).
         seeds: a count N (the first N paper seeds), "all", a comma-separated string or a list.
-        strategies: "all", a name, comma-separated names or an iterable of registry names.
+        strategies: "all", a name, comma-separated names, or an iterable of names and
+            ``Strategy`` objects (yours: docs/new-strategy.md; with ``jobs > 1`` or Dask their
+            functions are pickled to the workers).
         jobs: local worker processes (loky); 1 runs everything in this process.
         dask_address: run the same job functions on this Dask scheduler
             (``tcp://host:8786``) instead; ``out_dir`` must be on a filesystem every worker
