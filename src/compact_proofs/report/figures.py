@@ -5,8 +5,8 @@ Uses matplotlib's object API (``Figure`` + Agg canvas), never pyplot: no global 
 1. ``bound_vs_flops_all``: normalised bound vs FLOPs to check (log2 axis), every row, coloured
    by family; legend: family (normalised bound of its best variant per seed, mean ± std).
    Families in ``RING_FAMILIES`` are drawn as rings above the filled dots (``point_style``).
-2. ``bound_vs_flops_frontier``: only rows on their seed's Pareto frontier (§10.5), with the dashed
-   brute-force linear baseline ``y = mean(normalised bound / FLOPs of brute force) · x``.
+2. ``bound_vs_flops_frontier``: only rows on their seed's Pareto frontier (``frontier``), with
+   the dashed brute-force linear baseline ``y = mean(normalised bound / FLOPs of brute force) · x``.
 3. ``unexplained_dim_vs_flops``: unexplained dimension vs FLOPs (log2-log2).
 4. ``bound_vs_sigma_ratio``: normalised bound of the best variant per (seed, attention-error
    mode) vs sigma1/sigma2 of EQKE, with a least-squares line per mode (exact_EQKE excluded).

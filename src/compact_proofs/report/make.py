@@ -9,7 +9,7 @@ from compact_proofs.errors import UserError
 from compact_proofs.report import figures, latex, model_figures, tables
 from compact_proofs.report import html as html_mod
 from compact_proofs.report.data import Config, Sweep, load_sweep, sigma_ratio_column
-from compact_proofs.report.frontier import brute_force_slope, frontier
+from compact_proofs.report.frontier import FRONTIER_NOTE, brute_force_slope, frontier
 
 log = logging.getLogger(__name__)
 PREFERRED_SEED = 123
@@ -163,8 +163,7 @@ def _write_index(
         "",
     ]
     lines += [f"- [{p.relative_to(out_dir)}]({p.relative_to(out_dir)})" for p in written]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "## Notes", "", f"- {FRONTIER_NOTE}"] + [f"- {n}" for n in notes]
     (out_dir / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
