@@ -226,8 +226,13 @@ def test_hook_only_flags_are_accepted():
 
 
 def test_non_models_are_refused():
-    with pytest.raises(UserError, match="cannot read a model from a list"):
+    with pytest.raises(UserError, match="from an object of type list; pass a Weights"):
         interop.from_transformer_lens([1, 2])
+    state_dict = make_tl("hooked", seed=6).state_dict()
+    with pytest.raises(
+        UserError, match=r"mapping \(OrderedDict\) alone: if it is a state dict, save it"
+    ):
+        interop.from_transformer_lens(state_dict)
 
 
 # ------------------------------------------------------------------------------- train, prove

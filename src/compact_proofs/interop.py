@@ -317,9 +317,16 @@ def _kind(model: Any) -> str:
             f"{type(model).__name__} is not a HookedTransformer or TransformerBridge; only "
             f"decoder-only models of this kind are supported ({SUPPORTED})"
         )
+    if isinstance(model, Mapping):  # most likely a state dict: it needs its config
+        raise UserError(
+            f"cannot read a model from a mapping ({type(model).__name__}) alone: if it is a state "
+            "dict, save it with torch.save and pass the path with its config (config= in the "
+            "API, --config on the command line), or load it into a HookedTransformer"
+        )
     raise UserError(
-        f"cannot read a model from a {type(model).__name__}; pass a Weights, a model directory "
-        "or checkpoint path, a TransformerLens HookedTransformer or TransformerBridge"
+        f"cannot read a model from an object of type {type(model).__name__}; pass a Weights, a "
+        "model directory or checkpoint path, a TransformerLens HookedTransformer or "
+        "TransformerBridge"
     )
 
 
