@@ -224,8 +224,10 @@ def test_certificate_needs_exactly_one_strategy(model_dir, tmp_path):
 
 def test_report_refuses_a_directory_without_results(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
-    assert "no results.csv" in capsys.readouterr().err
+    assert "results.csv not found; run `compact-proofs sweep" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    assert "nope does not exist; pass the --out of" in capsys.readouterr().err
 
 
 def test_sweep_then_report(tmp_path, capsys):

@@ -167,9 +167,13 @@ def test_missing_garbage_and_wrong_kind_of_file(tmp_path, weights):
         storage.load_model(tmp_path / "nope")
     cases.append(e)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelFormatError, match="has no model.safetensors") as e:
+    with pytest.raises(ModelFormatError, match="has no model.safetensors;") as e:
         storage.load_model(tmp_path / "empty")
     cases.append(e)
+    (tmp_path / "tl").mkdir()
+    (tmp_path / "tl" / "m.pt").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match=r"has no model.safetensors \(it holds m.pt: pass"):
+        storage.load_model(tmp_path / "tl")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x93NUMPY not a safetensors file at all" * 10)
     with pytest.raises(ModelFormatError, match="not a readable safetensors file") as e:

@@ -330,11 +330,6 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from compact_proofs.report import make_report
 
-    if not (Path(args.sweep_dir) / "results.csv").is_file():
-        raise UserError(
-            f"{args.sweep_dir} has no results.csv; pass a directory written by "
-            "`compact-proofs sweep` or `compact-proofs reproduce`"
-        )
     report_dir = make_report(args.sweep_dir, seed=args.seed, out=args.out)
     out.print(f"report written to {report_dir}")
 

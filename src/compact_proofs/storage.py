@@ -293,9 +293,13 @@ def _resolve(p: Path) -> tuple[Path, Path | None]:
     if p.is_dir():
         w = p / WEIGHTS_FILE
         if not w.is_file():
+            found = sorted(
+                f.name for f in p.iterdir() if f.suffix in (".safetensors", ".pt", ".pth")
+            )
+            hint = f" (it holds {', '.join(found[:3])}: pass that file instead)" if found else ""
             raise ModelFormatError(
-                f"{p} has no {WEIGHTS_FILE}; pass a directory written by "
-                "`compact-proofs train` or a .safetensors file"
+                f"{p} has no {WEIGHTS_FILE}{hint}; pass a directory written by "
+                "`compact-proofs train`, a .safetensors file, or a .pt/.pth state dict"
             )
         m = p / META_FILE
         return w, (m if m.exists() else None)
