@@ -552,3 +552,15 @@ def test_noise_figure_plots_the_recursive_bounds_the_proof_uses():
         paper, cs = info[f"noise_paper_bound_{mode}"], info[f"noise_cs_bound_{mode}"]
         assert filled[i].get_width() == min(paper, cs)
         assert hollow[i].get_width() == paper >= filled[i].get_width()
+
+
+def test_family_colours_are_fixed_and_distinct():
+    """A family keeps its colour whatever else a report holds; your own families get colours no
+    built-in family uses."""
+    from compact_proofs.report import figures
+
+    every = [*naming.FAMILY_ORDER, "adaptive", "adaptive (budget)", "mine", "yours"]
+    full = figures.family_colors(every)
+    assert len(set(full.values())) == len(every)
+    assert figures.family_colors(["adaptive", "mine"]) == {k: full[k] for k in ("adaptive", "mine")}
+    assert list(full)[:2] == [naming.BRUTE_FORCE, naming.CUBIC]

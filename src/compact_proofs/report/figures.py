@@ -67,10 +67,18 @@ def point_style(family: str, color: str, size: float, alpha: float) -> dict:
     return {"s": size, "color": color, "alpha": alpha, "linewidths": 0, "zorder": 3}
 
 
+# Other families (your own strategies): colours none of the built-in families use.
+EXTRA_PALETTE = ("#000000", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#c49c94", "#f7b6d2")
+
+
 def family_colors(families) -> dict[str, str]:
-    ordered = [f for f in naming.FAMILY_ORDER if f in set(families)]
-    ordered += sorted(set(families) - set(ordered))
-    return {f: PALETTE[i % len(PALETTE)] for i, f in enumerate(ordered)}
+    """One colour per family, the same in every report: the built-in families (paper order, then
+    the adaptive ones) each have their own; others take ``EXTRA_PALETTE`` in name order."""
+    known = (*naming.FAMILY_ORDER, ADAPTIVE, ADAPTIVE_BUDGET)
+    colors = {f: PALETTE[i] for i, f in enumerate(known) if f in set(families)}
+    others = sorted(set(families) - set(known))
+    colors |= {f: EXTRA_PALETTE[i % len(EXTRA_PALETTE)] for i, f in enumerate(others)}
+    return colors
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
