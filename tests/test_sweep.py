@@ -373,7 +373,22 @@ def test_big_integers_are_exact(tmp_path):
     assert int(r["correct_count"]) == total - 3 and r["true_correct"] == ""
     pd = pytest.importorskip("pandas")
     pytest.importorskip("pyarrow")
-    assert pd.read_parquet(tmp_path / "results.parquet")["total"][0] == str(total)
+    import decimal
+
+    import pyarrow.parquet as pq
+
+    assert pd.read_parquet(tmp_path / "results.parquet")["total"][0] == decimal.Decimal(total)
+    # the schema does not depend on the data: K=20 and K=4 files concatenate
+    small = tmp_path / "small"
+    layout.atomic_write_json(
+        ModelSpec(4, 64, 1).result_path(small, "cubic"),
+        row | {"k": 4, "correct_count": 5, "total": 64**4, "accuracy_bound": 5 / 64**4},
+    )
+    aggregate(small)
+    big_schema = pq.read_schema(tmp_path / "results.parquet")
+    assert pq.read_schema(small / "results.parquet").equals(big_schema)
+    assert str(big_schema.field("true_correct").type) == "decimal256(76, 0)"
+    assert str(big_schema.field("flops").type) == "int64"
 
 
 # ---------------------------------------------------------------------------------------------

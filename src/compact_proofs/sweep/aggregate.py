@@ -234,26 +234,46 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     layout.atomic_write_text(path, buf.getvalue())
 
 
+# Parquet types, fixed per column so every sweep's files share one schema. Counts of inputs can
+# exceed 64 bits (64**20 at Max-of-20): exact decimals with 76 digits (up to about 2**252).
+COUNT_COLUMNS = frozenset({"correct_count", "total", "true_correct", "correct"})
+INT_COLUMNS = frozenset({"k", "d_vocab", "seed", "flops", "int_ops", "unexplained_dim"})
+TEXT_COLUMNS = frozenset(
+    {"strategy", "family", "complexity", "model_sha256", "version", "accuracy_method", "status",
+     "reason"}
+)  # fmt: skip
+
+
+def parquet_type(column: str):
+    """The Parquet (pyarrow) type of a CSV column; any other column is float64."""
+    import pyarrow as pa
+
+    if column in COUNT_COLUMNS:
+        return pa.decimal256(76, 0)
+    if column in INT_COLUMNS:
+        return pa.int64()
+    return pa.string() if column in TEXT_COLUMNS else pa.float64()
+
+
 def _write_parquet(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    import decimal
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def convert(v, kind):
+        if v is None or v == "":
+            return None
+        if kind == pa.string():
+            return str(v)
+        if kind == pa.int64():
+            return int(v)
+        return decimal.Decimal(int(v)) if pa.types.is_decimal(kind) else float(v)
+
     arrays = {}
     for c in columns:
-        values = [row.get(c) for row in rows]
-        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-        if ints and len(ints) == sum(v is not None for v in values):
-            fits = all(-(2**63) <= v < 2**63 for v in ints)
-            arrays[c] = pa.array(
-                values if fits else [None if v is None else str(v) for v in values],
-                type=pa.int64() if fits else pa.string(),
-            )
-        elif all(v is None or isinstance(v, int | float) for v in values) and not all(
-            v is None for v in values
-        ):
-            arrays[c] = pa.array([None if v is None else float(v) for v in values], pa.float64())
-        else:
-            arrays[c] = pa.array([None if v is None else str(v) for v in values], pa.string())
+        kind = parquet_type(c)
+        arrays[c] = pa.array([convert(row.get(c), kind) for row in rows], type=kind)
     table = pa.table(arrays)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
