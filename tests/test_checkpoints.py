@@ -101,6 +101,21 @@ def test_compact_proofs_model_json_is_read_through_its_config_entry(tmp_path):
     assert checkpoints.is_foreign(p)
 
 
+def test_a_hugging_face_style_config_is_named(tmp_path):
+    w = weights()
+    cfg = {"num_layers": 1, "hidden_size": w.config.d_model, "n_ctx": N}
+    p = write(tmp_path / "m.pt", w.to_state_dict(), cfg)
+    with pytest.raises(
+        ModelFormatError,
+        match=r"not TransformerLens config fields: num_layers \(TransformerLens: n_layers\), "
+        r"hidden_size \(TransformerLens: d_model\); write",
+    ):
+        checkpoints.load_checkpoint(p)
+    # beside the TransformerLens field it stands for, an extra name is harmless
+    p = write(tmp_path / "ok" / "m.pt", w.to_state_dict(), tl_config(w, hidden_size=8))
+    assert checkpoints.load_checkpoint(p).sha256() == w.sha256()
+
+
 def test_missing_config_is_refused(tmp_path):
     w = weights()
     p = write(tmp_path / "m.safetensors", w.to_state_dict(), None)

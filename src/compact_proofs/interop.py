@@ -53,6 +53,21 @@ TL_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
 }
 
+# Hugging Face names of config fields, with the TransformerLens field each stands for: a config
+# written with them would otherwise be read as TransformerLens defaults.
+HF_FIELDS: dict[str, str] = {
+    "num_layers": "n_layers",
+    "num_hidden_layers": "n_layers",
+    "n_layer": "n_layers",
+    "hidden_size": "d_model",
+    "n_embd": "d_model",
+    "num_attention_heads": "n_heads",
+    "n_head": "n_heads",
+    "vocab_size": "d_vocab",
+    "max_position_embeddings": "n_ctx",
+    "n_positions": "n_ctx",
+}
+
 # Flags that change the computed function: (field, "is harmless" test, what it means).
 _REFUSED_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("final_rms", lambda v: not v, "an RMSNorm before the unembedding"),
@@ -177,6 +192,13 @@ def validate_tl_config(
             feature and what is supported.
         ModelFormatError: a field has an unusable value.
     """
+    foreign = [k for k in cfg if k in HF_FIELDS and HF_FIELDS[k] not in cfg]
+    if foreign:
+        named = ", ".join(f"{k} (TransformerLens: {HF_FIELDS[k]})" for k in foreign)
+        raise ModelFormatError(
+            f"{where}: not TransformerLens config fields: {named}; write the model's "
+            "HookedTransformerConfig fields"
+        )
     c = {**TL_DEFAULTS, **{k: v for k, v in cfg.items()}}
     n_layers = _int_field(c, "n_layers", where)
     if n_layers is not None and n_layers != 1:
