@@ -151,3 +151,24 @@ def test_against_transformer_lens_when_installed():
         assert torch.equal(t, ref_sd[k]), k
     tokens = torch.randint(0, 12, (64, 4), generator=torch.Generator().manual_seed(1))
     assert torch.equal(ours(tokens), ref(tokens))
+
+
+def test_a_transposed_embedding_is_named_with_the_expected_layout():
+    from compact_proofs.errors import ModelFormatError
+
+    g = torch.Generator().manual_seed(0)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    V, n, d = 8, 3, 16
+    with pytest.raises(ModelFormatError) as err:
+        Weights(W_E=r(d, V), W_pos=r(n, d), W_Q=r(d, d), W_K=r(d, d), W_V=r(d, d), W_O=r(d, d),
+                W_U=r(d, V))  # fmt: skip
+    message = str(err.value)
+    assert message.startswith("the weight shapes disagree: W_pos is (3, 16), but W_E (16, 8)")
+    assert "W_E [d_vocab, d_model], W_pos [n_ctx, d_model]" in message
+    assert "output vocabulary" not in message
+    with pytest.raises(ModelFormatError, match="the output vocabulary must be the input"):
+        Weights(W_E=r(V, d), W_pos=r(n, d), W_Q=r(d, d), W_K=r(d, d), W_V=r(d, d), W_O=r(d, d),
+                W_U=r(d, V + 1))  # fmt: skip

@@ -83,9 +83,16 @@ class Weights:
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
+                out_vocab = (
+                    " (the output vocabulary must be the input vocabulary)"
+                    if name == "W_U" and got[0] == d
+                    else ""
+                )
                 raise ModelFormatError(
-                    f"{name} has shape {got} but W_E {tuple(self.W_E.shape)} and W_pos/W_Q imply "
-                    f"{shape} (W_U must be [d_model, d_vocab]: d_vocab_out must equal d_vocab)"
+                    f"the weight shapes disagree: {name} is {got}, but W_E {tuple(self.W_E.shape)}"
+                    f" read as [d_vocab, d_model] makes it {shape}{out_vocab}; the layout is "
+                    "TransformerLens's: W_E [d_vocab, d_model], W_pos [n_ctx, d_model], "
+                    "W_Q, W_K, W_V [d_model, d_head], W_O [d_head, d_model], W_U [d_model, d_vocab]"
                 )
         ModelConfig(d_vocab=V, n_ctx=n, d_model=d, d_head=dh)  # validates the sizes
 
