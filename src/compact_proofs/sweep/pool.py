@@ -77,8 +77,10 @@ def _thread_env(threads: int) -> dict[str, str]:
 
 @contextlib.contextmanager
 def open_pool(jobs: int, dask_address: str | None) -> Iterator[Pool]:
-    """``_open_pool`` whose queued and running calls are cancelled if the sweep stops early (an
-    exception or Ctrl-C), so no stray work continues in a long-lived session."""
+    """``_open_pool`` whose queued calls are dropped, and running ones cancelled where the
+    executor can, if the sweep stops early (an exception or Ctrl-C). A call already running
+    on a loky or Dask worker cannot be interrupted: it finishes and writes its result atomically,
+    which the next run reuses; idle loky workers exit on their own after a few minutes."""
     with _open_pool(jobs, dask_address) as pool:
         try:
             yield pool
