@@ -85,6 +85,23 @@ def test_pt_roundtrip_with_config_dict_and_mask_buffers(tmp_path):
     assert checkpoints.load_checkpoint(p, config=cfg_file).sha256() == w.sha256()
 
 
+@pytest.mark.parametrize("entry", [(2, 2), (0, 2)])
+def test_a_non_causal_mask_buffer_is_refused(tmp_path, entry):
+    """TransformerLens 2.x attends through the saved mask buffer: one that is not the causal
+    lower triangle describes another model (the last row: the readout position itself)."""
+    w = weights(1)
+    sd = w.to_state_dict()
+    mask = torch.tril(torch.ones(N, N, dtype=torch.bool))
+    mask[entry] = not mask[entry]
+    sd["blocks.0.attn.mask"] = mask
+    p = write(tmp_path / "m.pt", sd, tl_config(w))
+    with pytest.raises(UnsupportedModelError, match="attn.mask is not the causal mask"):
+        checkpoints.load_checkpoint(p)
+    sd["blocks.0.attn.mask"] = torch.zeros(0, 0, dtype=torch.bool)  # TransformerLens 3.x
+    p = write(tmp_path / "ok.pt", sd, tl_config(w))
+    assert checkpoints.load_checkpoint(p).sha256() == w.sha256()
+
+
 def test_pt_wrapped_state_dict_with_embedded_config(tmp_path):
     w = weights(2)
     p = tmp_path / "ckpt.pth"

@@ -8,6 +8,7 @@ which ``from_state_dict`` checks.
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -201,7 +202,7 @@ class Weights:
                 )
             return t.detach().to("cpu").contiguous()
 
-        return cls(
+        weights = cls(
             W_E=f32(sd["embed.W_E"], "embed.W_E"),
             W_pos=f32(sd["pos_embed.W_pos"], "pos_embed.W_pos"),
             W_Q=f32(heads["blocks.0.attn.W_Q"], "blocks.0.attn.W_Q"),
@@ -209,6 +210,24 @@ class Weights:
             W_V=f32(heads["blocks.0.attn.W_V"], "blocks.0.attn.W_V"),
             W_O=f32(heads["blocks.0.attn.W_O"], "blocks.0.attn.W_O"),
             W_U=f32(sd["unembed.W_U"], "unembed.W_U"),
+        )
+        _check_causal_mask(sd.get("blocks.0.attn.mask"), weights.config.n_ctx)
+        return weights
+
+
+def _check_causal_mask(mask: Any, n_ctx: int) -> None:
+    """TransformerLens reads its attention pattern from the ``attn.mask`` buffer it saves: a
+    file whose buffer is not the causal [n_ctx, n_ctx] lower triangle describes another model
+    than the one proved about (the proofs assume causal attention), so it is refused."""
+    if mask is None or (isinstance(mask, Tensor) and mask.numel() == 0):
+        return  # none, or TransformerLens 3.x's empty placeholder (built causal when used)
+    causal = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
+    ok = isinstance(mask, Tensor) and tuple(mask.shape) == (n_ctx, n_ctx)
+    if not (ok and bool(((mask == 0) | (mask == 1)).all()) and torch.equal(mask.bool(), causal)):
+        raise UnsupportedModelError(
+            "blocks.0.attn.mask is not the causal mask (the lower triangle of an "
+            f"[{n_ctx}, {n_ctx}] matrix of ones); the proofs cover causal attention only: "
+            "save the model's state dict without changing its mask buffer"
         )
 
 
