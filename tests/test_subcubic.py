@@ -325,6 +325,37 @@ def test_garbage_certificates_stay_sound():
         models.assert_sound(bad, w, truth)
 
 
+@pytest.mark.parametrize("value", [1e100, 1e300])
+def test_huge_certificate_vectors_stay_sound_and_terminate(value):
+    """A forged certificate's finite but huge vectors make some radii infinite: every variant
+    must still finish (the square root of an infinite radius once looped forever) and stay
+    sound."""
+    import signal
+
+    w = models.random_weights(4, 3, 4, seed=0)
+    truth = models.truth_mask(w)
+
+    def too_slow(*args):
+        raise TimeoutError("a check ran for more than 60 s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        for s in subcubic.STRATEGIES[::3]:
+
+            def forged(w, s=s):
+                cert = dict(s.search(w))
+                return {k: v if k == "gaps" else torch.full_like(v, value) for k, v in cert.items()}
+
+            forged_strategy = Strategy(
+                s.name, s.family, s.complexity, forged, s.check, s.unexplained_dim
+            )
+            models.assert_sound(forged_strategy, w, truth)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_malformed_certificates_are_refused():
     w = models.random_weights(5, 3, seed=0)
     s = BY[EXACT]

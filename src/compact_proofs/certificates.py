@@ -357,7 +357,15 @@ def check_certificate(
     try:
         with torch_threads(resolve(threads, strategy.threads)):
             verdict = strategy.check(w, cert, Ops(ledger))
-    except (ProofPreconditionError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (
+        ProofPreconditionError,
+        ArithmeticError,
+        IndexError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+    ) as e:
         raise CertificateError(
             f"the {strategy.name!r} checker rejects the certificate: {type(e).__name__}: {e}"
             + _revision_hint(meta, strategy)

@@ -86,6 +86,8 @@ def sqrt(a: Approx, ops: Ops, label: str) -> Approx:
     rad' = sqrt(rad) + u mag' with mag' = sqrt(mag), all rounded up. Cost: numel."""
     ops.ledger.add(a.mid.numel(), label=label)
     mag = math.nextafter(math.sqrt(a.mag), math.inf)
+    if not math.isfinite(a.rad):  # vacuous input (e.g. from a certificate's huge vector)
+        return Approx(a.mid.clamp(min=0.0).sqrt(), math.inf, math.inf)
     r = math.sqrt(a.rad) if a.rad > 0 else 0.0
     while math.nextafter(r * r, -math.inf) < a.rad:  # a lower bound on r^2 must reach rad
         r = math.nextafter(r, math.inf)
