@@ -86,3 +86,26 @@ def test_prove_and_accuracy_take_a_config_for_a_foreign_checkpoint(weights, tmp_
     assert cp.accuracy(path, config=config)["correct"] == exact.exact_accuracy(weights).correct
     [res] = cp.prove(path, "cubic", config=config)
     assert res.model_sha256 == weights.sha256()
+
+
+def test_your_strategy_may_not_take_a_built_in_name_nor_share_one(weights):
+    """Results and sweep files are stored by name: a modified "cubic" would pass for the real
+    one, and two strategies with one name would overwrite each other."""
+    impostor = dataclasses.replace(STRATEGIES["cubic"], check=_claims_everything)
+    with pytest.raises(UserError, match="named 'cubic', a built-in strategy's name"):
+        cp.prove(weights, [impostor])
+    mine = dataclasses.replace(STRATEGIES["cubic"], name="mine")
+    with pytest.raises(UserError, match="two different strategies are named 'mine'"):
+        cp.prove(weights, [mine, dataclasses.replace(mine, family="other")])
+    budget = "adaptive-budget-5e7"  # built on demand, but one object per name
+    assert api.resolve_strategies([budget, budget]) == api.resolve_strategies(budget)
+    every = api.resolve_strategies(["all", mine, "cubic"])
+    assert [s.name for s in every] == [*STRATEGIES, "mine"]
+
+
+def test_brute_force_below_a_given_count_is_reported(weights):
+    truth = exact.exact_accuracy(weights).correct
+    with pytest.raises(api.TruthConflict, match=f"brute force counts {truth:,} correct inputs"):
+        cp.prove(weights, "brute-force,cubic", true_correct=truth + 1)
+    [bf] = cp.prove(weights, "brute-force", true_correct=truth)
+    assert bf.normalized_bound == 1.0

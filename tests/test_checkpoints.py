@@ -87,8 +87,9 @@ def test_pt_roundtrip_with_config_dict_and_mask_buffers(tmp_path):
 
 @pytest.mark.parametrize("entry", [(2, 2), (0, 2)])
 def test_a_non_causal_mask_buffer_is_refused(tmp_path, entry):
-    """TransformerLens 2.x attends through the saved mask buffer: one that is not the causal
-    lower triangle describes another model (the last row: the readout position itself)."""
+    """TransformerLens 2.x attends through the saved mask buffer. Only its last row changes
+    what is proved (entry (2, 2)); any other change (entry (0, 2)) is refused too, on purpose:
+    the file is then not the model its config describes."""
     w = weights(1)
     sd = w.to_state_dict()
     mask = torch.tril(torch.ones(N, N, dtype=torch.bool))

@@ -181,7 +181,10 @@ def test_a_proof_above_the_stored_exact_count_shows_every_result(
     shutil.copytree(model_dir, model)
     assert cli.main(["accuracy", str(model)]) == 0
     capsys.readouterr()
-    assert cli.main(["prove", str(model), "--strategy", "cubic", "--strategy", "liar"]) == 2
+    target = tmp_path / "r.json"
+    argv = ["prove", str(model), "--strategy", "cubic", "--strategy", "liar", "--json", str(target)]
+    assert cli.main(argv) == 2
+    assert [r["strategy"] for r in json.loads(target.read_text())] == ["cubic", "liar"]
     captured = capsys.readouterr()
     assert "cubic" in captured.out and "liar" in captured.out and "1.0000" in captured.out
     assert captured.err.count("\n") == 1

@@ -387,3 +387,11 @@ def test_bounds_past_float64_range_are_infinite_not_errors():
     out = ops.softmax(Approx(torch.tensor([[0.0, -1.0]], dtype=torch.float64), 400.0, 1.0), 1)
     assert out.rad == math.inf
     assert not ops.proven_negative(ops.sub(out, Approx(out.mid + 1.0, 0.0, 3.0))).any()
+
+
+def test_a_nan_bound_becomes_infinite():
+    """max(1.0, nan) is 1.0 in Python: a NaN radius could be dropped by a later max(); it is
+    stored as +inf instead."""
+    a = Approx(torch.zeros(2, dtype=torch.float64), math.nan, math.nan)
+    assert a.rad == math.inf and a.mag == math.inf
+    assert a[0].rad == math.inf and max(1.0, a.rad) == math.inf

@@ -211,7 +211,8 @@ def screen_constants(t: Tables) -> ScreenConstants:
           Z (logit(m) - max_{x != m} logit(x)) > 0 with Z > 0; symmetrically for < -thr~.  QED
     Step (5) needs rho < 1. Otherwise (scores too large for float64 to resolve their softmax)
     K1 = K0 = +inf: thr~ is +inf or NaN (0 inf), both tests are false for every input, and the
-    enumeration decides every input exactly.
+    enumeration decides every input exactly. That relies on every caller testing strictly
+    (``marg > thr``, ``marg < -thr``): never write such a test as the negation of ``<=``.
     """
     n = t.n_ctx
     if t.magA > 2.0**100 or t.magS > 2.0**100:
@@ -253,7 +254,7 @@ def f64_constants(t: Tables) -> F64Constants:
     (any order, FMA or not): |N~[x] - N[x]| <= Z E1 + E0, E1 = rho magA + dA + gamma_n (1+rho) magA,
     E0 = 3 n TAU64 (magA + 1); and Z <= zeta1 (Z~ + 2 n TAU64) for Z~ = fl(sum_p w~_p),
     zeta1 = 1/((1 - gamma_{n-1})(1 - rho)), or +inf when rho >= 1 (the bound on Z fails: then
-    ``need`` is +inf or NaN, and neither test of ``BatchEval`` holds).
+    ``need`` is +inf or NaN, and neither test of ``BatchEval`` holds, as both are strict).
     """
     n = t.n_ctx
     _, rho = _weight_rel_err(t)

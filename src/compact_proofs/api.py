@@ -134,36 +134,49 @@ def accuracy(
 
 
 def resolve_strategies(strategies: str | Strategy | Iterable[str | Strategy]) -> list[Strategy]:
-    """'all', one name, a comma-separated list, a ``Strategy``, or an iterable of names and
-    ``Strategy`` objects (your own, see docs/new-strategy.md) -> strategies, each once, in order.
+    """'all', one name, a comma-separated list, a ``Strategy``, or an iterable of names ('all'
+    among them) and ``Strategy`` objects (your own, see docs/new-strategy.md) -> strategies,
+    each once, in order.
 
     Besides the registry names, ``adaptive-budget-<N>`` (N FLOPs: an integer, or like 3e7)
-    names the anytime adaptive proof with any budget."""
+    names the anytime adaptive proof with any budget. Results and sweep files are keyed by
+    name, so a ``Strategy`` of your own may not take a registry name, nor two strategies one
+    name."""
     from compact_proofs.proofs import adaptive
 
     if isinstance(strategies, Strategy):
         items: list = [strategies]
     elif isinstance(strategies, str):
-        items = (
-            list(STRATEGIES) if strategies == "all" else [s.strip() for s in strategies.split(",")]
-        )
+        items = [s.strip() for s in strategies.split(",")]
     else:
         items = list(strategies)
     chosen: dict[str, Strategy] = {}
     for item in items:
-        if isinstance(item, Strategy):
-            found = item
+        if isinstance(item, str) and item == "all":
+            found_all = list(STRATEGIES.values())
+        elif isinstance(item, Strategy):
+            registered = STRATEGIES.get(item.name) or adaptive.strategy_for_name(item.name)
+            if registered is not None and registered != item:
+                raise UserError(
+                    f"your strategy is named {item.name!r}, a built-in strategy's name; "
+                    "rename it (results are stored by name)"
+                )
+            found_all = [item]
         elif isinstance(item, str):
             found = STRATEGIES.get(item) or adaptive.strategy_for_name(item)
+            if found is None:
+                raise UserError(
+                    f"unknown strategy {item!r}; run `compact-proofs strategies` for the "
+                    f"{len(STRATEGIES)} available names (or use 'all'; any FLOP budget works as "
+                    "'adaptive-budget-<N>', e.g. adaptive-budget-3e7)"
+                )
+            found_all = [found]
         else:
             raise UserError(f"a strategy must be a name or a Strategy, got a {type(item).__name__}")
-        if found is None:
-            raise UserError(
-                f"unknown strategy {item!r}; run `compact-proofs strategies` for the "
-                f"{len(STRATEGIES)} available names (or use 'all'; any FLOP budget works as "
-                "'adaptive-budget-<N>', e.g. adaptive-budget-3e7)"
-            )
-        chosen.setdefault(found.name, found)
+        for found in found_all:
+            if chosen.get(found.name, found) != found:
+                raise UserError(f"two different strategies are named {found.name!r}")
+            chosen.setdefault(found.name, found)
     return list(chosen.values())
 
 
@@ -235,8 +248,9 @@ def prove(
     a normalised bound. Brute force, if chosen, runs first and supplies ``true_correct`` when none
     is given. ``threads``: torch threads for the proofs (default: each strategy's own, see
     ``compact_proofs.threads``; 0 keeps torch's setting). If a proven count exceeds the exact
-    count (given, or brute force's), every strategy still runs, then ``TruthConflict`` is raised
-    (its ``results`` holds them all): that count is wrong, or the strategy is unsound.
+    count (given, or brute force's), or brute force's differs from a given one, every strategy
+    still runs, then ``TruthConflict`` is raised (its ``results`` holds them all): that count is
+    wrong, or the strategy is unsound.
     """
     w = load(model, config)
     chosen = resolve_strategies(strategies)
@@ -255,6 +269,12 @@ def prove(
             result = _with_truth(result, true_correct)
         results[i] = result
     message = wrong_truth_message(results, true_correct, source)
+    exact = [r.correct_count for r in results if r.strategy == "brute-force"]
+    if message is None and exact and true_correct is not None and exact[0] != true_correct:
+        message = (  # below a given count: brute force is exact, so that count is wrong
+            f"brute force counts {exact[0]:,} correct inputs exactly, not the given "
+            f"{true_correct:,}: that count is wrong"
+        )
     if message is not None:
         raise TruthConflict(message, results)
     return results

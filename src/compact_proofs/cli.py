@@ -165,14 +165,13 @@ def cmd_prove(args: argparse.Namespace) -> None:
         raise UserError("--certificate stores one proof: name exactly one --strategy")
     try:
         results = _prove(args, weights, strategies, true_correct, threads)
-    except api.TruthConflict as conflict:  # show every result, then say what contradicts what
+    except api.TruthConflict as conflict:  # show (and write) every result, then the conflict
         _print_results(args.model, conflict.results)
-        if true_correct is not None:  # name where the count came from
-            conflict = UserError(api.wrong_truth_message(conflict.results, true_correct, source))
-        raise conflict from None
+        _write_results_json(args.json, conflict.results)
+        named = api.wrong_truth_message(conflict.results, true_correct, source)
+        raise (UserError(named) if named else conflict) from None  # where the count came from
     _print_results(args.model, results)
-    payload = [r.to_dict() for r in results]
-    _write_json(args.json, payload[0] if len(payload) == 1 else payload)
+    _write_results_json(args.json, results)
     if args.certificate is not None:
         out.print(f"certificate written to {args.certificate}")
 
@@ -203,6 +202,11 @@ def _prove(args, weights, strategies, true_correct, threads) -> list:
             progress=step,
             threads=threads,
         )
+
+
+def _write_results_json(path: str | None, results: list) -> None:
+    payload = [r.to_dict() for r in results]
+    _write_json(path, payload[0] if len(payload) == 1 else payload)
 
 
 def _print_results(model: str, results: list) -> None:

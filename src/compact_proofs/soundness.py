@@ -67,6 +67,8 @@ class SoundnessReport:
             checked = "input by input" if self.mask_count is not None else "by count only"
             return f"{head}: sound on this model ({checked})"
         problems = []
+        if self.correct_count < 0:
+            problems.append("its count is negative")
         if self.correct_count > self.true_correct:
             problems.append("it claims more than are correct")
         if self.mask_count is not None and self.mask_count != self.correct_count:
@@ -102,6 +104,11 @@ def check_soundness(
     with torch_threads(resolve(threads, s.threads)):
         verdict = s.check(w, s.search(w), Ops(ledger))
     seconds = time.perf_counter() - t0
+    if not isinstance(verdict.correct_count, int) or isinstance(verdict.correct_count, bool):
+        raise UserError(
+            f"{s.name}: Verdict.correct_count must be a Python int, got a "
+            f"{type(verdict.correct_count).__name__}"
+        )
     mask_count, wrong, examples = None, 0, []
     if verdict.expand is not None:
         mask = verdict.expand()
@@ -117,7 +124,7 @@ def check_soundness(
         examples = task.index_to_tokens(bad[:N_EXAMPLES], cfg.d_vocab, cfg.n_ctx).tolist()
     return SoundnessReport(
         strategy=s.name,
-        correct_count=int(verdict.correct_count),
+        correct_count=verdict.correct_count,
         true_correct=int(truth.sum()),
         total=cfg.n_inputs,
         mask_count=mask_count,

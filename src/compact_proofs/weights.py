@@ -216,9 +216,10 @@ class Weights:
 
 
 def _check_causal_mask(mask: Any, n_ctx: int) -> None:
-    """TransformerLens reads its attention pattern from the ``attn.mask`` buffer it saves: a
-    file whose buffer is not the causal [n_ctx, n_ctx] lower triangle describes another model
-    than the one proved about (the proofs assume causal attention), so it is refused."""
+    """TransformerLens 2.x attends through the ``attn.mask`` buffer it saves. The proofs read
+    only the last position, so only that row matters; still, a buffer other than the causal
+    [n_ctx, n_ctx] lower triangle means the file is not the model its config describes, so it
+    is refused (a deliberately conservative choice)."""
     if mask is None or (isinstance(mask, Tensor) and mask.numel() == 0):
         return  # none, or TransformerLens 3.x's empty placeholder (built causal when used)
     causal = torch.tril(torch.ones(n_ctx, n_ctx, dtype=torch.bool))
@@ -226,8 +227,8 @@ def _check_causal_mask(mask: Any, n_ctx: int) -> None:
     if not (ok and bool(((mask == 0) | (mask == 1)).all()) and torch.equal(mask.bool(), causal)):
         raise UnsupportedModelError(
             "blocks.0.attn.mask is not the causal mask (the lower triangle of an "
-            f"[{n_ctx}, {n_ctx}] matrix of ones); the proofs cover causal attention only: "
-            "save the model's state dict without changing its mask buffer"
+            f"[{n_ctx}, {n_ctx}] matrix of ones), so the file is not the causal model its config "
+            "describes; save the model's state dict without changing its mask buffer"
         )
 
 

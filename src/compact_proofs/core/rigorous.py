@@ -105,6 +105,13 @@ class Approx:
     rad: float
     mag: float
 
+    def __post_init__(self) -> None:
+        # A NaN bound (from NaN or infinite inputs) is no bound: make it +inf, so that no
+        # comparison and no Python max() (which may drop a NaN argument) can lose it.
+        for name in ("rad", "mag"):
+            if getattr(self, name) != getattr(self, name):
+                object.__setattr__(self, name, _INF)
+
     @property
     def shape(self) -> torch.Size:
         return self.mid.shape

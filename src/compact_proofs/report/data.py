@@ -153,6 +153,8 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
         )
     _fill_normalized(results, models)
     results = _drop_unsound(results, notes)
+    if results.empty:
+        raise UserError(f"every row of {res_path} is unsound: {' '.join(notes)}")
     results["attn_err"] = results["strategy"].map(naming.attn_err_mode)
     results = results.reset_index(drop=True)
     sweep = Sweep(root=root, results=results, models=models, notes=notes)

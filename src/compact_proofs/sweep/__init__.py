@@ -54,8 +54,9 @@ fsync, ``os.replace``; a killed sweep resumes, and rerunning never duplicates a 
 
 The Parquet files have one schema whatever the data (``aggregate.parquet_type``): the counts
 (correct_count, total, true_correct, correct) are exact decimal256(76, 0), since 64**20 needs more
-than 64 bits; k, d_vocab, seed, flops, int_ops and unexplained_dim are int64; names and hashes are
-strings; everything else is float64. Empty means unknown (null).
+than 64 bits; k, d_vocab and seed are int64; names and hashes are strings; everything else is
+float64 (the costs flops, int_ops and unexplained_dim too: exact below 2**53, as in the CSV
+above that). Empty means unknown (null).
 
 A stored result counts only if it parses, has ``status`` "ok", matches its path (K, d_vocab, seed,
 strategy) and carries the current model's ``model_sha256``; anything else (a corrupt or partial

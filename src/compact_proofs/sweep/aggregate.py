@@ -236,8 +236,10 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
 
 # Parquet types, fixed per column so every sweep's files share one schema. Counts of inputs can
 # exceed 64 bits (64**20 at Max-of-20): exact decimals with 76 digits (up to about 2**252).
+# Costs (flops, int_ops, unexplained_dim) are float64: exact below 2**53, and never too large
+# (a strategy of your own may report d_vocab**n_ctx); results.csv keeps them exact.
 COUNT_COLUMNS = frozenset({"correct_count", "total", "true_correct", "correct"})
-INT_COLUMNS = frozenset({"k", "d_vocab", "seed", "flops", "int_ops", "unexplained_dim"})
+INT_COLUMNS = frozenset({"k", "d_vocab", "seed"})
 TEXT_COLUMNS = frozenset(
     {"strategy", "family", "complexity", "model_sha256", "version", "accuracy_method", "status",
      "reason"}

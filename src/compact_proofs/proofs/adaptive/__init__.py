@@ -24,6 +24,7 @@ which keys and boxes to refine and how to split; the certificate lists them, for
 
 import dataclasses
 import decimal
+import functools
 import re
 
 from compact_proofs.config import ModelConfig
@@ -112,10 +113,11 @@ def _short(budget: int) -> str:
 BUDGET_STRATEGIES = tuple(budget_strategy(b) for b in DEFAULT_BUDGETS)
 
 
+@functools.cache
 def strategy_for_name(name: str) -> Strategy | None:
     """``adaptive`` or ``adaptive-budget-<N>`` (N a whole number of FLOPs: an int or like 3e7),
-    else None. Raises UserError for a budget that is not a whole number from 1 to
-    ``MAX_BUDGET``."""
+    else None; one object per name. Raises UserError for a budget that is not a whole number
+    from 1 to ``MAX_BUDGET``."""
     if name == NAME:
         return STRATEGY
     budget = budget_of(name)

@@ -161,9 +161,16 @@ def _sigma_sq_up(Ar: Approx, Br: Approx, ops: Ops) -> float:
 def _svd_eps(Ar: Approx, Br: Approx, ops: Ops) -> Approx:
     """sqrt(2) sigma_1(Ar Br) (``_sigma_sq_up``)."""
     eps = math.nextafter(math.sqrt(up_mul(2.0, _sigma_sq_up(Ar, Br, ops))), math.inf)
-    if not math.isfinite(eps):
-        eps = 1e300  # nothing is proven with it; keeps every later tensor finite
-    return Approx(torch.tensor([eps], dtype=torch.float64), 0.0, eps)
+    return _bound_value(eps)
+
+
+def _bound_value(x: float) -> Approx:
+    """An upper bound ``x`` >= 0 as an exact value; when it is infinite, a finite stand-in
+    with an infinite radius (vacuous: nothing is proven with it, and later tensors stay free of
+    inf - inf)."""
+    if math.isfinite(x):
+        return Approx(torch.tensor([x], dtype=torch.float64), 0.0, x)
+    return Approx(torch.tensor([1e300], dtype=torch.float64), math.inf, math.inf)
 
 
 def down_pow(x: float, k: int) -> float:
@@ -192,8 +199,6 @@ def _cs_eps(fs: list[Approx], mean_q: bool, mean_k: bool, ops: Ops) -> Approx:
     bsq_up = float(ops.upper(ops.amax(bsq, 0, label=LBL).map_layout(lambda t: t.reshape(1)))[0])
     ops.ledger.add(4, label=LBL)  # scalar: 4 sigma^2 beta^2, then its square root
     factor = math.nextafter(math.sqrt(up_mul(4.0, lam, max(bsq_up, 0.0))), math.inf)
-    if not math.isfinite(factor):
-        factor = 1e300
     head = None
     if mean_q:
         abar = ops.scale(ops.sum(m0, 0, label=LBL), 1.0 / rows, label=LBL)
@@ -203,8 +208,7 @@ def _cs_eps(fs: list[Approx], mean_q: bool, mean_k: bool, ops: Ops) -> Approx:
         head = rowrange(v.map_layout(lambda t: t[None, :]), ops, LBL)  # [1]
         m0 = ops.sub(m0, abar.map_layout(lambda t: t[None, :]), label=LBL)
     norms = sqrt(ops.sum(ops.mul(m0, m0, label=LBL), 1, label=LBL), ops, LBL)  # [rows]
-    fac = Approx(torch.tensor([factor], dtype=torch.float64), 0.0, factor)
-    eps = ops.mul(norms, fac, label=LBL)
+    eps = ops.mul(norms, _bound_value(factor), label=LBL)
     return eps if head is None else ops.add(eps, head, label=LBL)
 
 
