@@ -155,7 +155,7 @@ def cmd_prove(args: argparse.Namespace) -> None:
     _check_output(args.json, "--json")
     _check_output(args.certificate, "--certificate")
     names = args.strategy or ["cubic"]
-    strategies = api.resolve_strategies("all" if "all" in names else ",".join(names))
+    strategies = api.resolve_strategies(",".join(names))  # each once, in order
     weights = api.load(args.model, args.config)
     true_correct, source = args.true_correct, "the count given by --true-correct"
     if true_correct is None:
