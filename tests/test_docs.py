@@ -48,10 +48,9 @@ def test_new_strategy_page_runs_as_written(capsys):
 
         return record
 
-    sweep_ns = namespace | {}
     code = blocks[3].replace("from compact_proofs.report import make_report\n", "")
     code = code.replace("from compact_proofs.sweep import run_sweep\n", "")
-    sweep_ns |= {"run_sweep": recorder(run_sweep), "make_report": recorder(make_report)}
+    sweep_ns = namespace | {"run_sweep": recorder(run_sweep), "make_report": recorder(make_report)}
     exec(compile(code, str(DOC), "exec"), sweep_ns)
     assert [c[0] for c in calls] == ["run_sweep", "make_report"]
     assert calls[0][2]["strategies"][0] is namespace["EQUAL_TOKENS"]
