@@ -252,3 +252,80 @@ def test_budget_names_outside_the_registry(tmp_path, soundness_model):
     certificates.certify(w, "adaptive-budget-60000", path)
     assert adaptive.strategy_for_name("adaptive-budget-60000") is not None
     assert certificates.check_certificate(w, path).strategy == "adaptive-budget-60000"
+
+
+def test_malformed_headers_are_refused_in_one_line(tmp_path, saved):
+    """Entries a forger could write that used to escape as tracebacks."""
+    w, path = _copy(saved, tmp_path)
+    meta = json.loads(path.read_text())
+    for bad, message in [
+        ({"tensor_file": ""}, "must be a plain file name"),
+        ({"tensor_file": ".."}, "must be a plain file name"),
+        ({"entries": meta["entries"] | {"budget": {"$tuple": 5}}}, "bad tuple entry 5"),
+        ({"entries": meta["entries"] | {"budget": {"$tensor": [1]}}}, "has no tensor"),
+    ]:
+        path.write_text(json.dumps(meta | bad))
+        with pytest.raises(CertificateError, match=message):
+            certificates.check_certificate(w, path)
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CertificateError):
+        certificates.check_certificate(w, path)
+    path.write_text(json.dumps(meta))
+    (tmp_path / "d.safetensors").mkdir()
+    path.write_text(json.dumps(meta | {"tensor_file": "d.safetensors"}))
+    with pytest.raises(CertificateError, match="is a directory"):
+        certificates.check_certificate(w, path)
+    with pytest.raises(CertificateError, match=r"c not found \(did you mean .*c\.json\?\)"):
+        certificates.check_certificate(w, tmp_path / "c")
+    with pytest.raises(CertificateError, match="is a directory, not a certificate"):
+        certificates.check_certificate(w, tmp_path)
+
+
+def test_a_missing_entry_is_named(tmp_path, soundness_model):
+    """A certificate of one subcubic variant, checked as another that needs other entries."""
+    w, _ = soundness_model(MODEL)
+    names = [n for n, s in STRATEGIES.items() if s.family.startswith("subcubic")]
+    path = tmp_path / "s.json"
+    certificates.certify(w, names[0], path)
+    have = set(certificates.read_certificate(path)[1])
+    other = next(n for n in names if set(STRATEGIES[n].search(w)) - have)
+    _edit(path, strategy=other)
+    with pytest.raises(CertificateError, match="rejects the certificate: it has no entry '"):
+        certificates.check_certificate(w, path)
+
+
+def test_certify_refuses_bad_targets_before_any_work(tmp_path, saved, monkeypatch):
+    from compact_proofs import storage
+
+    w, _ = saved
+    model = tmp_path / "m"
+    storage.save_model(w, model, metadata={"task": "max_of_k"})
+    before = {f.name: f.read_bytes() for f in model.iterdir()}
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the target was checked")
+
+    monkeypatch.setattr(api, "prove_one", no_work)
+    (tmp_path / "data.json").write_text("[1, 2]")
+    (tmp_path / "sub").mkdir()
+    for target, message in [
+        (model / "model.json", "the model's own file"),
+        (model / "model", "the model's own file"),
+        (tmp_path / "data.json", "exists and is not a certificate file"),
+        (tmp_path / "sub", "is a directory"),
+        (tmp_path / "sub" / "..", "names no file"),
+        (tmp_path / "nodir" / "x.json", "does not exist"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            certificates.certify(model, "cubic", target)
+    with pytest.raises(UserError, match="one proof; 'all' names"):
+        certificates.certify(model, "all", tmp_path / "x.json")
+    assert {f.name: f.read_bytes() for f in model.iterdir()} == before
+    assert not (tmp_path / "nodir").exists() and (tmp_path / "data.json").read_text() == "[1, 2]"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json", "m", "sub"]  # no strays
+
+
+def test_an_existing_certificate_is_replaced(tmp_path, saved):
+    w, path = _copy(saved, tmp_path)
+    certificates.certify(w, "cubic", path)  # a certificate may be overwritten by another
+    assert certificates.check_certificate(w, path).strategy == "cubic"

@@ -245,3 +245,63 @@ def test_sweep_then_report(tmp_path, capsys):
     assert (out / "results.csv").read_text().splitlines() == rows
     assert cli.main(["report", str(out)]) == 0
     assert (out / "report" / "table1.md").is_file()
+
+
+def test_outputs_never_overwrite_the_model(model_dir, tmp_path, capsys, monkeypatch):
+    """--certificate and --json naming the model's own files (or, for a certificate, any file
+    that is not a certificate) are refused before any work, and the model stays intact."""
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    before = {f.name: f.read_bytes() for f in model.iterdir()}
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    monkeypatch.setattr(api, "prove", no_work)
+    monkeypatch.setattr(api, "prove_one", no_work)
+    monkeypatch.setattr(api, "accuracy", no_work)
+    cases = [
+        (["prove", str(model), "--certificate", str(model / "model.json")], "model's own file"),
+        (["prove", str(model), "--certificate", str(model / "model")], "model's own file"),
+        (["prove", str(model), "--certificate", str(tmp_path / "notes.json")], "not a cert"),
+        (["prove", str(model), "--json", str(model / "model.json")], "model's own files"),
+        (["accuracy", str(model), "--json", str(model / "accuracy.json")], "model's own files"),
+        (
+            ["check", str(model), str(tmp_path / "c.json"), "--json", str(model / "model.json")],
+            "model's own files",
+        ),
+        (
+            [
+                "prove",
+                str(model),
+                "--certificate",
+                str(tmp_path / "c.json"),
+                "--json",
+                str(tmp_path / "c.json"),
+            ],  # fmt: skip
+            "would overwrite the certificate",
+        ),
+    ]
+    for argv, message in cases:
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+    assert {f.name: f.read_bytes() for f in model.iterdir()} == before
+    assert json.loads((tmp_path / "notes.json").read_text()) == {"mine": 1}
+
+
+def test_check_notes_a_budget_name_the_certificate_does_not_fit(model_dir, tmp_path, capsys):
+    cert = tmp_path / "a.json"
+    assert (
+        cli.main(["prove", str(model_dir), "--strategy", "adaptive", "--certificate", str(cert)])
+        == 0
+    )
+    header = json.loads(cert.read_text())
+    cert.write_text(json.dumps(header | {"strategy": "adaptive-budget-1"}))
+    capsys.readouterr()
+    assert cli.main(["check", str(model_dir), str(cert)]) == 0
+    assert "more than the budget 1 in the strategy's name" in capsys.readouterr().out
+    cert.write_text(json.dumps(header | {"strategy": "adaptive-budget-0"}))
+    assert cli.main(["check", str(model_dir), str(cert)]) == 2
+    assert "FLOP budget must be a whole number from 1 to 1e18, got 0" in capsys.readouterr().err

@@ -217,6 +217,22 @@ def test_sha_mismatch_and_inconsistent_json(tmp_path, weights):
         storage.load_model(out2)
 
 
+def test_a_corrupted_file_is_named_corrupted_before_its_contents_are_judged(tmp_path, weights):
+    """A flipped bit that makes a bias nonzero is a corrupted file, not a training problem."""
+    from safetensors.torch import load_file
+
+    out = saved(tmp_path, weights)
+    sd = load_file(str(out / "model.safetensors"))
+    bias = next(k for k in sd if k.endswith("b_U"))
+    sd[bias][0] = 2.5e-29
+    save_file(sd, str(out / "model.safetensors"))
+    with pytest.raises(ModelFormatError, match="modified or corrupted"):
+        storage.load_model(out)
+    (out / "model.json").unlink()  # no recorded digest: the contents are judged
+    with pytest.raises(UnsupportedModelError, match="nonzero"):
+        storage.load_model(out)
+
+
 def test_transformer_lens_buffers_are_accepted(tmp_path, weights):
     sd = weights.to_state_dict()
     n = weights.config.n_ctx

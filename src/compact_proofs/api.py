@@ -60,6 +60,20 @@ def load(model: Any, config: Any = None) -> Weights:
     return interop.from_transformer_lens(model)
 
 
+def model_files(model: Any) -> tuple[Path, ...]:
+    """The files ``load(model)`` reads or that belong to the model (its directory's
+    ``model.safetensors``, ``model.json`` and ``accuracy.json``, or the weights file and a
+    ``model.json`` beside it); empty for a model in memory. Outputs must not overwrite them."""
+    if not isinstance(model, str | os.PathLike):
+        return ()
+    from compact_proofs import storage
+
+    p = Path(model)
+    if p.is_dir():
+        return tuple(p / f for f in (storage.WEIGHTS_FILE, storage.META_FILE, "accuracy.json"))
+    return (p, p.with_name(storage.META_FILE))
+
+
 def train_model(
     *,
     k: int,

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -91,6 +91,49 @@ def tensor_path(path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------------ writing
+def certificate_targets(
+    path: str | os.PathLike, protect: tuple[Path, ...] = ()
+) -> tuple[Path, Path]:
+    """The JSON and tensor files a certificate at ``path`` writes, after refusing (UserError,
+    before any work) a path that names no file or a directory, lies in a directory that does
+    not exist, is one of the files ``protect`` (a model's own files), or would overwrite an
+    existing file that is not a certificate."""
+    p = Path(path)
+    if p.name in ("", ".", ".."):
+        raise UserError(f"certificate path {str(path)!r} names no file")
+    if not p.resolve().parent.is_dir():
+        raise UserError(f"certificate {path}: directory {p.resolve().parent} does not exist")
+    tp = tensor_path(p)
+    guarded = {q.resolve() for q in protect}
+    for target, is_ours in ((p, _is_certificate_json), (tp, _is_certificate_tensors)):
+        if target.is_dir():
+            raise UserError(f"certificate file {target} is a directory; name a file")
+        if target.resolve() in guarded:
+            raise UserError(f"certificate file {target} is the model's own file; name another")
+        if target.exists() and not is_ours(target):
+            raise UserError(
+                f"{target} exists and is not a certificate file: refusing to overwrite it "
+                "(name another path, or remove it first)"
+            )
+    return p, tp
+
+
+def _is_certificate_json(path: Path) -> bool:
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _is_certificate_tensors(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def save_certificate(
     path: str | os.PathLike,
     strategy_name: str,
@@ -121,10 +164,9 @@ def save_certificate(
         raise UserError("the proof result is for another model (sha256 differs from the weights)")
     if result.strategy != strategy_name:
         raise UserError(f"the proof result is for {result.strategy!r}, not {strategy_name!r}")
+    p, tpath = certificate_targets(path)
     tensors: dict[str, Tensor] = {}
     entries = _encode(dict(certificate), tensors, "")
-    p = Path(path)
-    tpath = tensor_path(p)
     # Tensors first: a JSON file names the digest of the tensor file beside it.
     atomic_write(tpath, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     meta = {
@@ -157,11 +199,22 @@ def certify(
 ) -> ProofResult:
     """Prove with one strategy (``api.prove_one``: search, then the counted check) and save its
     certificate to ``path``. ``prove_kwargs`` go to ``prove_one`` (``true_correct``,
-    ``true_accuracy``, ``threads``). Returns the proof result."""
+    ``true_accuracy``, ``threads``). Returns the proof result.
+
+    Raises:
+        UserError: before any work, for a strategy name that is not exactly one strategy, or a
+            path ``certificate_targets`` refuses (a directory, a missing directory, the
+            model's own files, an existing file that is not a certificate).
+    """
     from compact_proofs import api
 
+    strategies = api.resolve_strategies([strategy_name])
+    if len(strategies) != 1:
+        n = len(strategies)
+        raise UserError(f"a certificate stores one proof; {strategy_name!r} names {n} strategies")
+    [strategy] = strategies
+    certificate_targets(path, api.model_files(model))
     w = api.load(model)
-    [strategy] = api.resolve_strategies([strategy_name])
     captured: list[Certificate] = []
 
     def search(weights: Weights) -> Certificate:
@@ -206,11 +259,13 @@ def _decode(value: Any, tensors: dict[str, Tensor], used: set[str]) -> Any:
     if isinstance(value, dict):
         if set(value) == {_TENSOR}:
             name = value[_TENSOR]
-            if name not in tensors:
+            if not isinstance(name, str) or name not in tensors:
                 raise CertificateError(f"the tensor file has no tensor {name!r}")
             used.add(name)
             return tensors[name]
         if set(value) == {_TUPLE}:
+            if not isinstance(value[_TUPLE], list):
+                raise CertificateError(f"bad tuple entry {value[_TUPLE]!r} (not a list)")
             return tuple(_decode(v, tensors, used) for v in value[_TUPLE])
         if set(value) == {_FLOAT}:
             if value[_FLOAT] not in ("inf", "-inf", "nan"):
@@ -230,9 +285,15 @@ def read_certificate(path: str | os.PathLike) -> tuple[dict[str, Any], Certifica
     try:
         meta = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CertificateError(f"certificate file {p} not found") from None
+        with_json = p.with_name(p.name + ".json")
+        hint = f" (did you mean {with_json}?)" if with_json.is_file() else ""
+        raise CertificateError(f"certificate file {p} not found{hint}") from None
+    except IsADirectoryError:
+        raise CertificateError(f"{p} is a directory, not a certificate file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CertificateError(f"{p} is not a readable certificate JSON file ({e})") from None
+    except RecursionError:
+        raise CertificateError(f"{p} is nested too deeply to be a certificate") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CertificateError(f"{p} is not a compact-proofs certificate (no format marker)")
     version = meta.get("format_version")
@@ -250,9 +311,11 @@ def read_certificate(path: str | os.PathLike) -> tuple[dict[str, Any], Certifica
     if not isinstance(meta.get("entries"), dict):
         raise CertificateError("certificate field 'entries' is missing or not an object")
     tname = meta["tensor_file"]
-    if Path(tname).name != tname:
+    if Path(tname).name != tname or tname in ("", ".", ".."):
         raise CertificateError(f"tensor file {tname!r} must be a plain file name beside the JSON")
     tpath = p.with_name(tname)
+    if tpath.is_dir():
+        raise CertificateError(f"the certificate's tensor file {tpath} is a directory")
     if not tpath.is_file():
         raise CertificateError(f"the certificate's tensor file {tpath} is missing")
     digest = file_sha256(tpath)
@@ -291,8 +354,8 @@ def _strategy(name: str, error: type[UserError] = CertificateError) -> Strategy:
     if s is None:
         try:
             s = adaptive.strategy_for_name(name)
-        except UserError:
-            s = None
+        except UserError as e:  # an adaptive-budget-<N> name with an invalid budget
+            raise error(f"the certificate names strategy {name!r}: {e}") from None
     if s is None:
         raise error(f"the certificate names an unknown strategy {name!r}")
     return s
@@ -306,8 +369,9 @@ def _revision_hint(meta: dict[str, Any], strategy: Strategy) -> str:
         return ""
     return (
         f" (the certificate records checker revision {written!r}; the installed "
-        f"{strategy.name!r} checker is revision {strategy.revision}: if the certificate was "
-        "written by another version, re-create it with `prove --certificate`)"
+        f"{strategy.name!r} checker is revision {strategy.revision}: it was written by another "
+        "version of compact-proofs or for another strategy; re-create it with "
+        "`prove --certificate`)"
     )
 
 
@@ -366,8 +430,13 @@ def check_certificate(
         ValueError,
         RuntimeError,
     ) as e:
+        reason = (
+            f"it has no entry {e.args[0]!r}"
+            if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str)
+            else f"{type(e).__name__}: {e}"
+        )
         raise CertificateError(
-            f"the {strategy.name!r} checker rejects the certificate: {type(e).__name__}: {e}"
+            f"the {strategy.name!r} checker rejects the certificate: {reason}"
             + _revision_hint(meta, strategy)
         ) from None
     seconds = time.perf_counter() - t0
@@ -399,6 +468,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CertificateError",
     "Confirmation",
+    "certificate_targets",
     "certify",
     "check_certificate",
     "read_certificate",

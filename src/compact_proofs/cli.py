@@ -45,8 +45,9 @@ def progress_bar(description: str):
         yield update
 
 
-def _check_output(path: str | None, option: str) -> None:
-    """Refuse an output file whose directory does not exist, before any work is done."""
+def _check_output(path: str | None, option: str, model: str | None = None) -> None:
+    """Refuse, before any work is done, an output file whose directory does not exist, a
+    directory, or one of ``model``'s own files (``api.model_files``)."""
     if path is None:
         return
     parent = Path(path).resolve().parent
@@ -54,6 +55,8 @@ def _check_output(path: str | None, option: str) -> None:
         raise UserError(f"{option} {path}: directory {parent} does not exist")
     if Path(path).is_dir():
         raise UserError(f"{option} {path} is a directory; name a file")
+    if model is not None and Path(path).resolve() in {f.resolve() for f in api.model_files(model)}:
+        raise UserError(f"{option} {path} is one of the model's own files; name another")
 
 
 def _write_json(path: str | None, payload: object) -> None:
@@ -89,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
-    _check_output(args.json, "--json")
+    _check_output(args.json, "--json", args.model)
     if args.samples < 1:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
     exact = {"auto": None, "exact": True, "sampled": False}[args.method]
@@ -152,8 +155,13 @@ def _stored_exact_count(model: Path, weights, *, quiet: bool = False) -> int | N
 
 def cmd_prove(args: argparse.Namespace) -> None:
     threads = _threads(args)
-    _check_output(args.json, "--json")
-    _check_output(args.certificate, "--certificate")
+    _check_output(args.json, "--json", args.model)
+    if args.certificate is not None:
+        from compact_proofs import certificates
+
+        cert_files = certificates.certificate_targets(args.certificate, api.model_files(args.model))
+        if args.json is not None and Path(args.json).resolve() in {f.resolve() for f in cert_files}:
+            raise UserError(f"--json {args.json} would overwrite the certificate; name another")
     names = args.strategy or ["cubic"]
     strategies = api.resolve_strategies(",".join(names))  # each once, in order
     weights = api.load(args.model, args.config)
@@ -240,7 +248,7 @@ def cmd_check(args: argparse.Namespace) -> None:
     from compact_proofs import certificates
 
     threads = _threads(args)
-    _check_output(args.json, "--json")
+    _check_output(args.json, "--json", args.model)
     confirmation = certificates.check_certificate(
         api.load(args.model, args.config), args.certificate, threads=threads
     )
@@ -250,6 +258,13 @@ def cmd_check(args: argparse.Namespace) -> None:
         f"correct (accuracy >= {c.accuracy_bound:.6f}; the check proved {c.proven_count:,}, "
         f"{c.flops:.3g} FLOPs, {c.check_seconds:.3f} s)"
     )
+    budget = adaptive.budget_of(c.strategy)
+    if budget is not None and c.flops > budget:
+        out.print(
+            f"note: the check cost {c.flops:.3g} FLOPs, more than the budget {budget:.3g} in the "
+            "strategy's name: the bound holds, but this certificate does not fit that budget "
+            "(a budgeted proof exceeds its budget only when the cubic stage alone does)"
+        )
     _write_json(args.json, c.to_dict())
 
 

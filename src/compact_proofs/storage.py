@@ -273,6 +273,7 @@ def load_model(path: str | os.PathLike) -> tuple[Weights, dict[str, Any]]:
     meta = _read_meta(meta_path) if meta_path is not None else {}
     if meta:
         _check_meta_config(meta, meta_path)
+        _check_file_digest(meta, weights_path, meta_path)  # first: corruption is named as such
     sd = _read_safetensors(weights_path)
     _check_shapes(sd, weights_path)
     try:
@@ -426,6 +427,15 @@ def _check_shapes(sd: dict[str, torch.Tensor], path: Path) -> None:
             )
 
 
+def _check_file_digest(meta: dict, weights_path: Path, meta_path: Path) -> None:
+    sha = meta.get("safetensors_sha256")
+    if sha is not None and sha != file_sha256(weights_path):
+        raise ModelFormatError(
+            f"{weights_path} does not match the sha256 recorded in {meta_path}; "
+            "the file was modified or corrupted: restore it or re-train the model"
+        )
+
+
 def _check_against_meta(
     weights: Weights, meta: dict, weights_path: Path, meta_path: Path | None
 ) -> None:
@@ -443,13 +453,6 @@ def _check_against_meta(
                 f"{weights_path}: weights imply {key}={value} but {meta_path} says {want[key]}; "
                 "the files do not belong together: re-save the model"
             )
-    sha = meta.get("safetensors_sha256")
-    if sha is not None and sha != file_sha256(weights_path):
-        raise ModelFormatError(
-            f"{weights_path} does not match the sha256 recorded in {meta_path}; "
-            "the file was modified or "
-            "corrupted: restore it or re-train the model"
-        )
     wsha = meta.get("weights_sha256")
     if wsha is not None and wsha != weights.sha256():
         raise ModelFormatError(
