@@ -109,3 +109,12 @@ def test_brute_force_below_a_given_count_is_reported(weights):
         cp.prove(weights, "brute-force,cubic", true_correct=truth + 1)
     [bf] = cp.prove(weights, "brute-force", true_correct=truth)
     assert bf.normalized_bound == 1.0
+
+
+def test_the_package_exports_its_api_and_every_user_error():
+    assert all(hasattr(cp, name) for name in cp.__all__)
+    for exc in (cp.ModelFormatError, cp.UnsupportedModelError, cp.CertificateError):
+        assert issubclass(exc, cp.UserError)
+    assert issubclass(cp.TruthConflict, cp.UserError)
+    with pytest.raises(cp.UserError, match="does not exist"):
+        cp.prove("no/such/model")

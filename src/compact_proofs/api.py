@@ -265,6 +265,12 @@ def prove(
     count (given, or brute force's), or brute force's differs from a given one, every strategy
     still runs, then ``TruthConflict`` is raised (its ``results`` holds them all): that count is
     wrong, or the strategy is unsound.
+
+    Raises:
+        UserError: (its subclasses) an unreadable or unsupported model (``ModelFormatError``,
+            ``UnsupportedModelError``), an unknown strategy name or a bad option, a
+            ``true_correct`` outside [0, d_vocab**n_ctx]; ``TruthConflict`` as above. Every
+            one has a one-line message naming the problem.
     """
     w = load(model, config)
     chosen = resolve_strategies(strategies)

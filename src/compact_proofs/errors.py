@@ -1,5 +1,8 @@
 """Exceptions. Every user-facing problem is a ``UserError``: the CLI prints its one-line message
-(which names the problem and the fix) and exits with status 2."""
+(which names the problem and the fix) and exits with status 2. Besides the subclasses here,
+``certificates.CertificateError`` (a certificate that cannot be read or is not confirmed) and
+``api.TruthConflict`` (proofs above a given exact count) are ``UserError``s; all are exported
+by the package (``compact_proofs.UserError`` etc.)."""
 
 
 class UserError(Exception):
