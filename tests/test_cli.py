@@ -305,3 +305,33 @@ def test_check_notes_a_budget_name_the_certificate_does_not_fit(model_dir, tmp_p
     cert.write_text(json.dumps(header | {"strategy": "adaptive-budget-0"}))
     assert cli.main(["check", str(model_dir), str(cert)]) == 2
     assert "FLOP budget must be a whole number from 1 to 1e18, got 0" in capsys.readouterr().err
+
+
+def test_a_sampled_accuracy_normalises_until_an_exact_count_replaces_it(
+    model_dir, tmp_path, capsys
+):
+    """K >= 10 has no exact count: `accuracy` stores its sampled estimate and `prove`
+    normalises by it (or by --true-accuracy); an exact count replaces it, never the reverse."""
+    model = tmp_path / "m"
+    shutil.copytree(model_dir, model)
+    target = tmp_path / "r.json"
+    assert cli.main(["accuracy", str(model), "--method", "sampled", "--samples", "2000"]) == 0
+    sampled = json.loads((model / "accuracy.json").read_text())
+    assert sampled["method"] == "sampled"
+    capsys.readouterr()
+    assert cli.main(["prove", str(model), "--json", str(target)]) == 0
+    assert "normalising by the sampled accuracy" in capsys.readouterr().out
+    row = json.loads(target.read_text())
+    assert row["normalized_bound"] == row["correct_count"] / row["total"] / sampled["accuracy"]
+    assert cli.main(["prove", str(model), "--true-accuracy", "0.5", "--json", str(target)]) == 0
+    row = json.loads(target.read_text())
+    assert row["normalized_bound"] == row["correct_count"] / row["total"] / 0.5
+    assert cli.main(["prove", str(model), "--true-accuracy", "1.5"]) == 2
+    assert "--true-accuracy must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert cli.main(["accuracy", str(model)]) == 0  # exact: replaces the estimate
+    exact_count = json.loads((model / "accuracy.json").read_text())["correct"]
+    assert cli.main(["accuracy", str(model), "--method", "sampled", "--samples", "2000"]) == 0
+    assert json.loads((model / "accuracy.json").read_text())["correct"] == exact_count
+    capsys.readouterr()
+    assert cli.main(["prove", str(model)]) == 0
+    assert f"normalising by the exact count in {model / 'accuracy.json'}" in capsys.readouterr().out

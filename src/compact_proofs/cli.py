@@ -118,15 +118,18 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             f"{res['n_samples']:,} samples of {res['total']:.3g} inputs)  [{res['seconds']:.2f} s]"
         )
     _write_json(args.json, res)
-    if res["method"] == "exact":
-        _store_exact_count(Path(args.model), weights, res)
+    _store_accuracy(Path(args.model), weights, res)
 
 
-def _store_exact_count(model: Path, weights, res: dict) -> None:
-    """Keep an exact count beside a model directory (``accuracy.json``, as sweeps do) unless
-    one for these weights is there already: ``prove`` normalises by it."""
+def _store_accuracy(model: Path, weights, res: dict) -> None:
+    """Keep the result beside a model directory (``accuracy.json``, as sweeps do) for
+    ``prove`` to normalise by, unless one as good for these weights is there already (an exact
+    count is never replaced; a sampled estimate is replaced by an exact count)."""
     path = model / "accuracy.json"
-    if not model.is_dir() or _stored_exact_count(model, weights, quiet=True) is not None:
+    if not model.is_dir():
+        return
+    stored = _stored_accuracy(model, weights)
+    if stored is not None and (stored["method"] == "exact" or res["method"] == "sampled"):
         return
     try:
         _write_json(str(path), res)
@@ -136,9 +139,9 @@ def _store_exact_count(model: Path, weights, res: dict) -> None:
     out.print(f"stored in {path} (prove normalises by it)")
 
 
-def _stored_exact_count(model: Path, weights, *, quiet: bool = False) -> int | None:
-    """The exact correct count a sweep stored beside the model (``accuracy.json``), if it was
-    computed for these very weights; it fills the table's normalised column."""
+def _stored_accuracy(model: Path, weights) -> dict | None:
+    """What a sweep or ``accuracy`` stored beside the model (``accuracy.json``), if it is an
+    exact count or a sampled estimate for these very weights."""
     path = model / "accuracy.json"
     if not path.is_file():
         return None
@@ -146,11 +149,34 @@ def _stored_exact_count(model: Path, weights, *, quiet: bool = False) -> int | N
         acc = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if acc.get("method") != "exact" or acc.get("model_sha256") != weights.sha256():
+    if not isinstance(acc, dict) or acc.get("model_sha256") != weights.sha256():
         return None
-    if not quiet:
+    if acc.get("method") == "exact" and isinstance(acc.get("correct"), int):
+        return acc
+    accuracy = acc.get("accuracy")
+    if acc.get("method") == "sampled" and isinstance(accuracy, float) and 0 < accuracy <= 1:
+        return acc
+    return None
+
+
+def _truth(args: argparse.Namespace, weights) -> tuple[int | None, float | None, str]:
+    """The exact count (or else the accuracy estimate) to normalise by, and where the count
+    came from: the options, else what is stored beside the model."""
+    if args.true_correct is not None:
+        return args.true_correct, None, "the count given by --true-correct"
+    if args.true_accuracy is not None:
+        if not 0 < args.true_accuracy <= 1:
+            raise UserError(f"--true-accuracy must be in (0, 1], got {args.true_accuracy}")
+        return None, args.true_accuracy, ""
+    acc = _stored_accuracy(Path(args.model), weights)
+    path = Path(args.model) / "accuracy.json"
+    if acc is None:
+        return None, None, ""
+    if acc["method"] == "exact":
         out.print(f"normalising by the exact count in {path}: {acc['correct']:,}")
-    return int(acc["correct"])
+        return acc["correct"], None, f"the exact count in {path}"
+    out.print(f"normalising by the sampled accuracy in {path}: {acc['accuracy']:.6f}")
+    return None, acc["accuracy"], ""
 
 
 def cmd_prove(args: argparse.Namespace) -> None:
@@ -165,14 +191,11 @@ def cmd_prove(args: argparse.Namespace) -> None:
     names = args.strategy or ["cubic"]
     strategies = api.resolve_strategies(",".join(names))  # each once, in order
     weights = api.load(args.model, args.config)
-    true_correct, source = args.true_correct, "the count given by --true-correct"
-    if true_correct is None:
-        true_correct = _stored_exact_count(Path(args.model), weights)
-        source = f"the exact count in {Path(args.model) / 'accuracy.json'}"
     if args.certificate is not None and len(strategies) != 1:
         raise UserError("--certificate stores one proof: name exactly one --strategy")
+    true_correct, true_accuracy, source = _truth(args, weights)
     try:
-        results = _prove(args, weights, strategies, true_correct, threads)
+        results = _prove(args, weights, strategies, (true_correct, true_accuracy), threads)
     except api.TruthConflict as conflict:  # show (and write) every result, then the conflict
         _print_results(args.model, conflict.results)
         _write_results_json(args.json, conflict.results)
@@ -184,7 +207,8 @@ def cmd_prove(args: argparse.Namespace) -> None:
         out.print(f"certificate written to {args.certificate}")
 
 
-def _prove(args, weights, strategies, true_correct, threads) -> list:
+def _prove(args, weights, strategies, truth, threads) -> list:
+    true_correct, true_accuracy = truth
     if args.certificate is not None:
         from compact_proofs import certificates
 
@@ -193,6 +217,7 @@ def _prove(args, weights, strategies, true_correct, threads) -> list:
             strategies[0].name,
             args.certificate,
             true_correct=true_correct,
+            true_accuracy=true_accuracy,
             threads=threads,
         )
         return [result]
@@ -207,6 +232,7 @@ def _prove(args, weights, strategies, true_correct, threads) -> list:
             weights,
             [s.name for s in strategies],
             true_correct=true_correct,
+            true_accuracy=true_accuracy,
             progress=step,
             threads=threads,
         )
@@ -397,12 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="a name, comma-separated names, or 'all'; repeatable (default: cubic)",
     )
-    pr.add_argument(
+    truth = pr.add_mutually_exclusive_group()
+    truth.add_argument(
         "--true-correct",
         type=int,
         default=None,
-        help="exact correct count, for normalising (default: the one `accuracy` stored beside "
-        "a model directory, if any)",
+        help="exact correct count, for normalising (default: the exact count or sampled "
+        "accuracy `accuracy` stored beside a model directory, if any)",
+    )
+    truth.add_argument(
+        "--true-accuracy",
+        type=float,
+        default=None,
+        help="an accuracy estimate to normalise by when no exact count is known (K >= 10)",
     )
     pr.add_argument("--json", help="also write the result(s) to this JSON file")
     pr.add_argument(
