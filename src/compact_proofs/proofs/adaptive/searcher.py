@@ -13,6 +13,7 @@ ancestor box, which stays so on every sub-box), and a coarse per-root bound prun
 first; the decisions are the checker's exactly (same values, same radii).
 """
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
@@ -478,13 +479,10 @@ def _bounds(
     lo = hi.clone()
     bm, pm = torch.nonzero(size > 1, as_tuple=True)
     if bm.numel():
-        Vk = F.shape[2]
-        flat = F.mid.view(-1, Vk)  # rows (column, slot)
-        idx = (cols[bm] * s1 + pm[:, None]).reshape(-1)
-        vals = flat.index_select(0, idx).view(-1, A, Vk)[:, :, :kmax]  # [P, A, k]
+        vals = F.mid[:, :, :kmax][cols[bm], pm[:, None]]  # [P, A, k], a copy
         off = ~masks[bm, pm, None, :kmax]
-        hi[bm, pm] = vals.masked_fill(off, -torch.inf).amax(dim=2)
-        lo[bm, pm] = vals.masked_fill(off, torch.inf).amin(dim=2)
+        hi[bm, pm] = vals.masked_fill_(off, -torch.inf).amax(dim=2)
+        lo[bm, pm] = vals.masked_fill_(off, torch.inf).amin(dim=2)  # the same entries
     fq = Fq[cols]
     ub = ops.upper(ops.add(fq, ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
     lb = ops.lower(ops.add(fq, ops.sum(Approx(lo, F.rad, F.mag), dim=1)))
@@ -505,17 +503,18 @@ def _step(
     local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
     # A chunk gathers [boxes, slots, live outputs (padded to the chunk's most), k]. Most boxes
     # have one or two live outputs and a few have dozens, so the boxes go in order of their
-    # live count and each chunk is sized by its own largest.
+    # live count, a chunk's counts are within a factor of two (little padding), and each
+    # chunk is sized by its own largest.
     n_live = blk.live[local].sum(dim=1).clamp(min=1)
     order = n_live.argsort(stable=True)
     local, n_live = local[order], n_live[order].tolist()
     to_split, worst, lives = [], [], []
     b0 = 0
     while b0 < local.numel():
-        size = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[b0]))
-        size = max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[min(b0 + size, len(n_live)) - 1]))
-        nodes = local[b0 : b0 + size]
-        b0 += size
+        end = bisect.bisect_right(n_live, 2 * n_live[b0], lo=b0)
+        end = min(end, b0 + max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[end - 1])))
+        nodes = local[b0:end]
+        b0 = end
         masks, m, live = blk.masks[nodes], blk.m[nodes], blk.live[nodes]
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
