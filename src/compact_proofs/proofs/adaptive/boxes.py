@@ -53,6 +53,7 @@ per box, the reductions over S_p count (|S_p| - 1) per live output (paper rule),
 ``prove_flops`` / ``refute_flops``.
 """
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -497,10 +498,10 @@ def prove(
 ) -> Bool[Tensor, " boxes"]:
     """Claims (a) and (c) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0 for
     every live output x of the box's key; the other outputs are below m on the whole key.
-    Boxes go in chunks of similar live counts, padded to the chunk's largest (padding entries
-    of ``t.F`` and ``t.Fq`` are -inf, so they never decide); the arithmetic is rigorous
-    ``Ops`` on the padded tensors, and the ledger is charged ``prove_flops`` for the real
-    entries only."""
+    Boxes go in chunks of live counts within a factor of two, padded to the chunk's largest
+    (padding entries of ``t.F`` and ``t.Fq`` are -inf, so they never decide); the arithmetic is
+    rigorous ``Ops`` on the padded tensors, and the ledger is charged ``prove_flops`` for the
+    real entries only."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     n_live = t.n_live[rows]
@@ -512,18 +513,17 @@ def prove(
     scratch = Ops()  # not charged: the real entries are charged below
     i = 0
     while i < order.numel():
-        size = max(1, CHUNK_ELEMENTS // (s1 * K * counts[i]))
-        size = max(1, CHUNK_ELEMENTS // (s1 * K * counts[min(i + size, len(counts)) - 1]))
-        end = min(i + size, len(counts))
+        end = bisect.bisect_right(counts, 2 * counts[i], lo=i)
+        end = min(end, i + max(1, CHUNK_ELEMENTS // (s1 * K * counts[end - 1])))
         idx, r, W = order[i:end], rows[order[i:end]], counts[end - 1]
         i = end
         pad = torch.arange(W)[None, :] >= n_live[idx][:, None]  # [b, W]
         cols = (t.start[r][:, None] + torch.arange(W)[None, :]).masked_fill(pad, 0)
-        Fx = t.F.mid[cols]  # [b, W, slots, k]
-        hi = Fx.masked_fill(~masks[idx][:, None, :, :], -torch.inf).amax(dim=3)  # [b, W, slots]
+        Fx = t.F.mid[cols]  # [b, W, slots, k], a copy (filled in place)
+        hi = Fx.masked_fill_(~masks[idx][:, None, :, :], -torch.inf).amax(dim=3)  # [b, W, slots]
         # Gathering keeps the uniform bounds (as Approx indexing does); padding columns -inf.
-        per_slot = Approx(hi.masked_fill(pad[:, :, None], -torch.inf), t.F.rad, t.F.mag)
-        fq = Approx(t.Fq.mid[cols].masked_fill(pad, -torch.inf), t.Fq.rad, t.Fq.mag)  # [b, W]
+        per_slot = Approx(hi.masked_fill_(pad[:, :, None], -torch.inf), t.F.rad, t.F.mag)
+        fq = Approx(t.Fq.mid[cols].masked_fill_(pad, -torch.inf), t.Fq.rad, t.Fq.mag)  # [b, W]
         ub = scratch.add(fq, scratch.sum(per_slot, dim=2))
         out[idx] = scratch.proven_negative(scratch.amax(ub, dim=1))
     ops.ledger.add(prove_flops(masks.sum(dim=2), n_live), label=LABEL)
