@@ -114,6 +114,37 @@ def test_exact_charge_bound_covers_the_exact_decisions(model_name, soundness_mod
     assert 0 < charged <= searcher._exact_charge_bound(w.config, st)
 
 
+@pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "random-V9-K4-perkey"])
+def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_model):
+    """The greedy prices each level-1 group as ``keys.level1_flops`` of its rows alone and each
+    box package as its tables plus its prove claims alone (here recomputed one by one)."""
+    from compact_proofs.proofs.adaptive import budget
+
+    w, _ = soundness_model(model_name)
+    st = searcher.explore(w)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    items = budget._items(w.config, st)
+    assert any(k[0] == "l1" for k in items) and any(k[0] == "box" for k in items)
+    sizes = st.tr.masks.sum(dim=2)
+    for key, it in items.items():
+        if key[0] == "l1":
+            rows, crows = it["rows"], it["class_rows"]
+            want = keys.level1_flops(V, n, st.l1[rows], st.l1c[crows], st.l1_out[rows])
+        elif key[0] == "box":
+            _, q, m = key
+            L, L_exact = st.tr.live[q, m, :1], st.tr.live[q, m, 1:]
+            own = int(bool((st.tr.own_E == m).any()))
+            want = boxes.table_flops(m, 1, n, V, int(L), int(q < m), own)
+            rows = torch.zeros(len(it["rows"]), dtype=torch.int64)
+            want += boxes.prove_claims_flops(
+                L, L_exact, m, n, rows, sizes[it["rows"]], torch.tensor([q])
+            )
+            assert it["gain"] == sum(int(r.prod()) for r in sizes[it["rows"]])
+        else:
+            continue
+        assert it["cost"] == want, key
+
+
 def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
     w, _ = soundness_model("planted-V8-K4-noisy")
     out, _ = _run(w, searcher.search(w, budget=1))

@@ -435,10 +435,18 @@ def prove_claims_flops(
     tensor, or one max token for all) after their tables: the exact key bound where
     ``use_exact_bound`` (live outputs per key ``t_live``), then ``prove`` at ``t_exact`` live
     outputs there and ``t_live`` elsewhere. Additive over keys."""
+    return int(prove_claims_key_flops(t_live, t_exact, ms, n, rows, sizes, qs).sum())
+
+
+def prove_claims_key_flops(
+    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+) -> Int[Tensor, " keys"]:
+    """``prove_claims_flops`` per key."""
     ms = torch.as_tensor(ms).expand_as(qs)
     use = use_exact_bound(t_live, ms, n, rows, sizes, qs)
-    exact = exact_live_flops(n - 1, ms[use] + 1, t_live[use], qs[use] < ms[use])
-    return exact + prove_flops(sizes, torch.where(use, t_exact, t_live)[rows])
+    per_key = torch.where(use, _exact_cost(n - 1, ms + 1, t_live, qs < ms), 0)
+    per_box = _prove_box_flops(sizes, torch.where(use, t_exact, t_live)[rows])
+    return per_key.index_add_(0, rows, per_box)
 
 
 def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:

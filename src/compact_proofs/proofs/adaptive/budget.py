@@ -127,11 +127,18 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         for i, (q, m, _, c) in enumerate(ks.tolist()):
             new = {"rows": [], "class_rows": [], "deps": [], "fixed": set()}
             items.setdefault(("l1", q, m, c), new)[kind].append(i)
+    # A group's cost is ``keys.level1_flops`` of its rows alone: its pair's terms, then its keys.
+    per_key, per_class_key = (
+        t.tolist() for t in keys.level1_key_flops(V, n, st.l1, st.l1c, st.l1_out)
+    )
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
         n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
         rows, class_rows = it["rows"], it["class_rows"]
-        it["cost"] = keys.level1_flops(V, n, st.l1[rows], st.l1c[class_rows], st.l1_out[rows])
+        pair_terms = 2 * V + (V + (2 * V if c < n - 1 else 0) if rows else 0)
+        it["cost"] = (
+            pair_terms + sum(per_key[i] for i in rows) + sum(per_class_key[i] for i in class_rows)
+        )
     for i, (q, m, c, k) in enumerate(st.cnt.tolist()):
         if k > int(st.istar[q, m, c]):
             continue
@@ -152,23 +159,35 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     if tr.parent:
         is_leaf[torch.cat(tr.parent)] = False
     won = torch.nonzero(is_leaf & (tr.claim == plan.PROVE), as_tuple=True)[0]
-    for i in won.tolist():
-        q, m = int(tr.q[i]), int(tr.m[i])
+    for i, q, m in zip(won.tolist(), tr.q[won].tolist(), tr.m[won].tolist(), strict=True):
         it = items.setdefault(("box", q, m), {"rows": [], "fixed": set()})
         it["rows"].append(i)
-    for key, it in list(items.items()):
-        if key[0] != "box":
-            continue
+    by_pair: dict = {}  # (q, m) -> its level-1 and count groups
+    for d in items:
+        if d[0] in ("l1", "cnt"):
+            by_pair.setdefault(d[1:3], []).append(d)
+    box_keys = [k for k in items if k[0] == "box"]
+    if not box_keys:
+        return items
+    qs = torch.tensor([k[1] for k in box_keys])
+    ms = torch.tensor([k[2] for k in box_keys])
+    rows = torch.cat([torch.full((len(items[k]["rows"]),), j) for j, k in enumerate(box_keys)])
+    box_sizes = sizes[torch.cat([torch.tensor(items[k]["rows"]) for k in box_keys])]
+    # Each package as checked alone (one query per key): its tables, then its prove claims.
+    claims = boxes.prove_claims_key_flops(
+        tr.live[qs, ms, 0], tr.live[qs, ms, 1], ms, n, rows, box_sizes, qs
+    ).tolist()
+    box_inputs = [math.prod(r) for r in box_sizes.tolist()]  # exact ints
+    own = torch.isin(ms, tr.own_E).tolist()
+    at = 0
+    for j, key in enumerate(box_keys):
         _, q, m = key
-        ix = it["rows"]
-        it["deps"] = [d for d in items if d[0] in ("l1", "cnt") and d[1:3] == (q, m)]
-        it["gain"] = sum(math.prod(r) for r in sizes[ix].tolist())
-        L, L_exact = tr.live[q, m, :1], tr.live[q, m, 1:]  # one query
-        rows = torch.zeros(len(ix), dtype=torch.int64)
-        own = int(bool((tr.own_E == m).any()))
-        it["cost"] = boxes.table_flops(
-            m, 1, n, V, int(L), int(q < m), own
-        ) + boxes.prove_claims_flops(L, L_exact, m, n, rows, sizes[ix], torch.tensor([q]))
+        it = items[key]
+        it["deps"] = by_pair.get((q, m), [])
+        it["gain"] = sum(box_inputs[at : at + len(it["rows"])])
+        at += len(it["rows"])
+        L = int(tr.live[q, m, 0])
+        it["cost"] = boxes.table_flops(m, 1, n, V, L, int(q < m), int(own[j])) + claims[j]
     return items
 
 

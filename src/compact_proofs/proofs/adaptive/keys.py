@@ -403,11 +403,21 @@ def level1_flops(
 
     # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
     total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V
+    per_key, per_class_key = level1_key_flops(V, n, keys, class_keys, solo)
+    return total + int(per_key.sum()) + int(per_class_key.sum())
+
+
+def level1_key_flops(
+    V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
+) -> tuple[Int[Tensor, " keys"], Int[Tensor, " class_keys"]]:
+    """``level1_flops`` per key, without the per-pair terms (each (q, m) pair's rows are
+    charged once, whichever keys share it)."""
     # per key: u (V) and log-weights (4 at 2 placements, 1 at c = n-1), then
     # ``_level1_key_flops``. Class form: max of u over x not in {m, k} (V-1), Dk at k and its
     # class max (2 shifts), Dz at k and its class max (1 + 2), Dmax at k and its class max
     # (2 + 2), top and ratios, products and sums per placement and class (16, or 4 with 2
     # groups), decisions (8, or 4).
+    per_key = torch.zeros(keys.shape[0], dtype=torch.int64)
     if keys.shape[0]:
         solo = torch.ones(keys.shape[0], V, dtype=torch.bool) if solo is None else solo.clone()
         solo[torch.arange(keys.shape[0]), keys[:, 1]] = False
@@ -416,12 +426,12 @@ def level1_flops(
         for is_last in (False, True):
             sel = (keys[:, 3] == n - 1) == is_last
             per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel])
-            total += int(per.sum()) + int(sel.sum()) * (V + (1 if is_last else 4))
-    c_last = int((last & is_class).sum())
-    c_mid = class_keys.shape[0] - c_last
-    total += c_mid * (V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 8)
-    total += c_last * (V + 1 + (V - 1) + 2 + 3 + 1 + 2 + 4 + 4)
-    return total
+            per_key[sel] = per + (V + (1 if is_last else 4))
+    c_last = class_keys[:, 3] == n - 1
+    mid = V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 8
+    end = V + 1 + (V - 1) + 2 + 3 + 1 + 2 + 4 + 4
+    per_class_key = torch.where(c_last, end, mid).to(torch.int64)
+    return per_key, per_class_key
 
 
 def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Tensor:
