@@ -782,6 +782,39 @@ def test_refute_witness_must_differ_from_the_max(soundness_model):
         _run(w, bad)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_tree_sizes_count_the_sets(seed, soundness_model):
+    """The sizes ``tree.build`` derives split by split (the counts credited to each leaf) are
+    the sizes of its sets, on the search's trees and on random re-splits of its roots; every
+    leaf set is inside its root's and the leaves of a root add up to it."""
+    w, _, cert = _cert(soundness_model, "random-V9-K4-perkey")
+    proven, istar = _proven(w, cert)
+    g = torch.Generator().manual_seed(seed)
+    R, V, n = cert["roots"].shape[0], w.config.d_vocab, w.config.n_ctx
+    T = 4 * R
+    parent, free = torch.empty(T, dtype=torch.int64), list(range(R))
+    for i in range(T):
+        parent[i] = free.pop(int(torch.randint(0, len(free), (1,), generator=g)))
+        free += [R + 2 * i, R + 2 * i + 1]
+    trees = [
+        (cert["split_parent"], cert["split_slot"], cert["split_mask"]),
+        (parent, torch.randint(0, n - 1, (T,), generator=g), torch.rand(T, V, generator=g) < 0.4),
+    ]
+    for split_parent, split_slot, split_mask in trees:
+        nodes = checker.tree.build(
+            cert["roots"], proven, istar, split_parent, split_slot, split_mask
+        )
+        assert torch.equal(nodes.sizes, nodes.masks.sum(dim=2))
+        inputs = nodes.sizes.prod(dim=1)
+        root_of = torch.arange(nodes.q.shape[0])
+        for i, p in enumerate(split_parent.tolist()):
+            root_of[R + 2 * i] = root_of[R + 2 * i + 1] = root_of[p]
+        per_root = torch.zeros(R, dtype=torch.int64).index_add_(
+            0, root_of[nodes.leaf], inputs[nodes.leaf]
+        )
+        assert torch.equal(per_root, inputs[:R])
+
+
 def _node_max(w, cert):
     proven, istar = _proven(w, cert)
     return checker.tree.build(

@@ -126,12 +126,12 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     if ex.numel():
         toks = _single_tokens(nodes, ex)
         verdict[ex] = singles.decide(toks, tabs, exact, ops)
-    box_sizes = [math.prod(r) for r in sizes.tolist()]
-    won = torch.nonzero(verdict == 1, as_tuple=True)[0].tolist()
-    lost = torch.nonzero(verdict == -1, as_tuple=True)[0].tolist()
-    ops.ledger.add(int_op=(len(won) + len(lost)) * n, label="adaptive:count")
-    correct += sum(box_sizes[i] for i in won)
-    incorrect += sum(box_sizes[i] for i in lost)
+    won = torch.nonzero(verdict == 1, as_tuple=True)[0]
+    lost = torch.nonzero(verdict == -1, as_tuple=True)[0]
+    ops.ledger.add(int_op=(won.numel() + lost.numel()) * n, label="adaptive:count")
+    correct += sum(math.prod(r) for r in sizes[won].tolist())  # exact ints
+    incorrect += sum(math.prod(r) for r in sizes[lost].tolist())
+    won, lost = won.tolist(), lost.tolist()
     details = {
         "cubic_correct": cubic_correct,
         "level1_proven": int(ok.sum()) + int(ok_c.sum()),

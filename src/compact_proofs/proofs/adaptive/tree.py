@@ -39,16 +39,13 @@ from compact_proofs.errors import ProofPreconditionError
 
 @dataclass(frozen=True)
 class Nodes:
-    """Every node's box: query, max token and slot sets; and which nodes are leaves."""
+    """Every node's box: query, max token, slot sets and their sizes; which nodes are leaves."""
 
     q: Int[Tensor, " nodes"]
     m: Int[Tensor, " nodes"]
     masks: Bool[Tensor, "nodes slots d_vocab_k"]
+    sizes: Int[Tensor, "nodes slots"]  # = masks.sum(dim=2)
     leaf: Bool[Tensor, " nodes"]
-
-    @property
-    def sizes(self) -> Int[Tensor, "nodes slots"]:
-        return self.masks.sum(dim=2, dtype=torch.int64)
 
 
 def root_masks(
@@ -113,6 +110,10 @@ def build(
         raise ProofPreconditionError("a node is split twice")
     masks = torch.zeros(N, n - 1, V, dtype=torch.bool)
     masks[:R] = root_masks(roots, proven, istar)
+    # Sizes: a child's sets are its parent's but at the split slot, where the two children
+    # partition the parent's set, so only the first child's count there needs counting.
+    sizes = torch.zeros(N, n - 1, dtype=torch.int64)
+    sizes[:R] = masks[:R].sum(dim=2)
     q = torch.zeros(N, dtype=torch.int64)
     m = torch.zeros(N, dtype=torch.int64)
     q[:R], m[:R] = roots[:, 0], roots[:, 1]
@@ -129,10 +130,14 @@ def build(
         cut = split_mask[i][:, None, :] & hit
         masks[left] = base & (cut | ~hit)
         masks[right] = base & ~cut
-        for child in (left, right):
+        b = torch.arange(i.numel())
+        in_left = (base[b, slot[i]] & split_mask[i]).sum(dim=1)  # [b]
+        for child, at_slot in ((left, in_left), (right, sizes[par, slot[i]] - in_left)):
             q[child], m[child] = q[par], m[par]
+            sizes[child] = sizes[par]
+            sizes[child, slot[i]] = at_slot
             done[child] = True
         pending[i] = False
     leaf = torch.ones(N, dtype=torch.bool)
     leaf[parent] = False
-    return Nodes(q=q, m=m, masks=masks, leaf=leaf)
+    return Nodes(q=q, m=m, masks=masks, sizes=sizes, leaf=leaf)
