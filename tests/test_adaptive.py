@@ -126,6 +126,7 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
     items = budget._items(w.config, st)
     assert any(k[0] == "l1" for k in items) and any(k[0] == "box" for k in items)
     sizes = st.tr.masks.sum(dim=2)
+    assert torch.equal(st.tr.sizes, sizes)  # the search keeps them split by split
     for key, it in items.items():
         if key[0] == "l1":
             rows, crows = it["rows"], it["class_rows"]

@@ -154,7 +154,7 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         sizes = torch.tensor([[c, i, Nk] for i in range(1, len(it["rows"]) + 1)])
         it["cost"] = counts.count_flops(V, n, m, 1, sizes)
     tr = st.tr
-    sizes = tr.masks.sum(dim=2)
+    sizes = tr.sizes
     is_leaf = torch.ones(tr.q.shape[0], dtype=torch.bool)
     if tr.parent:
         is_leaf[torch.cat(tr.parent)] = False

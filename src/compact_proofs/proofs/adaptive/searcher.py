@@ -62,6 +62,7 @@ class _Tree:
     q: Tensor
     m: Tensor
     masks: Tensor  # [nodes, slots, V]
+    sizes: Tensor  # [nodes, slots] = masks.sum(dim=2)
     root: Tensor  # root id of each node
     row: Tensor  # row of the node's key in the current stacked tables (-1: other batch)
     claim: Tensor  # int8
@@ -361,6 +362,7 @@ class _Block:
     root: Tensor
     row: Tensor
     masks: Tensor
+    sizes: Tensor  # [nodes, slots] = masks.sum(dim=2), kept split by split
     claim: Tensor
     witness: Tensor
     live: Tensor  # [nodes, V] outputs not yet bounded below 0 at an ancestor (search only)
@@ -371,13 +373,15 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     limit is reached). Nodes are stored in blocks (each step only touches the newest one)."""
     V, n = proven.shape[0], proven.shape[3]
     R = roots.shape[0]
+    root_sets = tree.root_masks(roots, proven, istar)
     root_block = _Block(
         start=0,
         q=roots[:, 0].clone(),
         m=roots[:, 1].clone(),
         root=torch.arange(R),
         row=torch.full((R,), -1, dtype=torch.int64),
-        masks=tree.root_masks(roots, proven, istar),
+        masks=root_sets,
+        sizes=root_sets.sum(dim=2),
         claim=torch.zeros(R, dtype=torch.int8),
         witness=torch.zeros(R, dtype=torch.int64),
         live=torch.arange(V)[None, :] != roots[:, 1:2],
@@ -446,6 +450,7 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Te
         q=cat("q"),
         m=cat("m"),
         masks=cat("masks"),
+        sizes=cat("sizes"),
         root=cat("root"),
         row=cat("row"),
         claim=cat("claim"),
@@ -459,7 +464,7 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Te
 
 
 def _bounds(
-    F: Approx, Fq: Approx, masks: Tensor, m: Tensor, cols: Tensor, ops: Ops
+    F: Approx, Fq: Approx, masks: Tensor, size: Tensor, m: Tensor, cols: Tensor, ops: Ops
 ) -> tuple[Tensor, Tensor]:
     """Rigorous upper / lower bounds of the box sums at the table columns ``cols`` [B, A], with
     the checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
@@ -471,7 +476,6 @@ def _bounds(
     B, s1 = masks.shape[:2]
     A = cols.shape[1]
     kmax = int(m.max()) + 1
-    size = masks.sum(dim=2)
     hi = torch.empty((B, s1, A), dtype=F.mid.dtype)
     b1, p1 = torch.nonzero(size == 1, as_tuple=True)
     tok = masks[b1, p1].to(torch.int64).argmax(dim=1)
@@ -500,7 +504,7 @@ def _step(
     """Evaluate the non-empty boxes ``local`` of ``blk``; claim the decided ones, split the
     others into a new block of children (ids from ``total``), or return None."""
     V, s1 = st.F.shape[-1], st.F.shape[1]
-    local = local[(blk.masks[local].sum(dim=2) > 0).all(dim=1)]
+    local = local[(blk.sizes[local] > 0).all(dim=1)]
     # A chunk gathers [boxes, slots, live outputs (padded to the chunk's most), k]. Most boxes
     # have one or two live outputs and a few have dozens, so the boxes go in order of their
     # live count, a chunk's counts are within a factor of two (little padding), and each
@@ -515,17 +519,17 @@ def _step(
         end = min(end, b0 + max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[end - 1])))
         nodes = local[b0:end]
         b0 = end
-        masks, m, live = blk.masks[nodes], blk.m[nodes], blk.live[nodes]
+        masks, size, m, live = blk.masks[nodes], blk.sizes[nodes], blk.m[nodes], blk.live[nodes]
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
         valid = live.gather(1, xs)  # [b, A]
         cols = st.col[blk.row[nodes][:, None], xs]  # live outputs have a column
-        ub, lb = _bounds(st.F, st.Fq, masks, m, cols, ops)
+        ub, lb = _bounds(st.F, st.Fq, masks, size, m, cols, ops)
         ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
         proven = ub.amax(dim=1) < 0
         best_lb, wit = lb.max(dim=1)
         refuted = (best_lb > 0) & ~proven
-        single = (masks.sum(dim=2) == 1).all(dim=1)
+        single = (size == 1).all(dim=1)
         blk.claim[nodes[proven]] = plan.PROVE
         blk.claim[nodes[refuted]] = plan.REFUTE
         blk.witness[nodes[refuted]] = xs.gather(1, wit[:, None])[refuted, 0]
@@ -556,16 +560,17 @@ def _split(
     the first child (or the lower half by rank when that is all or nothing)."""
     B = nodes.numel()
     ar = torch.arange(B)
-    masks = blk.masks[nodes]  # [B, slots, V]
-    vals = st.F.mid[cols]  # [B, slots, k]
-    hi = torch.where(masks, vals, -torch.inf).amax(dim=2)
-    lo = torch.where(masks, vals, torch.inf).amin(dim=2)
-    spread = torch.where(masks.sum(dim=2) > 1, hi - lo, -1.0)
+    masks, sizes = blk.masks[nodes], blk.sizes[nodes]  # [B, slots, V], [B, slots]
+    vals = st.F.mid[cols]  # [B, slots, k], a copy: entries outside the sets are filled below
+    off = ~masks
+    hi = vals.masked_fill_(off, -torch.inf).amax(dim=2)
+    lo = vals.masked_fill_(off, torch.inf).amin(dim=2)  # only the sets' entries are read below
+    spread = torch.where(sizes > 1, hi - lo, -1.0)
     p = spread.argmax(dim=1)
     v, mk = vals[ar, p], masks[ar, p]  # [B, k]
     theta = hi[ar, p] - (hi.sum(dim=1) + st.Fq.mid[cols])  # the bound at x, without slot p
     low = mk & (v < theta[:, None])
-    size, nlow = mk.sum(dim=1), low.sum(dim=1)
+    size, nlow = sizes[ar, p], low.sum(dim=1)
     bad = (nlow == 0) | (nlow == size)
     if bool(bad.any()):
         vb = torch.where(mk[bad], v[bad], torch.inf)
@@ -573,9 +578,13 @@ def _split(
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(vb.shape[1]).expand_as(order).contiguous())
         low[bad] = mk[bad] & (rank < ((size[bad] + 1) // 2)[:, None])
+        nlow = low.sum(dim=1)
     lm, rm = masks.clone(), masks.clone()
     lm[ar, p] = mk & low
     rm[ar, p] = mk & ~low
+    ls, rs = sizes.clone(), sizes.clone()
+    ls[ar, p] = nlow
+    rs[ar, p] = size - nlow
     splits.append((blk.start + nodes, p, low))
 
     def twice(t: Tensor) -> Tensor:
@@ -588,6 +597,7 @@ def _split(
         root=twice(blk.root),
         row=twice(blk.row),
         masks=torch.stack([lm, rm], 1).reshape(2 * B, *masks.shape[1:]),
+        sizes=torch.stack([ls, rs], 1).reshape(2 * B, sizes.shape[1]),
         claim=torch.zeros(2 * B, dtype=torch.int8),
         witness=torch.zeros(2 * B, dtype=torch.int64),
         live=live.repeat_interleave(2, dim=0),
