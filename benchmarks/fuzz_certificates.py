@@ -23,7 +23,8 @@ model, ``--forgeries`` certificates of each kind:
 Every check runs under an alarm (``--timeout`` seconds). Problems: VIOLATION (an input counted
 correct that is not, one counted incorrect that is correct, a count above the truth or different
 from the checker's own set), ERROR (any exception other than ``ProofPreconditionError``), HANG.
-Prints one line per problem and a table per kind at the end; exits 1 if anything was found. The
+Prints one line per problem and a table per kind at the end; exits 1 if anything was found (or
+nothing was checked). The
 test suite runs fixed samples of the same kind (``tests/test_adaptive.py``,
 ``tests/test_subcubic.py``); this runs as long as you like.
 """
@@ -336,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:<18} {t['models']:>6} {t['ok'] + t['problems']:>8} {t['refused']:>8} "
             f"{t['problems']:>8}"
         )
+    if not any(t["ok"] + t["problems"] for t in tally.values()):
+        print("no certificate was checked: give it more --seconds or --models")
+        return 1
     return 1 if any(t["problems"] for t in tally.values()) else 0
 
 

@@ -415,3 +415,22 @@ def test_cli_subprocess_refuses_malicious_pickle(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "refusing to unpickle arbitrary objects" in proc.stderr
     assert not sentinel.exists()
+
+
+def test_outputs_never_overwrite_a_checkpoints_config(tmp_path, capsys):
+    """--json naming the config beside a foreign checkpoint, or the one given with --config, is
+    refused; the files stay as they were."""
+    w = weights()
+    ckpt = write(tmp_path / "ckpt" / "m.pt", w.to_state_dict(), tl_config(w))
+    bare = write(tmp_path / "bare.pt", w.to_state_dict(), None)
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(tl_config(w)))
+    before = {p: p.read_bytes() for p in (ckpt.with_name("config.json"), cfg)}
+    for argv in (
+        ["prove", str(ckpt), "--json", str(ckpt.with_name("config.json"))],
+        ["accuracy", str(ckpt), "--json", str(ckpt.with_name("config.json"))],
+        ["prove", str(bare), "--config", str(cfg), "--json", str(cfg)],
+    ):
+        assert cli.main(argv) == 2
+        assert "one of the model's own files" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before

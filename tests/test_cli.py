@@ -305,6 +305,12 @@ def test_check_notes_a_budget_name_the_certificate_does_not_fit(model_dir, tmp_p
     cert.write_text(json.dumps(header | {"strategy": "adaptive-budget-0"}))
     assert cli.main(["check", str(model_dir), str(cert)]) == 2
     assert "FLOP budget must be a whole number from 1 to 1e18, got 0" in capsys.readouterr().err
+    cert.write_text(json.dumps(header))
+    for target in (cert, cert.with_suffix(".safetensors")):  # the certificate being checked
+        assert cli.main(["check", str(model_dir), str(cert), "--json", str(target)]) == 2
+        assert "would overwrite the certificate" in capsys.readouterr().err
+    assert json.loads(cert.read_text()) == header
+    assert cli.main(["check", str(model_dir), str(cert)]) == 0
 
 
 def test_a_sampled_accuracy_normalises_until_an_exact_count_replaces_it(
@@ -315,17 +321,29 @@ def test_a_sampled_accuracy_normalises_until_an_exact_count_replaces_it(
     model = tmp_path / "m"
     shutil.copytree(model_dir, model)
     target = tmp_path / "r.json"
-    assert cli.main(["accuracy", str(model), "--method", "sampled", "--samples", "2000"]) == 0
-    sampled = json.loads((model / "accuracy.json").read_text())
-    assert sampled["method"] == "sampled"
+    newest = tmp_path / "newest.json"
+    assert cli.main(["accuracy", str(model), "--method", "sampled", "--samples", "50"]) == 0
+    argv = ["accuracy", str(model), "--method", "sampled", "--samples", "60", "--seed", "1"]
+    assert cli.main([*argv, "--json", str(newest)]) == 0
+    sampled = json.loads((model / "accuracy.json").read_text())  # the newest estimate
+    assert sampled == json.loads(newest.read_text()) and sampled["method"] == "sampled"
+    assert "enumerated of 512 inputs" in capsys.readouterr().out  # small strata: enumerated
     capsys.readouterr()
     assert cli.main(["prove", str(model), "--json", str(target)]) == 0
     assert "normalising by the sampled accuracy" in capsys.readouterr().out
     row = json.loads(target.read_text())
     assert row["normalized_bound"] == row["correct_count"] / row["total"] / sampled["accuracy"]
+    capsys.readouterr()
     assert cli.main(["prove", str(model), "--true-accuracy", "0.5", "--json", str(target)]) == 0
     row = json.loads(target.read_text())
     assert row["normalized_bound"] == row["correct_count"] / row["total"] / 0.5
+    assert ("above the estimate 0.500000" in capsys.readouterr().out) == (
+        row["normalized_bound"] > 1
+    )
+    assert cli.main(["prove", str(model), "--true-accuracy", "0.01"]) == 0
+    assert "above the estimate 0.010000 it is normalised by: the estimate is too low" in (
+        capsys.readouterr().out
+    )
     assert cli.main(["prove", str(model), "--true-accuracy", "1.5"]) == 2
     assert "--true-accuracy must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert cli.main(["accuracy", str(model)]) == 0  # exact: replaces the estimate

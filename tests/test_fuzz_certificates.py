@@ -63,3 +63,8 @@ def test_a_crashing_or_hanging_checker_is_caught(fault, capsys, monkeypatch):
     rows = _table(out)
     assert rows["adaptive-mutate"][3] == 1
     assert rows["subcubic-extreme"][3] == 0  # the subcubic checks are unaffected
+
+
+def test_a_run_that_checks_nothing_fails(capsys):
+    assert fuzz_certificates.main(["--seconds", "0"]) == 1
+    assert "no certificate was checked" in capsys.readouterr().out

@@ -233,6 +233,17 @@ def test_a_corrupted_file_is_named_corrupted_before_its_contents_are_judged(tmp_
         storage.load_model(out)
 
 
+def test_an_unreadable_weights_file_is_a_one_line_error(tmp_path, weights, monkeypatch):
+    out = saved(tmp_path, weights)
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(storage, "file_sha256", denied)
+    with pytest.raises(ModelFormatError, match=r"cannot be read \(Permission denied\)"):
+        storage.load_model(out)
+
+
 def test_transformer_lens_buffers_are_accepted(tmp_path, weights):
     sd = weights.to_state_dict()
     n = weights.config.n_ctx

@@ -60,18 +60,23 @@ def load(model: Any, config: Any = None) -> Weights:
     return interop.from_transformer_lens(model)
 
 
-def model_files(model: Any) -> tuple[Path, ...]:
-    """The files ``load(model)`` reads or that belong to the model (its directory's
-    ``model.safetensors``, ``model.json`` and ``accuracy.json``, or the weights file and a
-    ``model.json`` beside it); empty for a model in memory. Outputs must not overwrite them."""
-    if not isinstance(model, str | os.PathLike):
-        return ()
-    from compact_proofs import storage
+def model_files(model: Any, config: Any = None) -> tuple[Path, ...]:
+    """The files ``load(model, config)`` reads or that belong to the model (its directory's
+    ``model.safetensors``, ``model.json`` and ``accuracy.json``; or the weights file and the
+    config files beside it), and a ``config`` given as a path; empty for a model in memory.
+    Outputs must not overwrite them."""
+    from compact_proofs import checkpoints, storage
 
-    p = Path(model)
-    if p.is_dir():
-        return tuple(p / f for f in (storage.WEIGHTS_FILE, storage.META_FILE, "accuracy.json"))
-    return (p, p.with_name(storage.META_FILE))
+    files: list[Path] = []
+    if isinstance(config, str | os.PathLike):
+        files.append(Path(config))
+    if isinstance(model, str | os.PathLike):
+        p = Path(model)
+        if p.is_dir():
+            files += [p / f for f in (storage.WEIGHTS_FILE, storage.META_FILE, "accuracy.json")]
+        else:
+            files += [p] + [p.with_name(n) for n in checkpoints.CONFIG_NAMES]
+    return tuple(files)
 
 
 def train_model(
@@ -135,6 +140,7 @@ def accuracy(
             "ci95_low": res.ci_low,
             "ci95_high": res.ci_high,
             "n_samples": res.n_samples,
+            "n_enumerated": res.n_enumerated,
             "total": w.config.n_inputs,
         }
     out.update(

@@ -45,9 +45,12 @@ def progress_bar(description: str):
         yield update
 
 
-def _check_output(path: str | None, option: str, model: str | None = None) -> None:
+def _check_output(
+    path: str | None, option: str, args: argparse.Namespace | None = None, also=()
+) -> None:
     """Refuse, before any work is done, an output file whose directory does not exist, a
-    directory, or one of ``model``'s own files (``api.model_files``)."""
+    directory, one of the model's own files (``api.model_files`` of ``args.model`` and
+    ``args.config``), or one of the files ``also`` (other files of the command)."""
     if path is None:
         return
     parent = Path(path).resolve().parent
@@ -55,8 +58,15 @@ def _check_output(path: str | None, option: str, model: str | None = None) -> No
         raise UserError(f"{option} {path}: directory {parent} does not exist")
     if Path(path).is_dir():
         raise UserError(f"{option} {path} is a directory; name a file")
-    if model is not None and Path(path).resolve() in {f.resolve() for f in api.model_files(model)}:
+    target = Path(path).resolve()
+    if args is not None and target in {f.resolve() for f in _model_files(args)}:
         raise UserError(f"{option} {path} is one of the model's own files; name another")
+    if target in {Path(f).resolve() for f in also}:
+        raise UserError(f"{option} {path} would overwrite the certificate; name another")
+
+
+def _model_files(args: argparse.Namespace) -> tuple[Path, ...]:
+    return api.model_files(args.model, getattr(args, "config", None))
 
 
 def _write_json(path: str | None, payload: object) -> None:
@@ -92,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
-    _check_output(args.json, "--json", args.model)
+    _check_output(args.json, "--json", args)
     if args.samples < 1:
         raise UserError(f"--samples must be at least 1, got {args.samples}")
     exact = {"auto": None, "exact": True, "sampled": False}[args.method]
@@ -112,10 +122,12 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             f"[{res['seconds']:.2f} s]"
         )
     else:
+        enumerated = f" + {res['n_enumerated']:,} enumerated" if res["n_enumerated"] else ""
         out.print(
             f"sampled accuracy {res['accuracy']:.6f} "
             f"(95% CI {res['ci95_low']:.6f} - {res['ci95_high']:.6f}, "
-            f"{res['n_samples']:,} samples of {res['total']:.3g} inputs)  [{res['seconds']:.2f} s]"
+            f"{res['n_samples']:,} samples{enumerated} of {res['total']:.3g} inputs)  "
+            f"[{res['seconds']:.2f} s]"
         )
     _write_json(args.json, res)
     _store_accuracy(Path(args.model), weights, res)
@@ -123,13 +135,13 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 def _store_accuracy(model: Path, weights, res: dict) -> None:
     """Keep the result beside a model directory (``accuracy.json``, as sweeps do) for
-    ``prove`` to normalise by, unless one as good for these weights is there already (an exact
-    count is never replaced; a sampled estimate is replaced by an exact count)."""
+    ``prove`` to normalise by, unless an exact count for these weights is there already (it is
+    never replaced; a sampled estimate is replaced by the newest result)."""
     path = model / "accuracy.json"
     if not model.is_dir():
         return
     stored = _stored_accuracy(model, weights)
-    if stored is not None and (stored["method"] == "exact" or res["method"] == "sampled"):
+    if stored is not None and stored["method"] == "exact":
         return
     try:
         _write_json(str(path), res)
@@ -181,13 +193,12 @@ def _truth(args: argparse.Namespace, weights) -> tuple[int | None, float | None,
 
 def cmd_prove(args: argparse.Namespace) -> None:
     threads = _threads(args)
-    _check_output(args.json, "--json", args.model)
+    cert_files: tuple = ()
     if args.certificate is not None:
         from compact_proofs import certificates
 
-        cert_files = certificates.certificate_targets(args.certificate, api.model_files(args.model))
-        if args.json is not None and Path(args.json).resolve() in {f.resolve() for f in cert_files}:
-            raise UserError(f"--json {args.json} would overwrite the certificate; name another")
+        cert_files = certificates.certificate_targets(args.certificate, _model_files(args))
+    _check_output(args.json, "--json", args, also=cert_files)
     names = args.strategy or ["cubic"]
     strategies = api.resolve_strategies(",".join(names))  # each once, in order
     weights = api.load(args.model, args.config)
@@ -262,6 +273,11 @@ def _print_results(model: str, results: list) -> None:
         )
     out.print(table)
     for r in results:
+        if r.true_correct is None and r.true_accuracy and r.accuracy_bound > r.true_accuracy:
+            out.print(
+                f"note: {r.strategy} proves accuracy >= {r.accuracy_bound:.6f}, above the "
+                f"estimate {r.true_accuracy:.6f} it is normalised by: the estimate is too low"
+            )
         budget = adaptive.budget_of(r.strategy)
         if budget is not None and r.flops > budget:
             out.print(
@@ -274,7 +290,8 @@ def cmd_check(args: argparse.Namespace) -> None:
     from compact_proofs import certificates
 
     threads = _threads(args)
-    _check_output(args.json, "--json", args.model)
+    cert = Path(args.certificate)
+    _check_output(args.json, "--json", args, also=(cert, certificates.tensor_path(cert)))
     confirmation = certificates.check_certificate(
         api.load(args.model, args.config), args.certificate, threads=threads
     )

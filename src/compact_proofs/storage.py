@@ -429,7 +429,13 @@ def _check_shapes(sd: dict[str, torch.Tensor], path: Path) -> None:
 
 def _check_file_digest(meta: dict, weights_path: Path, meta_path: Path) -> None:
     sha = meta.get("safetensors_sha256")
-    if sha is not None and sha != file_sha256(weights_path):
+    if sha is None:
+        return
+    try:
+        digest = file_sha256(weights_path)
+    except OSError as err:
+        raise ModelFormatError(f"{weights_path} cannot be read ({err.strerror})") from None
+    if sha != digest:
         raise ModelFormatError(
             f"{weights_path} does not match the sha256 recorded in {meta_path}; "
             "the file was modified or corrupted: restore it or re-train the model"
