@@ -457,13 +457,6 @@ def check_certificate(
     )
 
 
-def certificate_tensors(cert: Certificate) -> dict[str, Tensor]:
-    """The tensors a certificate would store (entry path -> tensor); for inspection."""
-    tensors: dict[str, Tensor] = {}
-    _encode(dict(cert), tensors, "")
-    return tensors
-
-
 __all__ = [
     "FORMAT_VERSION",
     "CertificateError",

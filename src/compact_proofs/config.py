@@ -164,17 +164,6 @@ PAPER_SEEDS: tuple[int, ...] = (
     32374,
     32382,
 )
-SELECTED_SEED = 123
-
-# (K, d_vocab) pairs the paper trained (reference-algorithms §1.2).
-PAPER_PRESETS: tuple[tuple[int, int], ...] = (
-    (4, 64),
-    (5, 64),
-    (10, 64),
-    (10, 128),
-    (20, 64),
-    (20, 512),
-)
 
 
 def reseed(x: int, label: str) -> int:
@@ -268,11 +257,3 @@ class TrainConfig:
     @property
     def test_seed(self) -> int:
         return reseed(self.dataset_seed, "test")
-
-
-def preset(k: int, d_vocab: int = 64) -> ModelConfig:
-    """The paper's model shape for Max-of-``k`` over ``d_vocab`` tokens."""
-    if (k, d_vocab) not in PAPER_PRESETS:
-        known = ", ".join(f"(K={a}, d_vocab={b})" for a, b in PAPER_PRESETS)
-        raise ConfigError(f"no paper preset for K={k}, d_vocab={d_vocab}; known presets: {known}")
-    return ModelConfig(d_vocab=d_vocab, n_ctx=k)

@@ -89,10 +89,6 @@ class ExactAccuracy:
     def accuracy(self) -> float:
         return self.correct / self.total
 
-    @property
-    def ties(self) -> int:
-        return self.undecided
-
 
 def _check_size(cfg: ModelConfig) -> None:
     if cfg.d_vocab ** (cfg.n_ctx - 1) > MAX_PREFIX_ELEMS:

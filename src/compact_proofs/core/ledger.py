@@ -25,11 +25,3 @@ class FlopLedger:
         self.branch += int(branch)
         if flop:
             self.by_label[label] = self.by_label.get(label, 0) + int(flop)
-
-
-def matmul_flops(rows: int, inner: int, cols: int, batch: int = 1) -> int:
-    return batch * rows * cols * (2 * inner - 1)
-
-
-def reduce_flops(kept: int, reduced: int) -> int:
-    return kept * max(reduced - 1, 0)

@@ -18,8 +18,6 @@ correct; a precision cap leaves the input undecided.                            
 Cost: ``float_flops`` per input; the exact stage is charged ``exact_tie.exact_cost``.
 """
 
-import math
-
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
@@ -185,7 +183,3 @@ def c0_flops(refuted: int, rest: int, n: int, V: int) -> int:
 def c0_tokens(q: Int[Tensor, " inputs"], m: Int[Tensor, " inputs"], n: int) -> Tensor:
     """The c = 0 inputs (m, ..., m, q)."""
     return torch.cat([m[:, None].expand(-1, n - 1), q[:, None]], dim=1)
-
-
-def n_inputs_of(sizes: list[int]) -> int:
-    return math.prod(sizes)
