@@ -88,6 +88,30 @@ def test_prove_and_accuracy_take_a_config_for_a_foreign_checkpoint(weights, tmp_
     assert res.model_sha256 == weights.sha256()
 
 
+def test_certify_and_check_take_a_config_for_a_foreign_checkpoint(weights, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save(weights.to_state_dict(), path)
+    config = {"n_layers": 1, "n_heads": 1, "d_model": weights.config.d_model,
+              "d_head": weights.config.d_head, "d_vocab": weights.config.d_vocab,
+              "n_ctx": weights.config.n_ctx, "attn_only": True,
+              "normalization_type": None}  # fmt: skip
+    cert = tmp_path / "proof.json"
+    made = cp.certify(path, "cubic", cert, config=config)
+    assert made.model_sha256 == weights.sha256()
+    confirmed = cp.check_certificate(path, cert, config=config)
+    assert confirmed.correct_count == made.correct_count
+
+
+def test_a_config_beside_a_model_object_and_a_bad_true_accuracy_are_refused(weights):
+    with pytest.raises(UserError, match="config= is for checkpoint files only"):
+        cp.prove(weights, "cubic", config={"n_layers": 1})
+    for bad in (0.0, -0.5, 1.5, float("nan")):
+        with pytest.raises(UserError, match=r"true accuracy must be in \(0, 1\]"):
+            cp.prove(weights, "cubic", true_accuracy=bad)
+    [r] = cp.prove(weights, "cubic", true_accuracy=0.5)
+    assert r.normalized_bound == pytest.approx(r.accuracy_bound / 0.5)
+
+
 def test_your_strategy_may_not_take_a_built_in_name_nor_share_one(weights):
     """Results and sweep files are stored by name: a modified "cubic" would pass for the real
     one, and two strategies with one name would overwrite each other."""

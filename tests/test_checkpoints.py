@@ -177,6 +177,7 @@ def test_a_pickled_module_is_refused_by_name(tmp_path):
         checkpoints.load_checkpoint(p, config=tl_config(weights()))
     assert "torch.nn.modules.linear.Linear" in str(err.value)
     assert "In PyTorch 2.6" not in str(err.value)
+    assert "by default); save a plain state dict" in str(err.value)  # its first sentence, whole
 
 
 # ------------------------------------------------------------------------------------ cases
@@ -298,7 +299,7 @@ CASES = [
         MF,
         "NaN or Inf",
     ),
-    ("float16-weights", _float16, MF, "convert the model with .float()"),
+    ("float16-weights", _float16, MF, "convert the model with model.to(torch.float32)"),
     ("d_vocab_out-differs", _wide_unembed, UM, "d_vocab_out must equal d_vocab"),
     ("shapes-vs-config", _cfg(n_ctx=N + 1), MF, "says n_ctx=4 but the weights have n_ctx=3"),
     ("d_vocab-vs-config", _cfg(d_vocab=V + 2, d_vocab_out=V + 2), MF, "says d_vocab=7"),

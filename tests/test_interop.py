@@ -159,9 +159,79 @@ REFUSED = [
     ("logit-softcap", {"output_logits_soft_cap": 30.0}, "soft-capped output logits"),
     ("score-softcap", {"attn_scores_soft_cap": 30.0}, "soft-capped attention scores"),
     ("final-rms", {"final_rms": True}, "RMSNorm"),
-    ("float16", {"dtype": torch.float16}, ".float()"),
-    ("float64", {"dtype": torch.float64}, ".float()"),
+    ("float16", {"dtype": torch.float16}, "model.to(torch.float32)"),
+    ("float64", {"dtype": torch.float64}, "model.to(torch.float32)"),
+    # no trace in the tensors: refused by their config fields
+    ("clip-qkv", {"clip_qkv": 0.5}, "clipped"),
+    ("logn-attn", {"use_logn_attn": True}, "log-n scaled"),
+    ("attention-sinks", {"use_attention_sinks": True}, "attention sinks"),
 ]
+
+# Config fields that change the function and leave no trace in the tensors, with their values.
+TRACELESS = [
+    ("clip_qkv", 0.01, "clipped"),
+    ("use_logn_attn", True, "log-n scaled"),
+    ("use_attention_sinks", True, "attention sinks"),
+    ("parallel_attn_mlp", True, "in parallel"),
+    ("original_architecture", "Olmo2ForCausalLM", "OLMo-style"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), TRACELESS, ids=[t[0] for t in TRACELESS])
+def test_traceless_config_features_are_refused_for_checkpoints(tmp_path, key, value, fragment):
+    """A checkpoint is never run: its config alone must refuse what its tensors cannot show
+    (clip_qkv made bounds exceed the true count before it was refused)."""
+    w = models.random_weights(5, 3, 8, 8, seed=0)
+    path = tmp_path / "model.pt"
+    torch.save(w.to_state_dict(), path)
+    cfg = {"n_layers": 1, "n_heads": 1, "d_model": 8, "d_head": 8, "d_vocab": 5, "n_ctx": 3,
+           "attn_only": True, "normalization_type": None}  # fmt: skip
+    api.load(path, cfg)  # the plain config is accepted
+    with pytest.raises(UnsupportedModelError, match=fragment) as info:
+        api.load(path, {**cfg, key: value})
+    assert "\n" not in str(info.value)
+    harmless = {"clip_qkv": None, "original_architecture": "custom"}.get(key, False)
+    api.load(path, {**cfg, key: harmless})
+
+
+def test_n_heads_derived_by_transformer_lens_is_named():
+    cfg = {"n_layers": 1, "d_model": 8, "d_head": 4, "d_vocab": 5, "n_ctx": 3,
+           "attn_only": True, "normalization_type": None}  # fmt: skip
+    with pytest.raises(UnsupportedModelError, match=r"n_heads=2 \(TransformerLens's d_model"):
+        interop.validate_tl_config(cfg)
+    with pytest.raises(ModelFormatError, match="n_layers is null"):
+        interop.validate_tl_config({**cfg, "n_heads": 1, "n_layers": None})
+
+
+@pytest.mark.skipif(HookedTransformer is None, reason="TL 4 removed HookedTransformer")
+def test_one_key_value_head_is_ordinary_attention():
+    """n_key_value_heads=1 with one head stores _W_K/_W_V: read as W_K/W_V, same function."""
+    m = make_tl("hooked", seed=3, n_key_value_heads=1)
+    assert "blocks.0.attn._W_K" in m.state_dict()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.split(".")[-1].lstrip("_").startswith("b_"):
+                p.zero_()
+    w = interop.from_transformer_lens(m)  # runs the model on all 216 inputs
+    assert torch.equal(w.W_K, m.blocks[0].attn._W_K[0].detach())
+    assert_matches_tl(m, w)
+
+
+@pytest.mark.skipif(HookedTransformer is None, reason="TL 4 removed HookedTransformer")
+def test_forward_check_tries_every_input_of_a_small_model():
+    """A hook that changes the model on one input only (of 216) is caught."""
+    m = make_tl("hooked", seed=5)
+    target = m.W_E.detach()[torch.tensor([5, 0, 4])]  # the embeddings of input (5, 0, 4)
+
+    def one_input(x, hook):
+        hit = (x == target).all(dim=2).all(dim=1)
+        return x + 3.0 * hit[:, None, None]
+
+    m.add_hook("hook_embed", one_input, is_permanent=True)
+    with pytest.raises(UnsupportedModelError, match="forward hook"):
+        interop.from_transformer_lens(m)
+    m.reset_hooks(including_permanent=True)
+    interop.from_transformer_lens(m)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -174,6 +174,11 @@ def test_missing_garbage_and_wrong_kind_of_file(tmp_path, weights):
     (tmp_path / "tl" / "m.pt").write_bytes(b"")
     with pytest.raises(ModelFormatError, match=r"has no model.safetensors \(it holds m.pt: pass"):
         storage.load_model(tmp_path / "tl")
+    # a certificate's tensor file is not offered as a model
+    save_file({"x": torch.zeros(1)}, tmp_path / "tl" / "proof.safetensors",
+              metadata={"format": "compact-proofs-certificate"})  # fmt: skip
+    with pytest.raises(ModelFormatError, match=r"\(it holds m.pt: pass"):
+        storage.load_model(tmp_path / "tl")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x93NUMPY not a safetensors file at all" * 10)
     with pytest.raises(ModelFormatError, match="not a readable safetensors file") as e:

@@ -218,7 +218,8 @@ def screen_constants(t: Tables) -> ScreenConstants:
     if t.magA > 2.0**100 or t.magS > 2.0**100:
         raise UnsupportedModelError(
             "the model's attention scores or logit terms exceed 2^100 in magnitude: the exact"
-            " enumeration's error bounds do not cover them (use another proof strategy)"
+            " enumeration's error bounds do not cover them (the cubic, subcubic and adaptive proofs"
+            " may still bound the accuracy)"
         )
     _, rho = _weight_rel_err(t)
     g = gamma32(max(n - 1, 1))

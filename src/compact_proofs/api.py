@@ -46,8 +46,10 @@ def load(model: Any, config: Any = None) -> Weights:
     with ``weights_only=True``), whose config comes from ``config`` (dict, config object or JSON
     path) or from beside the file. Live models: ``HookedTransformer`` (TL 2.x/3.x) or a TL 4
     ``TransformerBridge``. Every route validates the architecture (see ``interop.SUPPORTED``).
+    A ``config`` beside a ``Weights`` or a live model is refused (UserError): it would be
+    ignored.
     """
-    if isinstance(model, Weights):
+    if isinstance(model, Weights) and config is None:
         return model
     if isinstance(model, str | os.PathLike):
         from compact_proofs import checkpoints, storage
@@ -55,6 +57,10 @@ def load(model: Any, config: Any = None) -> Weights:
         if config is not None or checkpoints.is_foreign(model):
             return checkpoints.load_checkpoint(model, config)
         return storage.load_model(Path(model))[0]
+    if config is not None:
+        raise UserError(
+            "config= is for checkpoint files only; a model object carries its own config"
+        )
     from compact_proofs import interop
 
     return interop.from_transformer_lens(model)
@@ -216,6 +222,8 @@ def prove_one(
     cfg = w.config
     if true_correct is not None and not 0 <= true_correct <= cfg.n_inputs:
         raise UserError(f"true correct count {true_correct} is outside [0, {cfg.n_inputs:,}]")
+    if true_accuracy is not None and not 0 < true_accuracy <= 1:
+        raise UserError(f"true accuracy must be in (0, 1], got {true_accuracy}")
     if strategy.max_inputs is not None and cfg.n_inputs > strategy.max_inputs:
         raise UserError(
             f"strategy {strategy.name!r} enumerates inputs and refuses d_vocab**n_ctx = "
@@ -275,7 +283,8 @@ def prove(
     Raises:
         UserError: (its subclasses) an unreadable or unsupported model (``ModelFormatError``,
             ``UnsupportedModelError``), an unknown strategy name or a bad option, a
-            ``true_correct`` outside [0, d_vocab**n_ctx]; ``TruthConflict`` as above. Every
+            ``true_correct`` outside [0, d_vocab**n_ctx] or a ``true_accuracy`` outside (0, 1];
+            ``TruthConflict`` as above. Every
             one has a one-line message naming the problem.
     """
     w = load(model, config)

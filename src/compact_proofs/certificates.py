@@ -195,11 +195,16 @@ def save_certificate(
 
 
 def certify(
-    model: Any, strategy_name: str, path: str | os.PathLike, **prove_kwargs: Any
+    model: Any,
+    strategy_name: str,
+    path: str | os.PathLike,
+    *,
+    config: Any = None,
+    **prove_kwargs: Any,
 ) -> ProofResult:
     """Prove with one strategy (``api.prove_one``: search, then the counted check) and save its
-    certificate to ``path``. ``prove_kwargs`` go to ``prove_one`` (``true_correct``,
-    ``true_accuracy``, ``threads``). Returns the proof result.
+    certificate to ``path``. ``model`` and ``config`` as in ``api.load``; ``prove_kwargs`` go to
+    ``prove_one`` (``true_correct``, ``true_accuracy``, ``threads``). Returns the proof result.
 
     Raises:
         UserError: before any work, for a strategy name that is not exactly one strategy, or a
@@ -213,8 +218,8 @@ def certify(
         n = len(strategies)
         raise UserError(f"a certificate stores one proof; {strategy_name!r} names {n} strategies")
     [strategy] = strategies
-    certificate_targets(path, api.model_files(model))
-    w = api.load(model)
+    certificate_targets(path, api.model_files(model, config))
+    w = api.load(model, config)
     captured: list[Certificate] = []
 
     def search(weights: Weights) -> Certificate:
@@ -376,14 +381,18 @@ def _revision_hint(meta: dict[str, Any], strategy: Strategy) -> str:
 
 
 def check_certificate(
-    model_or_weights: Any, path: str | os.PathLike, *, threads: int | None = None
+    model_or_weights: Any,
+    path: str | os.PathLike,
+    *,
+    config: Any = None,
+    threads: int | None = None,
 ) -> Confirmation:
     """Re-run only the trusted check of the certificate at ``path`` on the model, and confirm
     its stated bound.
 
     Args:
         model_or_weights: ``Weights``, a model directory / weights file, or a TransformerLens
-            model (anything ``api.load`` accepts).
+            model (anything ``api.load`` accepts, with its ``config``).
         path: the certificate's JSON file (its tensor file beside it).
         threads: torch threads for the check (``compact_proofs.threads``; None: the
             strategy's own default; 0: torch's setting).
@@ -399,7 +408,7 @@ def check_certificate(
     from compact_proofs import api
 
     meta, cert = read_certificate(path)
-    w = api.load(model_or_weights)
+    w = api.load(model_or_weights, config)
     sha = w.sha256()
     if sha != meta["model_sha256"]:
         raise CertificateError(

@@ -151,7 +151,7 @@ def _read_torch(p: Path) -> Any:
     except pickle.UnpicklingError as err:
         detail = _unpickler_detail(str(err))
         raise ModelFormatError(
-            f"{p}: refusing to unpickle arbitrary objects ({detail[:120] or 'not plain tensors'}); "
+            f"{p}: refusing to unpickle arbitrary objects ({detail or 'not plain tensors'}); "
             f"{_SAVE_HINT}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
@@ -170,7 +170,7 @@ def _unpickler_detail(message: str) -> str:
     for line in marked or lines[1:]:
         line = line.split("WeightsUnpickler error:")[-1].strip()
         if line and not line.startswith(("Check the documentation", "Please file an issue")):
-            return line
+            return line.split(". ")[0][:200]  # its first sentence
     return ""
 
 

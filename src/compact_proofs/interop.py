@@ -92,6 +92,16 @@ _REFUSED_FLAGS: tuple[tuple[str, Any, str], ...] = (
     # model is never read with a stale or missing unembedding; untie it (W_U = W_E.T.clone()).
     ("tie_word_embeddings", lambda v: not v, "tied embeddings (W_U shares W_E's parameter)"),
     ("tied_embeddings", lambda v: not v, "tied embeddings (W_U shares W_E's parameter)"),
+    # These leave no trace in the tensors and need not show on a few sampled inputs.
+    ("clip_qkv", lambda v: v is None, "queries, keys and values clipped to [-clip_qkv, clip_qkv]"),
+    ("use_logn_attn", lambda v: not v, "log-n scaled attention scores (in eval mode)"),
+    ("use_attention_sinks", lambda v: not v, "attention sinks (a learned extra softmax logit)"),
+    ("parallel_attn_mlp", lambda v: not v, "attention and MLP in parallel"),
+    (
+        "original_architecture",
+        lambda v: v not in ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM"),
+        "OLMo-style normalization of queries and keys",
+    ),
 )
 
 # TransformerBridge state-dict names (3.x/4.x, one head) -> (TransformerLens 2.x name, reshape).
@@ -200,6 +210,8 @@ def validate_tl_config(
             "HookedTransformerConfig fields"
         )
     c = {**TL_DEFAULTS, **{k: v for k, v in cfg.items()}}
+    if "n_layers" in cfg and cfg["n_layers"] is None:
+        raise ModelFormatError(f"{where}: n_layers is null; write the number of layers (1)")
     n_layers = _int_field(c, "n_layers", where)
     if n_layers is not None and n_layers != 1:
         raise UnsupportedModelError(
@@ -207,11 +219,13 @@ def validate_tl_config(
         )
     d_model, d_head = _int_field(c, "d_model", where), _int_field(c, "d_head", where)
     n_heads = _int_field(c, "n_heads", where)
+    derived = ""
     if n_heads == -1 and d_model is not None and d_head:
         n_heads = d_model // d_head  # TransformerLens's rule for an unset n_heads
+        derived = " (TransformerLens's d_model // d_head: the config does not set n_heads)"
     if n_heads not in (-1, 1, None):
         raise UnsupportedModelError(
-            f"{where}: n_heads={n_heads}; only one-head models are supported ({SUPPORTED})"
+            f"{where}: n_heads={n_heads}{derived}; only one-head models are supported ({SUPPORTED})"
         )
     if c["attn_only"] not in (True,):
         raise UnsupportedModelError(
@@ -254,7 +268,8 @@ def validate_tl_config(
     if check_dtype and not _is_float32(c["dtype"]):
         raise UnsupportedModelError(
             f"{where}: dtype={c['dtype']}; the proofs read float32 weights exactly: convert the "
-            "model with model.float() first (the bound is then about the float32-rounded weights)"
+            "model with model.to(torch.float32) and save it again (model.float() leaves "
+            "cfg.dtype as it was; the bound is then about the float32-rounded weights)"
         )
     d_vocab, d_vocab_out = _int_field(c, "d_vocab", where), _int_field(c, "d_vocab_out", where)
     if d_vocab_out not in (None, -1) and d_vocab not in (None, -1) and d_vocab_out != d_vocab:
@@ -358,8 +373,9 @@ def from_transformer_lens(model: Any, *, check_forward: bool = True) -> Weights:
     Args:
         model: a ``HookedTransformer`` (TL 2.x/3.x), a ``TransformerBridge`` (TL 3.x/4.x) or a
             ``compact_proofs.model.AttnOnlyTransformer``.
-        check_forward: also run ``model`` on 64 random inputs and require its logits to match
-            the float64 forward pass of the extracted weights up to float32 round-off.
+        check_forward: also run ``model`` on up to about a thousand inputs
+            (``check_same_function``) and require its logits to match the float64 forward pass
+            of the extracted weights up to float32 round-off.
 
     Returns:
         The float32 weights, copied to the CPU (the model is not modified).
@@ -386,20 +402,28 @@ def from_transformer_lens(model: Any, *, check_forward: bool = True) -> Weights:
     return weights
 
 
-def check_same_function(model: Any, weights: Weights, n_inputs: int = 64) -> None:
+def check_same_function(model: Any, weights: Weights, n_inputs: int = 1024) -> None:
     """Refuse ``model`` unless it computes the supported architecture's logits for ``weights``.
 
     Compares ``model(tokens)`` at every position with the float64 forward pass of ``weights``
-    on ``n_inputs`` random sequences (a fixed ``torch.Generator``; global RNG untouched). The
+    on every input when there are at most ``n_inputs``, else on ``n_inputs`` random sequences
+    (a fixed ``torch.Generator``; global RNG untouched) and the d_vocab constant sequences. The
     tolerance is float32 round-off: ``1e-4 * (1 + max |logit|)`` plus 32 times the error of our
-    own float32 forward pass on the same inputs.
+    own float32 forward pass on the same inputs. A sanity check, not a proof: a feature that
+    changes only inputs it does not try goes unseen (``validate_tl_config`` refuses the known
+    ones by their config fields).
     """
     from compact_proofs import model as model_mod
+    from compact_proofs.task import index_to_tokens
 
     cfg = weights.config
-    tokens = torch.randint(
-        0, cfg.d_vocab, (n_inputs, cfg.n_ctx), generator=torch.Generator().manual_seed(0)
-    )
+    if cfg.n_inputs <= n_inputs:
+        tokens = index_to_tokens(torch.arange(cfg.n_inputs), cfg.d_vocab, cfg.n_ctx)
+    else:
+        gen = torch.Generator().manual_seed(0)
+        sampled = torch.randint(0, cfg.d_vocab, (n_inputs, cfg.n_ctx), generator=gen)
+        constant = torch.arange(cfg.d_vocab)[:, None].expand(-1, cfg.n_ctx)
+        tokens = torch.cat([sampled, constant])
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
         got = model(tokens.to(device))
@@ -418,8 +442,8 @@ def check_same_function(model: Any, weights: Weights, n_inputs: int = 64) -> Non
     if not err <= tol:
         raise UnsupportedModelError(
             f"the model's logits differ from those of its extracted weights by {err:.3g} "
-            f"(float32 round-off allows {tol:.3g}): it uses a feature the proofs do not model; "
-            f"supported: {SUPPORTED}"
+            f"(float32 round-off allows {tol:.3g}): a forward hook, a patched module or a "
+            f"feature the proofs do not model changes its output; supported: {SUPPORTED}"
         )
 
 

@@ -295,7 +295,9 @@ def _resolve(p: Path) -> tuple[Path, Path | None]:
         w = p / WEIGHTS_FILE
         if not w.is_file():
             found = sorted(
-                f.name for f in p.iterdir() if f.suffix in (".safetensors", ".pt", ".pth")
+                f.name
+                for f in p.iterdir()
+                if f.suffix in (".safetensors", ".pt", ".pth") and not _is_certificate_file(f)
             )
             hint = f" (it holds {', '.join(found[:3])}: pass that file instead)" if found else ""
             raise ModelFormatError(
@@ -311,6 +313,17 @@ def _resolve(p: Path) -> tuple[Path, Path | None]:
         )
     m = p.with_name(META_FILE)
     return p, (m if p.name == WEIGHTS_FILE and m.exists() else None)
+
+
+def _is_certificate_file(path: Path) -> bool:
+    """A proof certificate's tensor file (not a model; ``certificates.FORMAT``)."""
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "compact-proofs-certificate"
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

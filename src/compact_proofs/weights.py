@@ -149,6 +149,7 @@ class Weights:
         Raises ``UnsupportedModelError`` for architectures the proofs do not cover (extra layers,
         MLPs, LayerNorm, several heads, nonzero biases) and ``ModelFormatError`` for malformed ones.
         """
+        sd = _ungrouped(sd)
         keys = {k for k in sd if not k.endswith(IGNORED_BUFFER_SUFFIXES)}
         _refuse_unsupported_keys(keys)
         missing = [k for k in WEIGHT_KEYS if k not in keys]
@@ -198,7 +199,7 @@ class Weights:
             if t.dtype != torch.float32:
                 raise ModelFormatError(
                     f"{name} has dtype {t.dtype}; the proofs read float32 weights exactly: "
-                    "convert the model with .float() first"
+                    "convert the model with model.to(torch.float32) first"
                 )
             return t.detach().to("cpu").contiguous()
 
@@ -230,6 +231,18 @@ def _check_causal_mask(mask: Any, n_ctx: int) -> None:
             f"[{n_ctx}, {n_ctx}] matrix of ones), so the file is not the causal model its config "
             "describes; save the model's state dict without changing its mask buffer"
         )
+
+
+def _ungrouped(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """TransformerLens's grouped-query attention stores keys and values as ``_W_K``, ``_W_V``,
+    ``_b_K``, ``_b_V`` (one entry per key/value head). With one key/value head and one query
+    head (the only case the config check admits) it is ordinary attention: read them under
+    the usual names. More heads are refused later by the head count."""
+    attn = "blocks.0.attn."
+    if f"{attn}W_K" in sd or f"{attn}_W_K" not in sd:
+        return sd
+    names = {f"{attn}_{w}": f"{attn}{w}" for w in ("W_K", "W_V", "b_K", "b_V")}
+    return {names.get(k, k): v for k, v in sd.items()}
 
 
 def _refuse_unsupported_keys(keys: set[str]) -> None:
