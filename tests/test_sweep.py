@@ -518,6 +518,46 @@ def test_dask_bad_address_is_a_user_error(tmp_path, fakes, monkeypatch):
     monkeypatch.setattr(pool, "DASK_CONNECT_TIMEOUT", "1s")
     with pytest.raises(UserError, match="Dask scheduler"):
         run_sweep(tmp_path / "s", seeds=SEEDS[:1], dask_address="tcp://127.0.0.1:1", **TINY)
+    with pytest.raises(UserError, match="expected a scheduler address like tcp://host:8786"):
+        run_sweep(tmp_path / "s", seeds=SEEDS[:1], dask_address="foo", **TINY)
+    assert not (tmp_path / "s").exists()  # refused before anything is written
+
+
+def test_dask_address_of_a_server_that_is_not_dask_is_refused_in_time(monkeypatch):
+    """A port that answers in another protocol (a dashboard's HTTP) or accepts and stays
+    silent: dask's Client would wait forever; the check gives up within its timeout."""
+    pytest.importorskip("distributed")
+    import http.server
+    import socket
+    import threading
+
+    from compact_proofs.sweep import pool
+
+    monkeypatch.setattr(pool, "DASK_CONNECT_TIMEOUT", "2s")
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        for port in (httpd.server_port, silent.getsockname()[1]):
+            t0 = time.perf_counter()
+            with pytest.raises(UserError, match="Dask scheduler"):
+                pool.check_dask_scheduler(f"tcp://127.0.0.1:{port}")
+            assert time.perf_counter() - t0 < 30
+    finally:
+        httpd.shutdown()
+        silent.close()
+
+
+def test_bad_recipe_and_an_output_under_a_file_are_refused_before_writing(tmp_path, fakes):
+    for bad in ({"train_steps": 0}, {"train_steps": -5}, {"d_model": 0}):
+        with pytest.raises(UserError, match="give a positive whole number"):
+            run_sweep(tmp_path / "s", seeds=SEEDS[:1], **{**TINY, **bad})
+    assert not (tmp_path / "s").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a directory"):
+        run_sweep(tmp_path / "file" / "sub", seeds=SEEDS[:1], **TINY)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,3 +606,30 @@ def test_progress_eta():
     with progress.rich_progress(Console(file=StringIO(), force_terminal=True)) as update:
         for done in (10, 12, 20):
             update(done, 20)
+
+
+def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_results(
+    tmp_path, monkeypatch
+):
+    install(GOOD, monkeypatch.setattr)
+    from compact_proofs.report.data import load_sweep
+    from compact_proofs.sweep import run as run_mod
+
+    finish = run_mod._Driver.run
+
+    def run_then_interrupt(self, *args):
+        finish(self, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod._Driver, "run", run_then_interrupt)
+    root = tmp_path / "s"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(root, seeds=SEEDS, **TINY)
+    rows = read_csv(root / "results.csv")
+    assert len(rows) == len(SEEDS) * len(GOOD)  # tabulated although interrupted
+    assert not any("newer than results.csv" in n for n in load_sweep(root).notes)
+    later = (root / "results.csv").stat().st_mtime + 10
+    one = next(root.glob("results/*/*/*.json"))
+    os.utime(one, (later, later))  # as if written after the table (a killed sweep)
+    [note] = [n for n in load_sweep(root).notes if "newer than results.csv" in n]
+    assert note.startswith("1 result file is newer")

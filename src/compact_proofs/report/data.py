@@ -118,9 +118,8 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
     """
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise UserError(
-            f"sweep directory {root} does not exist; pass the --out of `compact-proofs sweep`"
-        )
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UserError(f"sweep directory {root} {what}; pass the --out of `compact-proofs sweep`")
     res_path = root / "results.csv"
     if not res_path.is_file():
         raise UserError(f"{res_path} not found; run `compact-proofs sweep --out {root}` first")
@@ -137,6 +136,13 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
         results["complexity"] = ""
     results["complexity"] = results["complexity"].fillna("").astype(str)
     notes: list[str] = []
+    newer = _results_newer_than(root, res_path)
+    if newer:
+        notes.append(
+            f"{newer} result file{'s are' if newer > 1 else ' is'} newer than results.csv "
+            "(an interrupted sweep?): run the "
+            "same `compact-proofs sweep` again to finish it and include them"
+        )
     models = None
     mod_path = root / "models.csv"
     if mod_path.is_file():
@@ -160,6 +166,12 @@ def load_sweep(sweep_dir: str | os.PathLike) -> Sweep:
     sweep = Sweep(root=root, results=results, models=models, notes=notes)
     sweep.analysis = _load_analysis_infos(sweep.analysis_dir, notes)
     return sweep
+
+
+def _results_newer_than(root: Path, table: Path) -> int:
+    """How many per-unit result files (``results/*/*/*.json``) are newer than ``table``."""
+    since = table.stat().st_mtime
+    return sum(p.stat().st_mtime > since for p in root.glob("results/*/*/*.json"))
 
 
 def _drop_unsound(results: pd.DataFrame, notes: list[str]) -> pd.DataFrame:

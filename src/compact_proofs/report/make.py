@@ -59,6 +59,11 @@ def make_report(
     sweep = load_sweep(sweep_dir)
     chosen = choose_seed(sweep, seed)
     out_dir = Path(out) if out is not None else sweep.root / "report"
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise UserError(
+                f"report output {path} exists and is not a directory; choose another --out"
+            )
     fig_dir = out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     res = sweep.results

@@ -6,10 +6,13 @@ longest-first. ``results()`` yields each finished call's return value; calls may
 results.
 """
 
+import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import itertools
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -127,14 +130,54 @@ def _open_pool(jobs: int, dask_address: str | None) -> Iterator[Pool]:
         )
 
 
-@contextlib.contextmanager
-def _dask_pool(address: str) -> Iterator[Pool]:
+_DASK_ADDRESS = re.compile(r"(?:[a-z]+://)?(?:\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):\d{1,5}")
+
+
+def check_dask_scheduler(address: str) -> None:
+    """Refuse, within about ``DASK_CONNECT_TIMEOUT``, an address that is malformed or where no
+    Dask scheduler answers: a one-line UserError. (``Client`` itself waits forever on a port
+    that accepts the connection but does not speak Dask's protocol, e.g. the dashboard's.)"""
+    if not isinstance(address, str) or not _DASK_ADDRESS.fullmatch(address):
+        raise UserError(f"--dask {address}: expected a scheduler address like tcp://host:8786")
     try:
-        from dask.distributed import Client, as_completed
+        from distributed.comm import connect
     except ImportError:
         raise UserError(
             "--dask needs dask.distributed; install it with `pip install 'compact-proofs[dask]'`"
         ) from None
+    seconds = float(DASK_CONNECT_TIMEOUT.removesuffix("s"))
+
+    async def identity() -> object:
+        comm = await asyncio.wait_for(connect(address, timeout=seconds), seconds)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity"}), seconds)
+            return await asyncio.wait_for(comm.read(), seconds)
+        finally:
+            comm.abort()
+
+    hint = "check the address (e.g. tcp://host:8786) and that the scheduler is running"
+    # In a thread of its own: the caller may be inside an event loop (a notebook).
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:
+        try:
+            reply = ex.submit(asyncio.run, identity()).result()
+        except (TimeoutError, OSError) as err:
+            raise UserError(
+                f"cannot connect to the Dask scheduler at {address} "
+                f"({str(err) or f'no answer within {seconds:g} s'}); {hint}"
+            ) from None
+        except Exception as err:  # e.g. an HTTP server's reply read as Dask frames
+            raise UserError(
+                f"{address} does not answer as a Dask scheduler ({type(err).__name__}); {hint}"
+            ) from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise UserError(f"{address} does not answer as a Dask scheduler; {hint}")
+
+
+@contextlib.contextmanager
+def _dask_pool(address: str) -> Iterator[Pool]:
+    check_dask_scheduler(address)
+    from dask.distributed import Client, as_completed
+
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except OSError as err:

@@ -181,8 +181,14 @@ def run_sweep(
         raise UserError(f"analysis={analysis!r}; choose one of {', '.join(job_fns.ANALYSIS_MODES)}")
     if not isinstance(jobs, int) or jobs == 0 or jobs < -1:
         raise UserError(f"jobs={jobs!r}; give a positive number of processes (or -1 for all)")
-    if root.exists() and not root.is_dir():
-        raise UserError(f"{root} exists and is not a directory; choose another --out")
+    for path in (root, *root.parents):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{path} exists and is not a directory; choose another --out")
+    for name, value in (("train_steps", train_steps), ("d_model", d_model)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{name}={value!r}; give a positive whole number")
+    if dask_address is not None:
+        pool_mod.check_dask_scheduler(dask_address)  # before anything is written
     say = log or (lambda _msg: None)
     summary = SweepSummary(root, [s.key for s in specs], [s.name for s in chosen])
     with layout.sweep_lock(root):
@@ -190,7 +196,14 @@ def run_sweep(
             summary.removed_temporaries = layout.remove_stale_temporaries(root)
             driver = _Driver(root, chosen, analysis, pool, summary, progress, say)
             kwargs = {"d_model": d_model, "train_steps": train_steps}
-            driver.run(specs, kwargs, accuracy_samples)
+            try:
+                driver.run(specs, kwargs, accuracy_samples)
+            except KeyboardInterrupt:  # tabulate what finished, so a report shows it
+                if aggregate:
+                    from compact_proofs.sweep.aggregate import aggregate as aggregate_fn
+
+                    aggregate_fn(root)
+                raise
         _count_statuses(root, specs, chosen, driver.infos, summary)
         if aggregate:
             from compact_proofs.sweep.aggregate import aggregate as aggregate_fn
