@@ -606,6 +606,12 @@ def test_progress_eta():
     with progress.rich_progress(Console(file=StringIO(), force_terminal=True)) as update:
         for done in (10, 12, 20):
             update(done, 20)
+    log = StringIO()  # not a terminal: plain lines, at most once a minute, and at the end
+    with progress.rich_progress(Console(file=log, width=200), "sweep") as update:
+        for done in (10, 12, 19, 20):
+            update(done, 20)
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: 20/20 units, 0:00:0")
 
 
 def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_results(

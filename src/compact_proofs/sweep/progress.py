@@ -1,10 +1,13 @@
 """A progress display for sweeps (used by the CLI): a rich bar over work units with an ETA
 computed from the units finished in this run only (units found on disk at the start would
-otherwise make the first estimate far too optimistic)."""
+otherwise make the first estimate far too optimistic). When the console is not a terminal (a
+log file, a cluster job) it prints a plain line at most once a minute instead, and at the end."""
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+
+LOG_EVERY = 60.0  # seconds between progress lines when the console is not a terminal
 
 
 def eta_seconds(start_done: int, done: int, total: int, elapsed: float) -> float | None:
@@ -32,21 +35,29 @@ def rich_progress(console=None, description: str = "sweep") -> Iterator[Callable
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
+        TextColumn("{task.completed}/{task.fields[of]} units"),
         TimeElapsedColumn(),
         TextColumn("ETA {task.fields[eta]}"),
     )
+    console = console or get_console()
     state: dict[str, float] = {}
-    # Drawn on a terminal only (in a pipe or a log it would leave a stray blank line).
-    shown = (console or get_console()).is_terminal
+    # A bar on a terminal only (in a pipe or a log it would leave a stray blank line).
+    shown = console.is_terminal
     with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
-        task = bar.add_task(description, total=None, eta=_fmt(None))
+        task = bar.add_task(description, total=None, eta=_fmt(None), of="?")
 
         def update(done: int, total: int) -> None:
             now = time.perf_counter()
             if "start" not in state:
-                state.update(start=now, start_done=done)
-            eta = eta_seconds(int(state["start_done"]), done, total, now - state["start"])
-            bar.update(task, completed=done, total=total, eta=_fmt(eta))
+                state.update(start=now, start_done=done, logged=now)
+            elapsed = now - state["start"]
+            eta = _fmt(eta_seconds(int(state["start_done"]), done, total, elapsed))
+            bar.update(task, completed=done, total=total, eta=eta, of=total)
+            if not shown and (now - state["logged"] >= LOG_EVERY or done == total):
+                state["logged"] = now
+                console.print(
+                    f"{description}: {done}/{total} units, {_fmt(elapsed)} elapsed, ETA {eta}",
+                    highlight=False,
+                )
 
         yield update
