@@ -5,6 +5,7 @@ percentiles."""
 import csv
 import math
 import re
+import shutil
 import statistics
 from pathlib import Path
 
@@ -564,3 +565,19 @@ def test_family_colours_are_fixed_and_distinct():
     assert len(set(full.values())) == len(every)
     assert figures.family_colors(["adaptive", "mine"]) == {k: full[k] for k in ("adaptive", "mine")}
     assert list(full)[:2] == [naming.BRUTE_FORCE, naming.CUBIC]
+
+
+def test_table1_says_when_it_normalises_by_a_sampled_estimate(sweep_dir: Path, tmp_path: Path):
+    from compact_proofs.report import tables
+    from compact_proofs.report.data import load_sweep
+
+    exact_md = tables.markdown(load_sweep(sweep_dir))
+    assert tables.SAMPLED_NOTE not in exact_md
+    root = tmp_path / "sampled"
+    shutil.copytree(sweep_dir, root)
+    models = pd.read_csv(root / "models.csv")
+    models["accuracy_method"] = "sampled"
+    models.to_csv(root / "models.csv", index=False)
+    sweep = load_sweep(root)
+    assert tables.markdown(sweep).count(tables.SAMPLED_NOTE) == len(sweep.configs())
+    assert tables.latex(sweep).count(tables.tex_escape(tables.SAMPLED_NOTE)) == len(sweep.configs())

@@ -4,7 +4,10 @@
 Tables are built from the files alone (never from memory), so they are the same whether the
 sweep ran in one go, was killed and resumed, or ran on a cluster. Every table is written
 atomically. Integers are written exactly (``correct_count`` and ``total`` exceed 64 bits for
-large K); in Parquet an integer column that does not fit in int64 is stored as decimal strings.
+large K). In Parquet the counts of inputs (``correct_count``, ``total``, ``true_correct``,
+``correct``) are always exact 76-digit decimals, so that every sweep's files share one schema
+(64**20 does not fit in int64); pandas reads them as ``Decimal`` objects: ``.astype(float)``
+for arithmetic, ``.map(int)`` for exact integers. Costs are float64 (``parquet_type``).
 """
 
 import csv
