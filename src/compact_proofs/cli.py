@@ -500,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="the paper's study on a small default, with its report")
     rp.add_argument("--k", type=int, default=4, help="sequence length K (default 4)")
     rp.add_argument("--d-vocab", type=int, default=64, help="number of tokens (default 64)")
-    rp.add_argument("--seeds", default="3", help="a count of paper seeds (default 3), or 'all'")
+    rp.add_argument(
+        "--seeds", default="3", help="a count of paper seeds (default 3), 'all', or e.g. 50,104"
+    )
     rp.add_argument(
         "--strategy", default="all", help="a name, comma-separated names, or 'all' (default)"
     )
@@ -513,7 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("report", help="tables, figures and LaTeX values from a sweep directory")
     rt.add_argument("sweep_dir", help="a directory written by `sweep` or `reproduce`")
-    rt.add_argument("--seed", type=int, default=None, help="model for the per-model figures")
+    rt.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="model for the per-model figures (default 123 if present, else the smallest seed)",
+    )
     rt.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/report)")
     rt.set_defaults(func=cmd_report)
     return p
@@ -549,7 +556,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, jobs_default: int) -> N
         "--jobs",
         type=int,
         default=jobs_default,
-        help=f"local processes (default {jobs_default}; -1: all cores)",
+        help=f"local processes (default {jobs_default}; -1: all cores; not used with --dask)",
     )
     parser.add_argument(
         "--dask", default=None, metavar="tcp://HOST:PORT", help="run on this Dask cluster"

@@ -236,7 +236,10 @@ def bound_vs_sigma_ratio(data: pd.DataFrame, fits: dict[str, LinearFit], *, titl
         )
         if fit is not None:
             ax.plot(xs, fit.slope * xs + fit.intercept, color=color, lw=1)
-    ax.set_ylim(-0.02, 1.05)
+    # The data's own range: on [0, 1] the modes' bands (often within 0.1) hide each other.
+    lo, hi = float(data["normalized_bound"].min()), float(data["normalized_bound"].max())
+    pad = max(0.02, 0.05 * (hi - lo))
+    ax.set_ylim(max(-0.02, lo - pad), min(1.05, hi + pad))
     ax.set_xlabel(r"$\sigma_1 / \sigma_2$ of EQKE $= E_q W_Q W_K^T \bar{E}^T$")
     ax.set_ylabel("normalised accuracy bound (best variant per seed and mode)")
     _finish(ax, title + " — bound vs EQKE singular-value ratio, by attention-error mode")

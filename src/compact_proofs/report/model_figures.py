@@ -156,14 +156,19 @@ def mode_bounds_panel(ax, info: dict, actual: float, shuffled_mean: float) -> No
     ax.invert_yaxis()
     ax.set_xscale("log")
     lo = min([v for v in vals if v > 0] + [actual, shuffled_mean])
-    ax.set_xlim(lo / 2, max(vals + list(paper.values()) + [actual]) * 1000)  # legend room
+    ax.set_xlim(lo / 2, max(vals + list(paper.values()) + [actual]) * 30)  # the annotations
     ax.axvline(actual, color="k", lw=2, label="actual max row range")
     ax.axvline(shuffled_mean, color=PALETTE[2], lw=1.5, ls="--", label="mean shuffled")
     ax.set_xlabel("bound on the max row range (log scale)")
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("used by"))
     ax.legend(
-        [handles[i] for i in order], [labels[i] for i in order], fontsize=7, loc="upper right"
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        fontsize=7,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=2,
     )
     ax.set_title("what each attention-error mode proves", fontsize=10)
 

@@ -154,7 +154,7 @@ HEADER: tuple[str, ...] = (
 
 
 def title(cfg: Config, n_seeds: int) -> str:
-    return f"Max-of-{cfg[0]}, d_vocab {cfg[1]} ({n_seeds} seeds)"
+    return f"Max-of-{cfg[0]}, d_vocab {cfg[1]} ({n_seeds} seed{'' if n_seeds == 1 else 's'})"
 
 
 SAMPLED_NOTE = (

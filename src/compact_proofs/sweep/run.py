@@ -246,7 +246,9 @@ class _Driver:
                 ready.append((spec, job_fns.model_summary(self.root, spec, *loaded, acc)))
             else:
                 todo.append(spec)
-        self.say(f"{len(specs)} models: {len(ready)} ready, {len(todo)} to train or measure")
+        self.say(
+            f"{_plural(len(specs), 'model')}: {len(ready)} ready, {len(todo)} to train or measure"
+        )
         for spec in todo:
             self.pool.add(_PREPARE, job_fns.prepare_model, self.root, spec, **kwargs,
                           accuracy_samples=samples)  # fmt: skip
@@ -362,5 +364,11 @@ def describe(summary: SweepSummary) -> str:
         )
         lines += s.aggregate.notes
         if s.aggregate.ignored:
-            lines.append(f"ignored {len(s.aggregate.ignored)} corrupt result files")
+            bad = s.aggregate.ignored
+            shown = ", ".join(str(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
+            lines.append(f"ignored {len(bad)} corrupt result file(s): {shown}")
     return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
