@@ -228,13 +228,18 @@ def exact_margin(w: Weights, tokens: list[int], prec: int = 512):
 def truth_mask(w: Weights, chunk: int = 1 << 16) -> Bool[Tensor, " n_inputs"]:
     """Inputs certainly classified correctly by the exact real forward pass (ties are wrong).
 
-    float64 decides margins beyond a generous tolerance (1e-9 of the largest sum of absolute
-    logit contributions: float64 errors are ~1e-15 of it); arb decides the rest.
+    float64 decides margins beyond a generous tolerance; arb decides the rest. The tolerance:
+    1e-9 of C, a crude bound on the sum of absolute logit contributions (float64 errors are
+    ~1e-15 of it), plus what an error delta in the attention scores can do: each weight moves by
+    a factor within e^(+-2 delta), so the margin by at most 2 (e^(2 delta) - 1) C. delta is
+    1e-12 of the scores' sums of absolute products (float64 errors are ~1e-14 of them); with
+    huge scores (1e16 with O(1) differences) this sends the inputs to arb.
     """
     V, n = w.W_E.shape[0], w.W_pos.shape[0]
     tokens = all_tokens(V, n)
     out = torch.empty(tokens.shape[0], dtype=torch.bool)
     E_abs, P_abs, U_abs = w.W_E.double().abs(), w.W_pos.double().abs(), w.W_U.double().abs()
+    Q_abs, K_abs = w.W_Q.double().abs(), w.W_K.double().abs()
     amplify = 1.0 + float((w.W_V.double().abs() @ w.W_O.double().abs()).sum())
     for s in range(0, tokens.shape[0], chunk):
         t = tokens[s : s + chunk]
@@ -244,8 +249,12 @@ def truth_mask(w: Weights, chunk: int = 1 << 16) -> Bool[Tensor, " n_inputs"]:
         others = logits.scatter(1, m[:, None], -math.inf).amax(dim=1)
         margin = own - others
         # Crude bound on the sum of absolute logit contributions (residual and attention output).
-        resid_abs = (E_abs[t] + P_abs).amax(dim=1)  # [batch, d]
-        tol = 1e-9 * (1.0 + (resid_abs @ U_abs).amax(dim=1) * amplify)
+        res_abs = E_abs[t] + P_abs  # [batch, n, d]
+        contrib = 1.0 + (res_abs.amax(dim=1) @ U_abs).amax(dim=1) * amplify
+        score_abs = torch.einsum("bh,bph->bp", res_abs[:, -1] @ Q_abs, res_abs @ K_abs)
+        delta = 1e-12 * score_abs.amax(dim=1) / math.sqrt(w.W_Q.shape[1])
+        tol = 1e-9 * contrib + 2.0 * torch.expm1(2.0 * delta) * contrib
+        tol = torch.nan_to_num(tol, nan=math.inf)
         res = margin > tol
         unsure = torch.nonzero(margin.abs() <= tol, as_tuple=True)[0]
         for i in unsure.tolist():

@@ -109,6 +109,33 @@ def test_truth_matches_float64_away_from_ties():
     assert torch.equal(models.truth_mask(w)[clear], argmax_ok[clear])
 
 
+def test_truth_is_exact_when_float64_rounds_the_attention_scores():
+    """Scores near 1e16 whose exact difference is 1: float64 makes it 2, which flips input
+    (token 1, token 0) to correct by a margin far beyond logit-level rounding. The truth must
+    escalate such inputs to exact arithmetic (found by an adversarial review)."""
+
+    def f(a):
+        return torch.tensor(a, dtype=torch.float64).float()
+
+    w = Weights(
+        W_E=f([[1e8, 0, 0, 1], [1e8, 0, 1, 1]]),  # dim 2: the token's value, dim 3: constant
+        W_pos=f([[0, 1, 0, 0], [0, 0, 0, 0]]),  # dim 1 tags position 0
+        W_Q=f([[1], [0], [0], [0]]),  # q = 1e8
+        W_K=f([[1], [1e-8], [0], [0]]),  # exact score difference between the positions: 1
+        W_V=f([[0], [0], [1], [0]]),
+        W_O=f([[0, 0, 1, 0]]),
+        W_U=f([[0, 0], [0, 0], [-1, 1], [0.8, -0.8]]),  # logit 1 - logit 0 = 2 a_0 value - 1.6
+    )
+    naive = models.naive_last_logits(w, torch.tensor([[1, 0]]))[0]
+    assert naive[1] > naive[0]  # float64 alone calls input (1, 0) correct ...
+    assert not models.decide_correct(w, [1, 0])  # ... exactly it is not: 2 sigmoid(1) < 1.6
+    truth = models.truth_mask(w)
+    expected = [models.decide_correct(w, t) for t in models.all_tokens(2, 2).tolist()]
+    assert truth.tolist() == expected and int(truth.sum()) == 3
+    for name in ("brute-force", "cubic", "adaptive"):
+        models.assert_sound(STRATEGIES[name], w, truth)
+
+
 # ------------------------------------------------------------------- broken checkers are caught
 class NoMarginOps(Ops):
     """Decides on the float value alone: the rounding margin removed."""
