@@ -175,7 +175,8 @@ def check_dask_scheduler(address: str) -> None:
 
 @contextlib.contextmanager
 def _dask_pool(address: str) -> Iterator[Pool]:
-    check_dask_scheduler(address)
+    """A pool on the Dask cluster at ``address`` (``run_sweep`` has run
+    ``check_dask_scheduler`` on it before writing anything)."""
     from dask.distributed import Client, as_completed
 
     try:
