@@ -198,6 +198,7 @@ def test_sweep_files_rows_skips_failures(tmp_path, fakes):
     assert {t for _, t in seen} == {total} and seen[0][0] == 0
     done = [d for d, _ in seen]
     assert done == sorted(done) and sorted(set(done)) == list(range(total + 1))
+    assert describe(summary).startswith(f"2 models x {len(FAKES)} strategies: ")
     assert summary.total == total and summary.already_done == 0
     assert (summary.ok, summary.skipped, summary.failed) == (4, 2, 2)
     assert sorted(f[:2] for f in summary.failures) == [
@@ -333,6 +334,7 @@ def test_unsound_bound_is_flagged(tmp_path, monkeypatch):
     assert len(summary.unsound) == 1 and "fake-liar" in summary.unsound[0]
     assert not summary.complete
     assert ", 1 UNSOUND, " in describe(summary) and "UNSOUND k" in describe(summary)
+    assert describe(summary).startswith("1 model x 1 strategy: ")
     # the row stays in results.csv for inspection; status.csv flags it
     [row] = [r for r in read_csv(tmp_path / "s" / "results.csv") if r["strategy"] == "fake-liar"]
     [flag] = read_csv(tmp_path / "s" / "status.csv")

@@ -368,7 +368,3 @@ def describe(summary: SweepSummary) -> str:
             shown = ", ".join(str(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
             lines.append(f"ignored {len(bad)} corrupt result file(s): {shown}")
     return "\n".join(lines)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
