@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -41,7 +41,7 @@ from compact_proofs.core.result import ProofResult
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs.protocol import Certificate, Strategy
-from compact_proofs.storage import atomic_write, file_sha256
+from compact_proofs.storage import atomic_write, file_sha256, safetensors_format
 from compact_proofs.threads import resolve, torch_threads
 from compact_proofs.weights import Weights
 
@@ -127,11 +127,7 @@ def _is_certificate_json(path: Path) -> bool:
 
 
 def _is_certificate_tensors(path: Path) -> bool:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == FORMAT
-    except (SafetensorError, OSError, ValueError):
-        return False
+    return safetensors_format(path) == FORMAT
 
 
 def save_certificate(

@@ -315,15 +315,21 @@ def _resolve(p: Path) -> tuple[Path, Path | None]:
     return p, (m if p.name == WEIGHTS_FILE and m.exists() else None)
 
 
-def _is_certificate_file(path: Path) -> bool:
-    """A proof certificate's tensor file (not a model; ``certificates.FORMAT``)."""
-    if path.suffix != ".safetensors":
-        return False
+def safetensors_format(path: Path) -> str | None:
+    """The ``format`` entry of a safetensors file's metadata; None if it has none or the file
+    is not readable safetensors."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return (f.metadata() or {}).get("format") == "compact-proofs-certificate"
+            return (f.metadata() or {}).get("format")
     except (SafetensorError, OSError, ValueError):
-        return False
+        return None
+
+
+def _is_certificate_file(path: Path) -> bool:
+    """A proof certificate's tensor file (not a model)."""
+    from compact_proofs.certificates import FORMAT  # certificates imports this module
+
+    return path.suffix == ".safetensors" and safetensors_format(path) == FORMAT
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
