@@ -411,6 +411,11 @@ def test_bad_input_is_a_user_error(tmp_path: Path, sweep_dir: Path):
     with pytest.raises(UserError, match="seed 7 is not in"):
         make_report(sweep_dir, seed=7, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()  # validated before writing anything
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="a-file exists and is not a directory"):
+        make_report(sweep_dir, out=tmp_path / "a-file" / "r")
+    with pytest.raises(UserError, match="is not a directory; pass the --out"):
+        make_report(tmp_path / "a-file")
     (tmp_path / "results.csv").write_text("k,d_vocab\n4,64\n")
     with pytest.raises(UserError, match="lacks column"):
         make_report(tmp_path)

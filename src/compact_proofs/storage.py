@@ -315,6 +315,14 @@ def _resolve(p: Path) -> tuple[Path, Path | None]:
     return p, (m if p.name == WEIGHTS_FILE and m.exists() else None)
 
 
+def refuse_file_on_path(directory: Path, what: str) -> None:
+    """UserError (before anything is written) when ``directory`` or one of its parents is an
+    existing file: it could not be created."""
+    for path in (directory, *directory.parents):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"{what} {path} exists and is not a directory; choose another --out")
+
+
 def safetensors_format(path: Path) -> str | None:
     """The ``format`` entry of a safetensors file's metadata; None if it has none or the file
     is not readable safetensors."""

@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+from compact_proofs import storage
 from compact_proofs.errors import UserError
 from compact_proofs.report import figures, latex, model_figures, tables
 from compact_proofs.report import html as html_mod
@@ -59,11 +60,7 @@ def make_report(
     sweep = load_sweep(sweep_dir)
     chosen = choose_seed(sweep, seed)
     out_dir = Path(out) if out is not None else sweep.root / "report"
-    for path in (out_dir, *out_dir.parents):
-        if path.exists() and not path.is_dir():
-            raise UserError(
-                f"report output {path} exists and is not a directory; choose another --out"
-            )
+    storage.refuse_file_on_path(out_dir, "report output")
     fig_dir = out_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     res = sweep.results

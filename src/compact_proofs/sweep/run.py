@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from compact_proofs import config as config_mod
+from compact_proofs import storage
 from compact_proofs.errors import UserError
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.sweep import jobs as job_fns
@@ -181,9 +182,7 @@ def run_sweep(
         raise UserError(f"analysis={analysis!r}; choose one of {', '.join(job_fns.ANALYSIS_MODES)}")
     if not isinstance(jobs, int) or jobs == 0 or jobs < -1:
         raise UserError(f"jobs={jobs!r}; give a positive number of processes (or -1 for all)")
-    for path in (root, *root.parents):
-        if path.exists() and not path.is_dir():
-            raise UserError(f"{path} exists and is not a directory; choose another --out")
+    storage.refuse_file_on_path(root, "sweep output")
     for name, value in (("train_steps", train_steps), ("d_model", d_model)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise UserError(f"{name}={value!r}; give a positive whole number")
