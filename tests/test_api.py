@@ -9,7 +9,7 @@ import torch
 
 import compact_proofs as cp
 from compact_proofs import api, exact
-from compact_proofs.errors import UserError
+from compact_proofs.errors import UnsupportedModelError, UserError
 from compact_proofs.proofs.protocol import Verdict
 from compact_proofs.proofs.registry import STRATEGIES
 
@@ -58,6 +58,29 @@ def test_a_proof_above_brute_force_is_reported_after_every_strategy_ran(weights)
     assert [r.strategy for r in caught.value.results] == ["liar", "cubic", "brute-force"]
     assert caught.value.results[0].correct_count == weights.config.n_inputs
     assert isinstance(caught.value, UserError)
+
+
+def test_of_several_strategies_one_that_refuses_the_model_is_skipped_with_a_note():
+    """Brute force refuses scores beyond 2^100 (its error analysis) and more than 2^30 inputs:
+    asked alone it fails, among others it is left out and reported; all refusing fails."""
+    huge = models.random_weights(5, 3, seed=1, qk_scale=2.0**55)
+    with pytest.raises(UnsupportedModelError, match=r"exceed 2\^100"):
+        cp.prove(huge, "brute-force")
+    skipped = []
+    results = cp.prove(huge, ["brute-force", "cubic"], on_skip=lambda *s: skipped.append(s))
+    assert [r.strategy for r in results] == ["cubic"] and results[0].true_correct is None
+    [(name, reason)] = skipped
+    assert name == "brute-force" and "exceed 2^100" in reason
+    with pytest.warns(UserWarning, match="brute-force skipped: .*exceed 2"):
+        assert len(cp.prove(huge, "cubic,brute-force")) == 1
+    renamed = dataclasses.replace(STRATEGIES["brute-force"], name="my-brute-force")
+    with pytest.raises(UnsupportedModelError, match=r"exceed 2\^100"):
+        cp.prove(huge, ["brute-force", renamed], on_skip=lambda *s: None)
+    large = models.random_weights(64, 6, seed=2)  # 64^6 inputs
+    skipped.clear()
+    results = cp.prove(large, ["brute-force", "cubic"], on_skip=lambda *s: skipped.append(s))
+    assert [r.strategy for r in results] == ["cubic"]
+    assert skipped == [("brute-force", skipped[0][1])] and "refuses d_vocab**n_ctx" in skipped[0][1]
 
 
 def test_a_given_count_below_a_proof_is_reported(weights):

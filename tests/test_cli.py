@@ -162,6 +162,25 @@ def test_prove_refuses_bad_options(argv, message, model_dir, tmp_path, capsys):
     assert err.count("\n") == 1 and list(tmp_path.iterdir()) == []
 
 
+def test_prove_skips_a_strategy_that_refuses_the_model_with_a_note(tmp_path, capsys):
+    """Brute force among others on a model whose scores exceed its error analysis: the others'
+    table, a note naming the skip, and only their results in --json; alone it is refused."""
+    import models
+
+    from compact_proofs import storage
+
+    huge = tmp_path / "huge"
+    storage.save_model(models.random_weights(5, 3, seed=1, qk_scale=2.0**55), huge, metadata={})
+    out = tmp_path / "r.json"
+    argv = ["prove", str(huge), "--strategy", "brute-force,cubic", "--json", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"note: brute-force skipped: .*exceed 2\^100", printed), printed
+    assert json.loads(out.read_text())["strategy"] == "cubic"
+    assert cli.main(["prove", str(huge), "--strategy", "brute-force"]) == 2
+    assert "exceed 2^100" in capsys.readouterr().err
+
+
 def test_a_proof_above_the_stored_exact_count_shows_every_result(
     model_dir, tmp_path, capsys, monkeypatch
 ):

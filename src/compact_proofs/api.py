@@ -9,6 +9,7 @@ print(result.correct_count, result.normalized_bound, result.flops)
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +19,7 @@ from compact_proofs import config as config_mod
 from compact_proofs.core.ledger import FlopLedger
 from compact_proofs.core.result import ProofResult
 from compact_proofs.core.rigorous import Ops
-from compact_proofs.errors import UserError
+from compact_proofs.errors import UnsupportedModelError, UserError
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.proofs.registry import STRATEGIES
 from compact_proofs.threads import resolve, torch_threads
@@ -225,7 +226,7 @@ def prove_one(
     if true_accuracy is not None and not 0 < true_accuracy <= 1:
         raise UserError(f"true accuracy must be in (0, 1], got {true_accuracy}")
     if strategy.max_inputs is not None and cfg.n_inputs > strategy.max_inputs:
-        raise UserError(
+        raise UnsupportedModelError(
             f"strategy {strategy.name!r} enumerates inputs and refuses d_vocab**n_ctx = "
             f"{cfg.n_inputs:.3g} > {strategy.max_inputs:.3g}; use 'cubic' or a subcubic strategy"
         )
@@ -268,6 +269,7 @@ def prove(
     true_accuracy: float | None = None,
     progress: Callable[[str], None] | None = None,
     threads: int | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> list[ProofResult]:
     """Prove accuracy lower bounds for ``model`` (anything ``load`` takes, with its ``config``)
     with each of ``strategies`` (``resolve_strategies``); the results come in that order.
@@ -280,6 +282,11 @@ def prove(
     still runs, then ``TruthConflict`` is raised (its ``results`` holds them all): that count is
     wrong, or the strategy is unsound.
 
+    Of several strategies, one that refuses the model (``UnsupportedModelError``: brute force
+    on more than 2^30 inputs, or on scores beyond its error analysis) is left out of the results
+    and reported as ``on_skip(name, reason)`` (default: a ``UserWarning``); the run fails only
+    if every strategy refuses. A single strategy's refusal is raised.
+
     Raises:
         UserError: (its subclasses) an unreadable or unsupported model (``ModelFormatError``,
             ``UnsupportedModelError``), an unknown strategy name or a bad option, a
@@ -291,28 +298,43 @@ def prove(
     chosen = resolve_strategies(strategies)
     order = sorted(range(len(chosen)), key=lambda i: chosen[i].name != "brute-force")
     results: list[ProofResult | None] = [None] * len(chosen)
+    refusals: list[UnsupportedModelError] = []
     source = "the given true count"
     for i in order:  # brute force first: it gives the truth
         strategy = chosen[i]
         if progress is not None:
             progress(strategy.name)
-        result = prove_one(
-            w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
-        )
+        try:
+            result = prove_one(
+                w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
+            )
+        except UnsupportedModelError as refusal:
+            if len(chosen) == 1:
+                raise
+            refusals.append(refusal)
+            (on_skip or _warn_skip)(strategy.name, str(refusal))
+            continue
         if strategy.name == "brute-force" and true_correct is None:
             true_correct, source = result.correct_count, "brute force's exact count"
             result = _with_truth(result, true_correct)
         results[i] = result
-    message = wrong_truth_message(results, true_correct, source)
-    exact = [r.correct_count for r in results if r.strategy == "brute-force"]
+    done = [r for r in results if r is not None]
+    if not done:
+        raise refusals[0]
+    message = wrong_truth_message(done, true_correct, source)
+    exact = [r.correct_count for r in done if r.strategy == "brute-force"]
     if message is None and exact and true_correct is not None and exact[0] != true_correct:
         message = (  # below a given count: brute force is exact, so that count is wrong
             f"brute force counts {exact[0]:,} correct inputs exactly, not the given "
             f"{true_correct:,}: that count is wrong"
         )
     if message is not None:
-        raise TruthConflict(message, results)
-    return results
+        raise TruthConflict(message, done)
+    return done
+
+
+def _warn_skip(name: str, reason: str) -> None:
+    warnings.warn(f"{name} skipped: {reason}", UserWarning, stacklevel=3)
 
 
 class TruthConflict(UserError):

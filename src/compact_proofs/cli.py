@@ -205,20 +205,23 @@ def cmd_prove(args: argparse.Namespace) -> None:
     if args.certificate is not None and len(strategies) != 1:
         raise UserError("--certificate stores one proof: name exactly one --strategy")
     true_correct, true_accuracy, source = _truth(args, weights)
+    skipped: list[tuple[str, str]] = []
+    truth = (true_correct, true_accuracy)
     try:
-        results = _prove(args, weights, strategies, (true_correct, true_accuracy), threads)
+        results = _prove(args, weights, strategies, truth, threads, skipped.append)
     except api.TruthConflict as conflict:  # show (and write) every result, then the conflict
-        _print_results(args.model, conflict.results)
+        _print_results(args.model, conflict.results, skipped)
         _write_results_json(args.json, conflict.results)
         named = api.wrong_truth_message(conflict.results, true_correct, source)
         raise (UserError(named) if named else conflict) from None  # where the count came from
-    _print_results(args.model, results)
+    _print_results(args.model, results, skipped)
     _write_results_json(args.json, results)
     if args.certificate is not None:
         out.print(f"certificate written to {args.certificate}")
 
 
-def _prove(args, weights, strategies, truth, threads) -> list:
+def _prove(args, weights, strategies, truth, threads, skip) -> list:
+    """The proofs of ``cmd_prove``; ``skip((name, reason))`` for each strategy left out."""
     true_correct, true_accuracy = truth
     if args.certificate is not None:
         from compact_proofs import certificates
@@ -246,6 +249,7 @@ def _prove(args, weights, strategies, truth, threads) -> list:
             true_accuracy=true_accuracy,
             progress=step,
             threads=threads,
+            on_skip=lambda name, reason: skip((name, reason)),
         )
 
 
@@ -254,7 +258,7 @@ def _write_results_json(path: str | None, results: list) -> None:
     _write_json(path, payload[0] if len(payload) == 1 else payload)
 
 
-def _print_results(model: str, results: list) -> None:
+def _print_results(model: str, results: list, skipped: list[tuple[str, str]] = ()) -> None:
     table = Table(title=f"proofs for {model}")
     for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "search s", "check s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
@@ -284,6 +288,8 @@ def _print_results(model: str, results: list) -> None:
                 f"note: {r.strategy} is over its budget ({r.flops:.3g} FLOPs): the cubic stage "
                 "it starts from costs more than the budget, so this is the cubic proof"
             )
+    for name, reason in skipped:
+        out.print(f"note: {name} skipped: {reason}", highlight=False)
 
 
 def cmd_check(args: argparse.Namespace) -> None:
