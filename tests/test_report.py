@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -586,3 +587,31 @@ def test_table1_says_when_it_normalises_by_a_sampled_estimate(sweep_dir: Path, t
     sweep = load_sweep(root)
     assert tables.markdown(sweep).count(tables.SAMPLED_NOTE) == len(sweep.configs())
     assert tables.latex(sweep).count(tables.tex_escape(tables.SAMPLED_NOTE)) == len(sweep.configs())
+
+
+def test_latex_table1_has_one_cell_per_column_and_compiles(sweep_dir: Path, tmp_path: Path):
+    """Every row has as many cells as the tabular has columns, powers are math, and (where
+    pdflatex is installed) the tables compile with the packages the header names, at a natural
+    width under twice a page's."""
+    tex = tables.latex(load_sweep(sweep_dir))
+    spec = re.search(r"\\begin\{tabular\}\{(.*)\}\n", tex).group(1)
+    n_cols = len(re.sub(r">\{[^}]*\}|\{[^}]*\}", "", spec))
+    body = re.findall(r"\\midrule\n(.*?)\\bottomrule", tex, flags=re.S)
+    assert body and all(row.count(" & ") == n_cols - 1 for b in body for row in b.splitlines())
+    assert tables.tex_escape("64^5 = 2^30 d_vocab^3") == r"$64^{5}$ = $2^{30}$ d\_vocab\^{}3"
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed")
+    packages = re.search(r"\\usepackage\{([a-z,]+)\}", tex).group(1)
+    doc = tmp_path / "doc.tex"
+    doc.write_text(
+        "\\documentclass{article}\\usepackage{" + packages + "}\n"
+        "\\renewcommand{\\resizebox}[3]{\\sbox0{#3}\\typeout{WIDTH \\the\\wd0}\\usebox0}\n"
+        "\\begin{document}\n" + tex + "\\end{document}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:]
+    widths = [float(w) for w in re.findall(r"WIDTH ([\d.]+)pt", run.stdout)]
+    assert widths and max(widths) < 2 * 345  # article's \linewidth is 345pt
