@@ -615,3 +615,20 @@ def test_latex_table1_has_one_cell_per_column_and_compiles(sweep_dir: Path, tmp_
     assert run.returncode == 0, run.stdout[-2000:]
     widths = [float(w) for w in re.findall(r"WIDTH ([\d.]+)pt", run.stdout)]
     assert widths and max(widths) < 2 * 345  # article's \linewidth is 345pt
+
+
+def test_ablation_chart_labels_every_bar_with_its_value():
+    """A bar of zero (accuracy with every path removed) or nearly zero (a small loss) reads as
+    its value, not as missing data."""
+    from compact_proofs.report.model_figures import ablation_chart
+
+    rows = [
+        {"name": "none", "accuracy": 0.9991, "loss": 0.0041},
+        {"name": "EVOU", "accuracy": 0.031, "loss": 4.13},
+        {"name": "EU+EVOU+PVOU", "accuracy": 0.0, "loss": 4.16},
+    ]
+    fig = ablation_chart({"ablations": rows, "ablation_method": "exact"}, "t")
+    acc_ax, loss_ax = fig.axes
+    assert [t.get_text() for t in acc_ax.texts] == ["0.999", "0.031", "0.000"]
+    assert [t.get_text() for t in loss_ax.texts] == ["0.0041", "4.13", "4.16"]
+    assert loss_ax.get_xlim()[1] > 4.16  # the largest label fits

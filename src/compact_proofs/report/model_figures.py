@@ -110,8 +110,22 @@ def ablation_chart(info: dict, title: str) -> Figure:
     ax1.set_xlabel("accuracy (ties wrong)")
     ax2.barh(y, loss, color=PALETTE[1])
     ax2.set_xlabel("cross-entropy loss (nats)")
-    for ax in (ax1, ax2):
+    ax2.set_xlim(0, max(float(loss.max()), 1e-9) * 1.15)  # room for the labels
+    for ax, values, fmt in ((ax1, acc, "{:.3f}"), (ax2, loss, "{:.3g}")):
         ax.grid(True, axis="x", alpha=0.3)
+        # Every bar's value at its end: a bar of (nearly) zero would look like missing data.
+        right = ax.get_xlim()[1]
+        for yi, v in zip(y, values, strict=True):
+            inside = v > 0.85 * right
+            ax.text(
+                v - 0.01 * right if inside else v + 0.01 * right,
+                yi,
+                fmt.format(v),
+                va="center",
+                ha="right" if inside else "left",
+                fontsize=6,
+                color="white" if inside else "black",
+            )
     fig.suptitle(
         f"{title}: removing paths ({info.get('ablation_method', '?')} evaluation)", fontsize=10
     )
