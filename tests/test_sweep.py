@@ -616,6 +616,26 @@ def test_progress_eta():
     assert len(lines) == 1 and lines[0].startswith("sweep: 20/20 units, 0:00:0")
 
 
+def test_progress_eta_starts_at_the_first_unit_of_the_run(monkeypatch):
+    """Time before the first unit finishes (training the models) does not count against the
+    units: 100 s of training, then 2 units 1 s apart leave 8 units, about 8 s."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from compact_proofs.sweep import progress
+
+    times = [0.0, 100.0, 101.0, 102.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: times.pop(0) if times else 102.0)
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)  # a line per update
+    log = StringIO()
+    with progress.rich_progress(Console(file=log, width=200), "sweep") as update:
+        for done in (0, 1, 2, 3):
+            update(done, 10)
+    etas = [line.rsplit("ETA ", 1)[1] for line in log.getvalue().splitlines()]
+    assert etas == ["-:--:--", "-:--:--", "0:00:08", "0:00:07"]
+
+
 def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_results(
     tmp_path, monkeypatch
 ):

@@ -1,6 +1,7 @@
 """A progress display for sweeps (used by the CLI): a rich bar over work units with an ETA
-computed from the units finished in this run only (units found on disk at the start would
-otherwise make the first estimate far too optimistic). When the console is not a terminal (a
+at the rate of the units finished in this run since its first one (units found on disk at the
+start would make it far too optimistic, and the time before the first unit, mostly training
+the models, far too pessimistic). When the console is not a terminal (a
 log file, a cluster job) it prints a plain line at most once a minute instead, and at the end."""
 
 import contextlib
@@ -50,8 +51,11 @@ def rich_progress(console=None, description: str = "sweep") -> Iterator[Callable
             now = time.perf_counter()
             if "start" not in state:
                 state.update(start=now, start_done=done, logged=now)
+            if "first" not in state and done > state["start_done"]:
+                state.update(first=now, first_done=done)  # the clock of the ETA starts here
             elapsed = now - state["start"]
-            eta = _fmt(eta_seconds(int(state["start_done"]), done, total, elapsed))
+            since = now - state.get("first", now)
+            eta = _fmt(eta_seconds(int(state.get("first_done", done)), done, total, since))
             bar.update(task, completed=done, total=total, eta=eta, of=total)
             if not shown and (now - state["logged"] >= LOG_EVERY or done == total):
                 state["logged"] = now
