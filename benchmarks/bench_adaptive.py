@@ -1,9 +1,9 @@
 """Benchmark the adaptive proof: exact counts on Max-of-4, bound vs FLOP budget for large K.
 
 Usage:
-    python benchmarks/bench_adaptive.py                       # models under runs/adaptive-seeds
-    python benchmarks/bench_adaptive.py --root /work/runs/adaptive-seeds --runs 3 \
-        --figure docs/adaptive-budget.png
+    python benchmarks/bench_adaptive.py --train               # models under runs/adaptive-seeds
+    python benchmarks/bench_adaptive.py --root DIR --runs 9 --skip-large [--threads 2]
+    python benchmarks/bench_adaptive.py --root DIR --runs 3 --figure docs/adaptive-budget.png
 
 Model directories (trained with ``compact_proofs.api.train_model``) are looked up as
 ``ROOT/k4-s<seed>`` for the paper seeds 50, 104, 123, 519, 742, 913, 1185, 1283 and
@@ -65,7 +65,7 @@ def part1(root: Path, runs: int, train: bool, threads: int) -> None:
     for seed in SEEDS:
         d = model_dir(root, 4, seed, train)
         if d is None:
-            print(f"{seed:>5} (no model)")
+            print(f"{seed:>5} (no model in {root}: --train trains it)")
             continue
         w = api.load(d)
         times: dict[str, list[float]] = {s.name: [] for s in strategies}
@@ -127,7 +127,7 @@ def part2(root: Path, train: bool, figure: Path | None, samples: int, extra: lis
     for k in (10, 20):
         d = model_dir(root, k, 50, train)
         if d is None:
-            print(f"Max-of-{k}: no model")
+            print(f"Max-of-{k}: no model in {root} (--train trains it)")
             continue
         w = api.load(d)
         acc = api.accuracy(w, exact=False, n_samples=samples, seed=0)

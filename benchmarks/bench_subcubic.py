@@ -1,7 +1,7 @@
 """Benchmark and acceptance table for the 100 subcubic strategies.
 
-    python benchmarks/bench_subcubic.py                                   # one Max-of-4 model
-    python benchmarks/bench_subcubic.py /work/runs/subcubic-seeds/m4-v64-*  --summary-only
+    python benchmarks/bench_subcubic.py                       # Max-of-4 seed 50 (trained first)
+    python benchmarks/bench_subcubic.py runs/m4-v64-*  --summary-only
     python benchmarks/bench_subcubic.py MODEL_DIR --json out.json
 
 For each model directory: all 100 variants, search included (untrusted, timed separately), then
@@ -9,7 +9,8 @@ the counted check; prints the total wall time, a per-variant table (bound, norma
 FLOPs beside the paper's 1.9e6-4.7e6, search and check seconds, unexplained dimension) and the
 best normalised bound per §8.9 group. With several models, a summary per seed and the mean ± std
 over seeds. The true accuracy comes from ``accuracy.json`` beside the model when present (as
-written by /work/runs/subcubic-seeds/train_all.py), else from ``compact_proofs.api.accuracy``.
+written by ``compact-proofs accuracy``), else from ``compact_proofs.api.accuracy``. Without
+model directories it uses ``runs/bench/k4-s50``, training it (about 15 s) if it is missing.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from compact_proofs.core.rigorous import Ops
 from compact_proofs.proofs import subcubic
 from compact_proofs.proofs.subcubic import search as search_mod
 
-DEFAULT = "/work/runs/subcubic-seeds/m4-v64-50"
+DEFAULT = Path("runs/bench/k4-s50")  # Max-of-4, paper seed 50
 PAPER_FLOPS = "1.9e6-4.7e6"
 
 
@@ -111,12 +112,17 @@ def print_model(res: dict, full: bool) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", default=[DEFAULT])
+    ap.add_argument("models", nargs="*", help=f"model directories (default: {DEFAULT})")
     ap.add_argument("--summary-only", action="store_true", help="no per-variant table")
     ap.add_argument("--json", help="write all results to this JSON file")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.models:
+        if not (DEFAULT / "model.safetensors").exists():
+            print(f"training Max-of-4 seed 50 into {DEFAULT} (the default model) ...")
+            api.train_model(k=4, seed=50, out=DEFAULT)
+        args.models = [DEFAULT]
     results = []
     for m in args.models:
         res = run_model(Path(m))
