@@ -211,11 +211,11 @@ def cmd_prove(args: argparse.Namespace) -> None:
         results = _prove(args, weights, strategies, truth, threads, skipped.append)
     except api.TruthConflict as conflict:  # show (and write) every result, then the conflict
         _print_results(args.model, conflict.results, skipped)
-        _write_results_json(args.json, conflict.results)
+        _write_results_json(args.json, conflict.results, several=len(strategies) > 1)
         named = api.wrong_truth_message(conflict.results, true_correct, source)
         raise (UserError(named) if named else conflict) from None  # where the count came from
     _print_results(args.model, results, skipped)
-    _write_results_json(args.json, results)
+    _write_results_json(args.json, results, several=len(strategies) > 1)
     if args.certificate is not None:
         out.print(f"certificate written to {args.certificate}")
 
@@ -253,9 +253,11 @@ def _prove(args, weights, strategies, truth, threads, skip) -> list:
         )
 
 
-def _write_results_json(path: str | None, results: list) -> None:
+def _write_results_json(path: str | None, results: list, several: bool) -> None:
+    """One result as an object; a list when several strategies were asked for (even if only
+    one ran, the others skipped)."""
     payload = [r.to_dict() for r in results]
-    _write_json(path, payload[0] if len(payload) == 1 else payload)
+    _write_json(path, payload if several else payload[0])
 
 
 def _print_results(model: str, results: list, skipped: list[tuple[str, str]] = ()) -> None:
@@ -460,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="an accuracy estimate to normalise by when no exact count is known (K >= 10)",
     )
-    pr.add_argument("--json", help="also write the result(s) to this JSON file")
+    pr.add_argument(
+        "--json",
+        help="also write the result to this JSON file (a list when several strategies are named)",
+    )
     pr.add_argument(
         "--certificate",
         metavar="FILE",
