@@ -13,9 +13,11 @@ configuration flag that changes the computed function away from it, reading a mi
 TransformerLens's default (so a config that omits ``attn_only`` describes a model with MLPs, as
 it would in TransformerLens). Flags that only add hook points (``use_split_qkv_input``,
 ``use_attn_result``, ``use_attn_in``, ``use_hook_tokens``, ...) do not change the function and are
-accepted. As defence in depth, ``from_transformer_lens`` then runs the model on random inputs and
-refuses it unless its logits agree with the float64 forward pass of the extracted weights up to
-float32 round-off, which catches any feature the flag list does not know about.
+accepted. As defence in depth, ``from_transformer_lens`` then runs the model (on every input when
+there are at most 1,024, else on 1,024 random ones and the constant sequences) and refuses it
+unless its logits agree with the float64 forward pass of the extracted weights up to float32
+round-off. That catches a feature the flag list does not know about when it shows on those
+inputs: a sanity check, not a proof.
 """
 
 import json
