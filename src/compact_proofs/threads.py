@@ -1,10 +1,10 @@
 """Torch intra-op threads for the proofs.
 
 Most proofs' searches and checks are many small tensor operations. On an idle 2-core machine
-two threads make them only 1.1 - 1.7x faster (adaptive, 8 paper seeds of Max-of-4), and when
+two threads make them only 0.9 - 1.3x faster (adaptive, 8 paper seeds of Max-of-4), and when
 the cores are shared with other work (another sweep, a training run) OpenMP's thread barriers
 make them 2 - 40x slower. Brute force is a few large tensor operations: two threads make it
-1.4 - 2.2x faster on an idle machine and no slower on a busy one (Max-of-4 seed 123 beside one
+1.3 - 1.8x faster on an idle machine and no slower on a busy one (Max-of-4 seed 123 beside one
 busy core: 0.56 - 0.65 s with two threads, 0.65 - 0.75 s with one).
 
 So each strategy names its default (``Strategy.threads``): 1, or ``TORCH_DEFAULT`` (torch's
