@@ -295,6 +295,59 @@ def test_hook_only_flags_are_accepted():
     assert interop.from_transformer_lens(hooked).sha256() == plain.sha256()
 
 
+# Config fields that cannot change what a one-layer, one-head, attention-only model without
+# normalization computes from token ids (the fields interop checks aside), by reason. A field
+# TransformerLens adds later fails the test below until it is classified here or checked.
+_NO_EFFECT = {
+    "hook points only": "use_attn_result use_split_qkv_input use_attn_in use_hook_mlp_in "
+    "use_hook_tokens",
+    "MLP layers (attn_only is checked)": "d_mlp act_fn gated_mlp experts_per_token norm_topk_prob",
+    "normalization (normalization_type is checked)": "eps uses_rms_norm layer_norm_folding "
+    "rmsnorm_uses_offset",
+    "rotary positions (positional_embedding_type is checked)": "rotary_dim rotary_base "
+    "rotary_base_local rotary_scaling_factor rotary_adjacent_pairs use_dynamic_ntk_rope "
+    "use_NTK_by_parts_rope NTK_by_parts_low_freq_factor NTK_by_parts_high_freq_factor "
+    "NTK_by_parts_factor NTK_original_ctx_len use_yarn_rope yarn_factor yarn_attention_factor "
+    "yarn_beta_fast yarn_beta_slow yarn_original_max_position_embeddings yarn_truncate "
+    "yarn_global_attn_only",
+    "local or relative attention (use_local_attn, relative buckets are checked)": "window_size "
+    "relative_attention_max_distance",
+    "grouped-query heads (n_key_value_heads is checked; one is ordinary attention)": (
+        "ungroup_grouped_query_attention per_layer_num_key_value_heads"
+    ),
+    "divides layer i's scores by i + 1: 1 for the one layer": "scale_attn_by_inverse_layer_idx",
+    "tokenization only (the proofs take token ids)": "default_prepend_bos tokenizer_prepends_bos "
+    "tokenizer_name tokenizer_appends_eos default_padding_side decoder_start_token_id",
+    "initialization, placement, loading and metadata": "init_weights init_mode initializer_range "
+    "seed device n_devices model_name from_checkpoint checkpoint_index checkpoint_label_type "
+    "checkpoint_value n_params train_seq_length trust_remote_code quantization_method "
+    "architecture attn_implementation",
+    "shapes (read from the tensors and compared)": "per_layer_head_dim split_attention_weights",
+    "multimodal models (is_multimodal etc. are checked)": "mm_tokens_per_image vision_hidden_size "
+    "vision_num_heads vision_num_layers",
+}
+_CHECKED = (
+    {"n_layers", "n_heads", "d_model", "d_head", "n_ctx"}
+    | set(interop.TL_DEFAULTS)
+    | {key for key, _, _ in interop._REFUSED_FLAGS}
+)
+
+
+def test_every_config_field_is_checked_or_cannot_change_the_function():
+    """Each field of the installed TransformerLens's configs is checked by
+    ``validate_tl_config`` or listed above with the reason it cannot matter."""
+    import dataclasses
+
+    fields = set()
+    for cls in (HookedTransformerConfig, TransformerBridgeConfig):
+        if cls is not None:
+            fields |= {f.name for f in dataclasses.fields(cls)}
+    no_effect = {f for names in _NO_EFFECT.values() for f in names.split()}
+    assert not no_effect & _CHECKED
+    unclassified = sorted(fields - _CHECKED - no_effect)
+    assert not unclassified, f"classify these TransformerLens config fields: {unclassified}"
+
+
 def test_non_models_are_refused():
     with pytest.raises(UserError, match="from an object of type list; pass a Weights"):
         interop.from_transformer_lens([1, 2])

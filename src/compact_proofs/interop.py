@@ -38,7 +38,7 @@ SUPPORTED = (
     "scaled by 1/sqrt(d_head), learned absolute positions ('standard'), all biases zero, "
     "float32, d_vocab_out == d_vocab"
 )
-INSTALL_HINT = "install it with: pip install 'compact-proofs[tl]'"
+INSTALL_HINT = "install it: pip install -e '.[tl]' in a clone, or pip install transformer-lens"
 
 # TransformerLens defaults for fields a config may omit (HookedTransformerConfig 2.x and
 # TransformerBridgeConfig agree on these).
