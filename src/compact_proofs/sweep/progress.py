@@ -1,8 +1,8 @@
 """A progress display for sweeps (used by the CLI): a rich bar over work units with an ETA
 at the rate of the units finished in this run since its first one (units found on disk at the
 start would make it far too optimistic, and the time before the first unit, mostly training
-the models, far too pessimistic). When the console is not a terminal (a
-log file, a cluster job) it prints a plain line at most once a minute instead, and at the end."""
+the models, far too pessimistic). When the console is not a terminal (a log file, a cluster
+job) it prints a plain line at most once a minute instead, and at the end."""
 
 import contextlib
 import time
