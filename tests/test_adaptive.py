@@ -165,6 +165,26 @@ def test_budget_at_the_cubic_cost_skips_the_exploration(soundness_model, monkeyp
     assert ledger.flop == cert["predicted"] == base and cert["budget"] == base
 
 
+def test_one_prove_call_explores_each_model_once(soundness_model, monkeypatch):
+    """The unbudgeted search and the budgets of one ``prove`` call share one exploration, with
+    the same results as separate searches; outside a call nothing is kept."""
+    from compact_proofs import api
+
+    w, _ = soundness_model("planted-V8-K4-noisy")
+    names = ["adaptive", "adaptive-budget-1e5", "adaptive-budget-1e9"]
+    alone = [api.prove(w, name)[0] for name in names]
+    calls = []
+    explore = searcher.explore
+    monkeypatch.setattr(searcher, "explore", lambda *a: calls.append(1) or explore(*a))
+    together = api.prove(w, names)
+    assert len(calls) == 1
+    for a, b in zip(alone, together, strict=True):
+        assert (a.strategy, a.correct_count, a.flops) == (b.strategy, b.correct_count, b.flops)
+    assert alone[1].correct_count < alone[0].correct_count  # the budget did bind
+    searcher.search(w)
+    assert len(calls) == 2
+
+
 def test_empty_certificate_is_the_cubic_proof(soundness_model):
     w, _ = soundness_model("trained-V10-K4-partial")
     out, ledger = _run(w, {})

@@ -20,6 +20,7 @@ from compact_proofs.core.ledger import FlopLedger
 from compact_proofs.core.result import ProofResult
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import UnsupportedModelError, UserError
+from compact_proofs.proofs.adaptive import searcher as adaptive_search
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.proofs.registry import STRATEGIES
 from compact_proofs.threads import resolve, torch_threads
@@ -300,24 +301,26 @@ def prove(
     results: list[ProofResult | None] = [None] * len(chosen)
     refusals: list[UnsupportedModelError] = []
     source = "the given true count"
-    for i in order:  # brute force first: it gives the truth
-        strategy = chosen[i]
-        if progress is not None:
-            progress(strategy.name)
-        try:
-            result = prove_one(
-                w, strategy, true_correct=true_correct, true_accuracy=true_accuracy, threads=threads
-            )
-        except UnsupportedModelError as refusal:
-            if len(chosen) == 1:
-                raise
-            refusals.append(refusal)
-            (on_skip or _warn_skip)(strategy.name, str(refusal))
-            continue
-        if strategy.name == "brute-force" and true_correct is None:
-            true_correct, source = result.correct_count, "brute force's exact count"
-            result = _with_truth(result, true_correct)
-        results[i] = result
+    with adaptive_search.shared_exploration():  # the adaptive variants explore once
+        for i in order:  # brute force first: it gives the truth
+            strategy = chosen[i]
+            if progress is not None:
+                progress(strategy.name)
+            try:
+                result = prove_one(
+                    w, strategy, true_correct=true_correct, true_accuracy=true_accuracy,
+                    threads=threads,
+                )  # fmt: skip
+            except UnsupportedModelError as refusal:
+                if len(chosen) == 1:
+                    raise
+                refusals.append(refusal)
+                (on_skip or _warn_skip)(strategy.name, str(refusal))
+                continue
+            if strategy.name == "brute-force" and true_correct is None:
+                true_correct, source = result.correct_count, "brute force's exact count"
+                result = _with_truth(result, true_correct)
+            results[i] = result
     done = [r for r in results if r is not None]
     if not done:
         raise refusals[0]

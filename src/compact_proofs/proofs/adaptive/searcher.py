@@ -14,8 +14,11 @@ first; the decisions are the checker's exactly (same values, same radii).
 """
 
 import bisect
+import contextlib
+import contextvars
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -84,12 +87,37 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     the empty one (the cubic proof), without exploring (at d_vocab 128, Max-of-10 the
     exploration takes minutes)."""
     cfg = weights.config
-    ops = Ops()  # scratch: nothing here is counted
-    ck = keys.cubic_keys(weights, ops)
+    shared = _SHARED.get()
+    key = weights.sha256() if shared is not None else ""
+    state = shared.get(key) if shared is not None else None
+    ck = state.ck if state is not None else keys.cubic_keys(weights, Ops())  # scratch Ops
     if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
         return {**cert, "budget": int(budget), "predicted": ck.flops}
-    return for_budget(cfg, explore(weights, ck), budget)
+    if state is None:
+        state = explore(weights, ck)
+        if shared is not None:
+            shared[key] = state
+    return for_budget(cfg, state, budget)
+
+
+# The explorations of the models searched within ``shared_exploration`` (None outside it).
+_SHARED: contextvars.ContextVar[dict[str, budget_mod.State] | None] = contextvars.ContextVar(
+    "adaptive_explorations", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_exploration() -> Iterator[None]:
+    """Within this block, searches of one model (by sha256) share one ``explore``: the
+    unbudgeted search and every budget of a ``prove(..., "all")`` explore once, not four times
+    (``explore`` is budget-independent and ``for_budget`` leaves its state unchanged). Only
+    search time changes: the certificates are those of separate searches."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def explore(weights: Weights, ck: keys.CubicKeys | None = None) -> budget_mod.State:
