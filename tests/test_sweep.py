@@ -661,3 +661,27 @@ def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_r
     os.utime(one, (later, later))  # as if written after the table (a killed sweep)
     [note] = [n for n in load_sweep(root).notes if "newer than results.csv" in n]
     assert note.startswith("1 result file is newer")
+
+
+def test_a_models_adaptive_variants_run_as_one_job_exploring_once(tmp_path, monkeypatch):
+    """The unbudgeted adaptive proof and its budgets share one exploration per model (one job
+    for all of them); each still gets its own result file, as in a separate search, and
+    progress counts each."""
+    from compact_proofs.proofs.adaptive import searcher
+
+    names = ["adaptive", "adaptive-budget-1e9", "cubic"]
+    calls = []
+    explore = searcher.explore
+    monkeypatch.setattr(searcher, "explore", lambda *a: calls.append(1) or explore(*a))
+    seen = []
+    summary = run_sweep(
+        tmp_path / "s", seeds=SEEDS, strategies=names, progress=lambda d, t: seen.append(d), **TINY
+    )
+    assert len(calls) == len(SEEDS)
+    assert summary.ok == len(SEEDS) * len(names) and seen[-1] == len(SEEDS) * len(names)
+    rows = {(r["seed"], r["strategy"]): r for r in read_csv(tmp_path / "s" / "results.csv")}
+    for seed in SEEDS:
+        w = api.load(ModelSpec(K, V, seed).model_dir(tmp_path / "s"))
+        [alone] = api.prove(w, "adaptive-budget-1e9")
+        row = rows[(str(seed), "adaptive-budget-1e9")]
+        assert (int(row["correct_count"]), int(row["flops"])) == (alone.correct_count, alone.flops)

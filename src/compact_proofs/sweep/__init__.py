@@ -68,7 +68,9 @@ names are percent-encoded with a leading ``%``.
 Work units: one per (model, strategy) result, plus one per model analysis. Models are trained and
 measured first (in parallel), then all units run longest-first (enumerating strategies and full
 analyses, then cubic, then the rest) on joblib's loky processes, or on a Dask cluster (the same
-job functions, ``sweep.jobs``, submitted through a ``dask.distributed.Client``).
+job functions, ``sweep.jobs``, submitted through a ``dask.distributed.Client``). A model's
+adaptive units (the unbudgeted proof and its budgets) run as one job, which explores the model
+once for all of them; each still writes its own result.
 """
 
 from compact_proofs.sweep.aggregate import (

@@ -236,6 +236,28 @@ def run_strategy(
     return Outcome("strategy", spec.key, name, "ok", "", time.perf_counter() - t0, info)
 
 
+def run_strategies(
+    root: Path,
+    spec: ModelSpec,
+    strategies: list[Strategy],
+    *,
+    sha: str,
+    true_correct: int | None,
+    true_accuracy: float | None,
+) -> list[Outcome]:
+    """``run_strategy`` for each of ``strategies`` in turn, one outcome each, in one shared
+    adaptive exploration (``searcher.shared_exploration``): a model's adaptive variants as one
+    job explore the model once, not once each."""
+    from compact_proofs.proofs.adaptive import searcher
+
+    with searcher.shared_exploration():
+        return [
+            run_strategy(root, spec, s, sha=sha, true_correct=true_correct,
+                         true_accuracy=true_accuracy)
+            for s in strategies
+        ]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # Per-model analysis for the report (compact_proofs.analysis).
 

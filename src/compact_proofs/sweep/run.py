@@ -10,6 +10,7 @@ from typing import Any
 from compact_proofs import config as config_mod
 from compact_proofs import storage
 from compact_proofs.errors import UserError
+from compact_proofs.proofs import adaptive
 from compact_proofs.proofs.protocol import Strategy
 from compact_proofs.sweep import jobs as job_fns
 from compact_proofs.sweep import layout
@@ -256,21 +257,25 @@ class _Driver:
         self.summary.already_done = self.done
         self._report()
         specs_by_key = {s.key: s for s in specs}
-        for outcome in self.pool.results():
-            self.summary.unit_seconds[f"{outcome.key}/{outcome.name or outcome.kind}"] = (
-                outcome.seconds
-            )
-            if outcome.kind == "model":
-                self._model_done(specs_by_key[outcome.key], outcome)
-                continue
-            self.done += 1
-            what = outcome.name or outcome.kind
-            if outcome.status == "failed":
-                self.summary.failures.append((outcome.key, what, outcome.message))
-                self.say(f"{outcome.key} {what} FAILED: {outcome.message}")
-            elif outcome.status == "skipped":
-                self.say(f"{outcome.key} {what} skipped: {outcome.message}")
-            self._report()
+        for job_outcome in self.pool.results():
+            # a job of several strategies (``run_strategies``) has one outcome per strategy
+            grouped = job_outcome if isinstance(job_outcome, list) else [job_outcome]
+            for outcome in grouped:
+                self._outcome(specs_by_key, outcome)
+
+    def _outcome(self, specs_by_key: dict, outcome) -> None:
+        self.summary.unit_seconds[f"{outcome.key}/{outcome.name or outcome.kind}"] = outcome.seconds
+        if outcome.kind == "model":
+            self._model_done(specs_by_key[outcome.key], outcome)
+            return
+        self.done += 1
+        what = outcome.name or outcome.kind
+        if outcome.status == "failed":
+            self.summary.failures.append((outcome.key, what, outcome.message))
+            self.say(f"{outcome.key} {what} FAILED: {outcome.message}")
+        elif outcome.status == "skipped":
+            self.say(f"{outcome.key} {what} skipped: {outcome.message}")
+        self._report()
 
     def _report(self) -> None:
         if self.progress is not None:
@@ -291,12 +296,18 @@ class _Driver:
         self.infos[spec.key] = info
         sha = info["sha"]
         true_correct, true_acc = job_fns.truth(info["accuracy"])
+        truth = {"sha": sha, "true_correct": true_correct, "true_accuracy": true_acc}
+        adaptive_units = []  # one job for all of them: they share one exploration
         for s in self.chosen:
             if _unit_done(self.root, spec, s, sha):
                 self.done += 1
-                continue
-            self.pool.add(_strategy_priority(s), job_fns.run_strategy, self.root, spec, s,
-                          sha=sha, true_correct=true_correct, true_accuracy=true_acc)  # fmt: skip
+            elif s.check is adaptive.check:
+                adaptive_units.append(s)
+            else:
+                self.pool.add(_strategy_priority(s), job_fns.run_strategy, self.root, spec, s,
+                              **truth)  # fmt: skip
+        if adaptive_units:
+            self.pool.add(_SHORT, job_fns.run_strategies, self.root, spec, adaptive_units, **truth)
         if self.analysis != "none":
             data = layout.read_json(spec.analysis_path(self.root))
             if job_fns.valid_analysis(data, spec, sha, self.analysis):
