@@ -3,7 +3,8 @@
 Usage:
     python benchmarks/bench_adaptive.py --train               # models under runs/adaptive-seeds
     python benchmarks/bench_adaptive.py --root DIR --runs 9 --skip-large [--threads 2]
-    python benchmarks/bench_adaptive.py --root DIR --runs 3 --figure docs/adaptive-budget.png
+    python benchmarks/bench_adaptive.py --root DIR --skip-k4 --budget 1e8 --budget 2e8 \
+        --budget 4e8 --figure docs/adaptive-budget.png
 
 Model directories (trained with ``compact_proofs.api.train_model``) are looked up as
 ``ROOT/k4-s<seed>`` for the paper seeds 50, 104, 123, 519, 742, 913, 1185, 1283 and
@@ -17,8 +18,8 @@ brute-force count (8.76e11), wall times.
 
 Part 2 (Max-of-10 and Max-of-20): the search runs once (``searcher.explore``); each budget's
 certificate (``searcher.for_budget``) is checked with a fresh ledger. Prints the bound per
-budget, with a sampled accuracy estimate (95% CI) for reference, and draws the bound-vs-budget
-figure.
+budget, with a sampled accuracy estimate (95% CI) for reference, and with ``--figure`` draws
+the bound-vs-budget figure.
 """
 
 import argparse
@@ -185,7 +186,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train", action="store_true", help="train missing models")
-    p.add_argument("--figure", type=Path, default=Path("docs/adaptive-budget.png"))
+    p.add_argument("--figure", type=Path, default=None, help="draw the bound-vs-budget figure here")
     p.add_argument("--samples", type=int, default=1_000_000)
     p.add_argument("--budget", type=float, action="append", default=[], help="extra budgets")
     p.add_argument("--skip-k4", action="store_true")

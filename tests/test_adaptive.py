@@ -3,6 +3,8 @@ proven incorrect, matching an independent truth), the anytime (budget) mode neve
 respects its budget, FLOPs equal the closed form, and a bad certificate only loses coverage or is
 rejected."""
 
+import time
+
 import models
 import pytest
 import torch
@@ -175,11 +177,18 @@ def test_one_prove_call_explores_each_model_once(soundness_model, monkeypatch):
     alone = [api.prove(w, name)[0] for name in names]
     calls = []
     explore = searcher.explore
-    monkeypatch.setattr(searcher, "explore", lambda *a: calls.append(1) or explore(*a))
+
+    def slow_explore(*args):  # 0.2 s longer: every search reports it, as if run alone
+        calls.append(1)
+        time.sleep(0.2)
+        return explore(*args)
+
+    monkeypatch.setattr(searcher, "explore", slow_explore)
     together = api.prove(w, names)
     assert len(calls) == 1
     for a, b in zip(alone, together, strict=True):
         assert (a.strategy, a.correct_count, a.flops) == (b.strategy, b.correct_count, b.flops)
+        assert b.search_seconds >= 0.2
     assert alone[1].correct_count < alone[0].correct_count  # the budget did bind
     searcher.search(w)
     assert len(calls) == 2

@@ -74,8 +74,8 @@ def test_of_several_strategies_one_that_refuses_the_model_is_skipped_with_a_note
     with pytest.warns(UserWarning, match="brute-force skipped: .*exceed 2"):
         assert len(cp.prove(huge, "cubic,brute-force")) == 1
     renamed = dataclasses.replace(STRATEGIES["brute-force"], name="my-brute-force")
-    with pytest.raises(UnsupportedModelError, match=r"exceed 2\^100"):
-        cp.prove(huge, ["brute-force", renamed], on_skip=lambda *s: None)
+    with pytest.raises(UnsupportedModelError, match=r"exceed 2\^100"):  # no skip notes then
+        cp.prove(huge, ["brute-force", renamed], on_skip=lambda *s: pytest.fail("noted"))
     large = models.random_weights(64, 6, seed=2)  # 64^6 inputs
     skipped.clear()
     results = cp.prove(large, ["brute-force", "cubic"], on_skip=lambda *s: skipped.append(s))

@@ -634,6 +634,14 @@ def test_progress_eta_starts_at_the_first_unit_of_the_run(monkeypatch):
             update(done, 10)
     etas = [line.rsplit("ETA ", 1)[1] for line in log.getvalue().splitlines()]
     assert etas == ["-:--:--", "-:--:--", "0:00:08", "0:00:07"]
+    # Units finishing together (a grouped job, parallel workers) give no rate until 1 s passed.
+    times[:] = [0.0, 60.0, 60.00002, 60.00003, 62.0, 62.0]
+    log = StringIO()
+    with progress.rich_progress(Console(file=log, width=200), "sweep") as update:
+        for done in (0, 1, 2, 3, 5):
+            update(done, 40)
+    etas = [line.rsplit("ETA ", 1)[1] for line in log.getvalue().splitlines()]
+    assert etas == ["-:--:--", "-:--:--", "-:--:--", "-:--:--", "0:00:18"]  # 4 units in 2 s
 
 
 def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_results(
@@ -685,3 +693,12 @@ def test_a_models_adaptive_variants_run_as_one_job_exploring_once(tmp_path, monk
         [alone] = api.prove(w, "adaptive-budget-1e9")
         row = rows[(str(seed), "adaptive-budget-1e9")]
         assert (int(row["correct_count"]), int(row["flops"])) == (alone.correct_count, alone.flops)
+    # Resumed with one more budget: only the missing unit runs (one exploration per model).
+    calls.clear()
+    more = [*names, "adaptive-budget-2e9"]
+    summary = run_sweep(tmp_path / "s", seeds=SEEDS, strategies=more, **TINY)
+    assert len(calls) == len(SEEDS) and summary.ok == len(SEEDS) * len(more)
+    rows = {(r["seed"], r["strategy"]): r for r in read_csv(tmp_path / "s" / "results.csv")}
+    for seed in SEEDS:
+        a, b = rows[(str(seed), "adaptive-budget-1e9")], rows[(str(seed), "adaptive-budget-2e9")]
+        assert (a["correct_count"], a["flops"]) == (b["correct_count"], b["flops"])

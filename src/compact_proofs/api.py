@@ -233,9 +233,11 @@ def prove_one(
         )
     ledger = FlopLedger()
     with torch_threads(resolve(threads, strategy.threads)):
+        adaptive_search.take_reused_seconds()
         t0 = time.perf_counter()
         certificate = strategy.search(w)
         t1 = time.perf_counter()
+        reused = adaptive_search.take_reused_seconds()  # a shared exploration, as if run alone
         verdict = strategy.check(w, certificate, Ops(ledger))
         t2 = time.perf_counter()
     return ProofResult(
@@ -253,7 +255,7 @@ def prove_one(
         complexity=strategy.complexity,
         true_correct=true_correct,
         true_accuracy=true_accuracy,
-        search_seconds=t1 - t0,
+        search_seconds=t1 - t0 + reused,
         check_seconds=t2 - t1,
         version=package_version(),
         flops_by_label=dict(ledger.by_label),
@@ -280,13 +282,13 @@ def prove(
     is given. ``threads``: torch threads for the proofs (default: each strategy's own, see
     ``compact_proofs.threads``; 0 keeps torch's setting). If a proven count exceeds the exact
     count (given, or brute force's), or brute force's differs from a given one, every strategy
-    still runs, then ``TruthConflict`` is raised (its ``results`` holds them all): that count is
-    wrong, or the strategy is unsound.
+    still runs, then ``TruthConflict`` is raised (its ``results`` holds every result): that count
+    is wrong, or the strategy is unsound.
 
     Of several strategies, one that refuses the model (``UnsupportedModelError``: brute force
     on more than 2^30 inputs, or on scores beyond its error analysis) is left out of the results
-    and reported as ``on_skip(name, reason)`` (default: a ``UserWarning``); the run fails only
-    if every strategy refuses. A single strategy's refusal is raised.
+    and reported as ``on_skip(name, reason)`` (default: a ``UserWarning``) once the others ran;
+    if every strategy refuses, the first refusal is raised, as is a single strategy's.
 
     Raises:
         UserError: (its subclasses) an unreadable or unsupported model (``ModelFormatError``,
@@ -299,7 +301,7 @@ def prove(
     chosen = resolve_strategies(strategies)
     order = sorted(range(len(chosen)), key=lambda i: chosen[i].name != "brute-force")
     results: list[ProofResult | None] = [None] * len(chosen)
-    refusals: list[UnsupportedModelError] = []
+    refusals: list[tuple[str, UnsupportedModelError]] = []
     source = "the given true count"
     with adaptive_search.shared_exploration():  # the adaptive variants explore once
         for i in order:  # brute force first: it gives the truth
@@ -314,8 +316,7 @@ def prove(
             except UnsupportedModelError as refusal:
                 if len(chosen) == 1:
                     raise
-                refusals.append(refusal)
-                (on_skip or _warn_skip)(strategy.name, str(refusal))
+                refusals.append((strategy.name, refusal))
                 continue
             if strategy.name == "brute-force" and true_correct is None:
                 true_correct, source = result.correct_count, "brute force's exact count"
@@ -323,7 +324,9 @@ def prove(
             results[i] = result
     done = [r for r in results if r is not None]
     if not done:
-        raise refusals[0]
+        raise refusals[0][1]
+    for name, refusal in refusals:
+        (on_skip or _warn_skip)(name, str(refusal))
     message = wrong_truth_message(done, true_correct, source)
     exact = [r.correct_count for r in done if r.strategy == "brute-force"]
     if message is None and exact and true_correct is not None and exact[0] != true_correct:

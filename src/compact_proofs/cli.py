@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -208,7 +209,7 @@ def cmd_prove(args: argparse.Namespace) -> None:
     skipped: list[tuple[str, str]] = []
     truth = (true_correct, true_accuracy)
     try:
-        results = _prove(args, weights, strategies, truth, threads, skipped.append)
+        results = _prove(args, weights, strategies, truth, threads, skipped)
     except api.TruthConflict as conflict:  # show (and write) every result, then the conflict
         _print_results(args.model, conflict.results, skipped)
         _write_results_json(args.json, conflict.results, several=len(strategies) > 1)
@@ -220,8 +221,9 @@ def cmd_prove(args: argparse.Namespace) -> None:
         out.print(f"certificate written to {args.certificate}")
 
 
-def _prove(args, weights, strategies, truth, threads, skip) -> list:
-    """The proofs of ``cmd_prove``; ``skip((name, reason))`` for each strategy left out."""
+def _prove(args, weights, strategies, truth, threads, skipped: list) -> list:
+    """The proofs of ``cmd_prove``; appends (name, reason) to ``skipped`` for each strategy
+    left out."""
     true_correct, true_accuracy = truth
     if args.certificate is not None:
         from compact_proofs import certificates
@@ -249,7 +251,7 @@ def _prove(args, weights, strategies, truth, threads, skip) -> list:
             true_accuracy=true_accuracy,
             progress=step,
             threads=threads,
-            on_skip=lambda name, reason: skip((name, reason)),
+            on_skip=lambda name, reason: skipped.append((name, reason)),
         )
 
 
@@ -260,7 +262,7 @@ def _write_results_json(path: str | None, results: list, several: bool) -> None:
     _write_json(path, payload if several else payload[0])
 
 
-def _print_results(model: str, results: list, skipped: list[tuple[str, str]] = ()) -> None:
+def _print_results(model: str, results: list, skipped: Sequence[tuple[str, str]] = ()) -> None:
     table = Table(title=f"proofs for {model}")
     for col in ("strategy", "bound", "normalised", "FLOPs", "unexpl. dim", "search s", "check s"):
         table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
@@ -464,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument(
         "--json",
-        help="also write the result to this JSON file (a list when several strategies are named)",
+        help="also write the result to this JSON file (a list when several strategies are named; "
+        "skipped ones are left out)",
     )
     pr.add_argument(
         "--certificate",

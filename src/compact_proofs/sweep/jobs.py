@@ -1,10 +1,10 @@
 """The job functions a sweep runs, locally (joblib/loky) or on a Dask cluster.
 
 Each job is a top-level function of picklable arguments that writes its own output files
-atomically and returns a small ``Outcome``; expected problems (a strategy refusing a model, an
-exception inside a strategy) are recorded in files and in the outcome, never raised. Jobs read
-and write the sweep directory directly, so on a cluster it must be on a filesystem every worker
-sees at the same path.
+atomically and returns a small ``Outcome`` (``run_strategies``: a list, one per strategy);
+expected problems (a strategy refusing a model, an exception inside a strategy) are recorded in
+files and in the outcome, never raised. Jobs read and write the sweep directory directly, so on
+a cluster it must be on a filesystem every worker sees at the same path.
 """
 
 import threading

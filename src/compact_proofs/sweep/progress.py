@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable, Iterator
 
 LOG_EVERY = 60.0  # seconds between progress lines when the console is not a terminal
+MIN_RATE_SECONDS = 1.0  # no ETA from units that finished closer together than this
 
 
 def eta_seconds(start_done: int, done: int, total: int, elapsed: float) -> float | None:
-    """Remaining seconds at the rate of this run, or None before the first unit finishes."""
+    """Remaining seconds at the rate of ``done - start_done`` units in ``elapsed`` seconds, or
+    None before any unit, or while they all finished within ``MIN_RATE_SECONDS`` (a burst of
+    units done together says nothing of the rate)."""
     ran = done - start_done
-    if ran <= 0 or elapsed <= 0:
+    if ran <= 0 or elapsed < MIN_RATE_SECONDS:
         return None
     return (total - done) * elapsed / ran
 

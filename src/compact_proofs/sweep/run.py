@@ -262,6 +262,7 @@ class _Driver:
             grouped = job_outcome if isinstance(job_outcome, list) else [job_outcome]
             for outcome in grouped:
                 self._outcome(specs_by_key, outcome)
+            self._report()  # once per job: its units finished together
 
     def _outcome(self, specs_by_key: dict, outcome) -> None:
         self.summary.unit_seconds[f"{outcome.key}/{outcome.name or outcome.kind}"] = outcome.seconds
@@ -275,7 +276,6 @@ class _Driver:
             self.say(f"{outcome.key} {what} FAILED: {outcome.message}")
         elif outcome.status == "skipped":
             self.say(f"{outcome.key} {what} skipped: {outcome.message}")
-        self._report()
 
     def _report(self) -> None:
         if self.progress is not None:
@@ -289,7 +289,6 @@ class _Driver:
         else:
             self.say(f"model {outcome.key} ready ({outcome.seconds:.1f} s)")
             self._queue_units(spec, outcome.info)
-        self._report()
 
     def _queue_units(self, spec: ModelSpec, info: dict) -> None:
         """Queue the model's missing units; count the complete ones as done."""
@@ -301,13 +300,14 @@ class _Driver:
         for s in self.chosen:
             if _unit_done(self.root, spec, s, sha):
                 self.done += 1
-            elif s.check is adaptive.check:
+            elif adaptive.shares_exploration(s):
                 adaptive_units.append(s)
             else:
                 self.pool.add(_strategy_priority(s), job_fns.run_strategy, self.root, spec, s,
                               **truth)  # fmt: skip
-        if adaptive_units:
-            self.pool.add(_SHORT, job_fns.run_strategies, self.root, spec, adaptive_units, **truth)
+        if adaptive_units:  # explore and every check, in turn: not a short job
+            prio = _MEDIUM if len(adaptive_units) > 1 else _SHORT
+            self.pool.add(prio, job_fns.run_strategies, self.root, spec, adaptive_units, **truth)
         if self.analysis != "none":
             data = layout.read_json(spec.analysis_path(self.root))
             if job_fns.valid_analysis(data, spec, sha, self.analysis):

@@ -69,6 +69,13 @@ def budget_search(budget: int):
     return run
 
 
+def shares_exploration(strategy: Strategy) -> bool:
+    """Whether ``strategy`` is ``adaptive`` or a budget of it (any strategy with this
+    checker): such strategies of one model can share one exploration
+    (``searcher.shared_exploration``; sharing only saves time, whatever the search)."""
+    return strategy.check is check
+
+
 def unexplained_dim(cfg: ModelConfig) -> int:
     """As the cubic proof (the refinements add exact evaluations, which explain nothing)."""
     return cubic.unexplained_dim(cfg)

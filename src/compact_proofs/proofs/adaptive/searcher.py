@@ -18,6 +18,7 @@ import contextlib
 import contextvars
 import itertools
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -89,22 +90,47 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     cfg = weights.config
     shared = _SHARED.get()
     key = weights.sha256() if shared is not None else ""
-    state = shared.get(key) if shared is not None else None
-    ck = state.ck if state is not None else keys.cubic_keys(weights, Ops())  # scratch Ops
+    found = shared.get(key) if shared is not None else None
+    ck = found.state.ck if found is not None else keys.cubic_keys(weights, Ops())  # scratch Ops
     if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
         return {**cert, "budget": int(budget), "predicted": ck.flops}
-    if state is None:
+    if found is None:
+        t0 = time.perf_counter()
         state = explore(weights, ck)
         if shared is not None:
-            shared[key] = state
-    return for_budget(cfg, state, budget)
+            shared[key] = _Explored(state, time.perf_counter() - t0)
+    else:
+        state = found.state
+        _REUSED.set(_REUSED.get() + found.seconds)
+    cert = for_budget(cfg, state, budget)
+    if shared is None:
+        return cert
+    # Copies: a caller that edits its certificate must not change the shared state.
+    return {k: v.clone() if isinstance(v, Tensor) else v for k, v in cert.items()}
 
 
-# The explorations of the models searched within ``shared_exploration`` (None outside it).
-_SHARED: contextvars.ContextVar[dict[str, budget_mod.State] | None] = contextvars.ContextVar(
+@dataclass(frozen=True)
+class _Explored:
+    state: budget_mod.State
+    seconds: float  # the wall time ``explore`` took
+
+
+# The explorations of the models searched within ``shared_exploration`` (None outside it), and
+# the seconds of the explorations reused since ``take_reused_seconds`` was last called.
+_SHARED: contextvars.ContextVar[dict[str, _Explored] | None] = contextvars.ContextVar(
     "adaptive_explorations", default=None
 )
+_REUSED: contextvars.ContextVar[float] = contextvars.ContextVar("adaptive_reused", default=0.0)
+
+
+def take_reused_seconds() -> float:
+    """The wall time of the shared explorations the searches since the last call reused (and
+    did not repeat), then 0 again: ``api.prove_one`` adds it to a search's time, so a shared
+    search reports what it would take alone."""
+    seconds = _REUSED.get()
+    _REUSED.set(0.0)
+    return seconds
 
 
 @contextlib.contextmanager
@@ -112,7 +138,8 @@ def shared_exploration() -> Iterator[None]:
     """Within this block, searches of one model (by sha256) share one ``explore``: the
     unbudgeted search and every budget of a ``prove(..., "all")`` explore once, not four times
     (``explore`` is budget-independent and ``for_budget`` leaves its state unchanged). Only
-    search time changes: the certificates are those of separate searches."""
+    the wall time changes: the certificates are those of separate searches, and the reported
+    search times too (``take_reused_seconds``)."""
     token = _SHARED.set({})
     try:
         yield
