@@ -671,6 +671,47 @@ def test_an_interrupted_sweep_tabulates_what_finished_and_a_report_flags_newer_r
     assert note.startswith("1 result file is newer")
 
 
+def test_sigterm_stops_a_sweep_as_ctrl_c_does(tmp_path, monkeypatch):
+    """``kill`` (SIGTERM, as a batch scheduler sends at its time limit) cancels the sweep's
+    remaining work and tabulates what finished, as Ctrl-C does; exit status 128 + 15."""
+    from compact_proofs import cli
+    from compact_proofs.sweep import run as run_mod
+
+    install(GOOD, monkeypatch.setattr)
+    finish = run_mod._Driver.run
+
+    def run_then_terminate(self, *args):
+        finish(self, *args)
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+        raise AssertionError("SIGTERM did not stop the sweep")
+
+    monkeypatch.setattr(run_mod._Driver, "run", run_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    root = tmp_path / "s"
+    argv = [
+        "sweep",
+        "--out",
+        str(root),
+        "--k",
+        str(K),
+        "--d-vocab",
+        str(V),
+        "--d-model",
+        str(D_MODEL),
+        "--steps",
+        str(STEPS),
+        "--seeds",
+        ",".join(map(str, SEEDS)),
+        "--strategy",
+        ",".join(GOOD),
+        "--analysis",
+        "none",
+    ]
+    assert cli.main(argv) == 128 + signal.SIGTERM
+    assert len(read_csv(root / "results.csv")) == len(SEEDS) * len(GOOD)
+    assert signal.getsignal(signal.SIGTERM) == before  # restored after the command
+
+
 def test_a_models_adaptive_variants_run_as_one_job_exploring_once(tmp_path, monkeypatch):
     """The unbudgeted adaptive proof and its budgets share one exploration per model (one job
     for all of them); each still gets its own result file, as in a separate search, and

@@ -2,7 +2,9 @@
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -580,13 +582,40 @@ def _add_run_options(parser: argparse.ArgumentParser, *, jobs_default: int) -> N
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch scheduler's time limit), handled as Ctrl-C is: a sweep
+    cancels its queued work and tabulates what finished before the command exits."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM raises ``Terminated`` (a no-op outside the main thread,
+    where Python cannot install signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args) or 0
+        with sigterm_interrupts():
+            return args.func(args) or 0
     except UserError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         return 2
+    except Terminated:
+        console.print("terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
