@@ -395,3 +395,62 @@ def test_a_nan_bound_becomes_infinite():
     a = Approx(torch.zeros(2, dtype=torch.float64), math.nan, math.nan)
     assert a.rad == math.inf and a.mag == math.inf
     assert a[0].rad == math.inf and max(1.0, a.rad) == math.inf
+
+
+def test_a_sum_or_product_that_overflows_gets_an_infinite_radius():
+    """127 copies of m < DBL_MAX / 127 sum exactly to just below DBL_MAX, but the rounded sum
+    overflows to +inf; the radius must not stay finite (lower() would then exceed the exact
+    sum). Likewise a matmul whose dot products round past DBL_MAX (found by a review)."""
+    ops = Ops()
+    m = float.fromhex("0x1.0204081020406p+1017")
+    for sign in (1.0, -1.0):
+        s = ops.sum(ops.exact(torch.full((127,), sign * m, dtype=torch.float64)), 0)
+        exact = q(sign * m) * 127
+        assert abs(exact) < q(1.7976931348623157e308)  # the exact sum is a finite float range
+        assert s.rad == math.inf
+        lo, up = float(ops.lower(s)), float(ops.upper(s))
+        # No bound (NaN, which no comparison proves anything from, or infinite) or a true one.
+        assert not (math.isfinite(lo) and q(lo) > exact)
+        assert not (math.isfinite(up) and q(up) < exact)
+        assert not ops.proven_negative(s if sign > 0 else ops.scale(s, -1.0)).any()
+    m2 = float.fromhex("0x1.47ae147ae1478p+1019")
+    p = ops.matmul(
+        ops.exact(torch.ones(2, 25, dtype=torch.float64)),
+        ops.exact(torch.full((25, 2), m2, dtype=torch.float64)),
+    )
+    assert p.rad == math.inf and not ops.proven_negative(ops.scale(p, -1.0)).any()
+
+
+def test_an_exact_zero_times_an_overflowed_value_is_zero_not_nan():
+    """0 * inf is NaN in floating point, and sort() moves a NaN past the finite entries, which
+    once 'proved' min [-5, 1, 2] > 0 (found by a review). A factor with magnitude bound 0 is
+    exactly zero, so the product is exactly zero."""
+    ops = Ops()
+    big = ops.exact(torch.tensor([1e300, 1.0, 1.0], dtype=torch.float64))
+    over = ops.mul(big, big)  # mid [inf, 1, 1]: an honest overflow, radius inf
+    assert over.rad == math.inf
+    zero = ops.constant(torch.zeros(3, dtype=torch.float64))
+    for z in (ops.mul(zero, over), ops.mul(over, zero), ops.scale(over, 0.0)):
+        assert z.mid.tolist() == [0.0, 0.0, 0.0]
+    z = ops.matmul(zero.map_layout(lambda t: t[None, :]), over.map_layout(lambda t: t[:, None]))
+    assert z.mid.tolist() == [[0.0]]
+    y = ops.add(ops.mul(zero, over), ops.exact(torch.tensor([-5.0, 1.0, 2.0])))
+    smallest = ops.sort(y, 0)[0]
+    assert float(ops.lower(smallest)) <= -5.0 <= float(ops.upper(smallest))
+
+
+def test_preconditions_are_enforced():
+    """A divisor known only to within a factor of 2 or worse has no bounded reciprocal; a
+    float32 mid would compute in float32 against float64 radii; exp's upper bound covers
+    underflow (found by a review)."""
+    from compact_proofs.core import rigorous
+
+    ops = Ops()
+    one = ops.exact(torch.ones(1, dtype=torch.float64))
+    for bad in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="relative error"):
+            ops.divide_by_real(one, 1.0, bad)
+    with pytest.raises(TypeError, match="float64"):
+        Approx(torch.ones(2, dtype=torch.float32), 0.0, 1.0)
+    for x in (-800.0, -745.2, -1e6):
+        assert rigorous._exp_up(x) > 0  # e^x > 0, though math.exp(x) underflows to 0

@@ -78,9 +78,13 @@ def _inv_one_minus(x: float) -> float:
 
 
 def _exp_up(x: float) -> float:
-    """Upper bound on e^x (libm ``exp`` assumed accurate to 4 ulp, like torch's); +inf past
-    float64's range (the bound is then vacuous, and so is every radius built on it)."""
-    return up_mul(math.exp(x), 1.0 + EXP_REL_ERR) if x < EXP_MAX_ARG else _INF
+    """Upper bound on e^x (libm ``exp`` assumed accurate to 4 ulp, like torch's, plus TAU where
+    it may underflow); +inf past float64's range (the bound is then vacuous, and so is every
+    radius built on it)."""
+    if x >= EXP_MAX_ARG:
+        return _INF
+    bound = up_mul(math.exp(x), 1.0 + EXP_REL_ERR)
+    return up_sum(bound, TAU) if x < 0 else bound
 
 
 def _expm1_up(x: float) -> float:
@@ -106,11 +110,18 @@ class Approx:
     mag: float
 
     def __post_init__(self) -> None:
+        if self.mid.dtype != torch.float64:
+            raise TypeError(f"Approx needs a float64 tensor, not {self.mid.dtype}")
         # A NaN bound (from NaN or infinite inputs) is no bound: make it +inf, so that no
         # comparison and no Python max() (which may drop a NaN argument) can lose it.
         for name in ("rad", "mag"):
             if getattr(self, name) != getattr(self, name):
                 object.__setattr__(self, name, _INF)
+        # No magnitude bound, no error bound: where |value| may exceed float64's range, the
+        # float result may have overflowed (a sum of n terms each below mag can round past
+        # DBL_MAX), and no finite radius covers an infinite mid.
+        if self.mag == _INF:
+            object.__setattr__(self, "rad", _INF)
 
     @property
     def shape(self) -> torch.Size:
@@ -123,6 +134,12 @@ class Approx:
     def map_layout(self, fn) -> "Approx":
         """Apply a pure layout function (transpose, reshape, flip, expand, gather) to ``mid``."""
         return Approx(fn(self.mid), self.rad, self.mag)
+
+
+def _times_exact_zero(mid: Tensor, a: Approx, b: Approx) -> Tensor:
+    """A product's ``mid``, exactly 0 where a factor is exactly zero (mag 0: then its mid is 0
+    too): the float product would be NaN beside an overflowed (infinite) mid of the other."""
+    return torch.zeros_like(mid) if a.mag == 0 or b.mag == 0 else mid
 
 
 class Ops:
@@ -156,7 +173,7 @@ class Ops:
         return self.add(a, Approx(-b.mid, b.rad, b.mag), label=label)
 
     def mul(self, a: Approx, b: Approx, label: str = "mul") -> Approx:
-        mid = a.mid * b.mid
+        mid = _times_exact_zero(a.mid * b.mid, a, b)
         self.ledger.add(mid.numel(), label=label)
         mag = up_mul(a.mag, b.mag)
         rad = up_sum(
@@ -166,7 +183,7 @@ class Ops:
 
     def scale(self, a: Approx, c: float, label: str = "scale") -> Approx:
         """Multiply by an exactly representable scalar ``c``."""
-        mid = a.mid * c
+        mid = torch.zeros_like(a.mid) if c == 0 else a.mid * c  # 0 * inf would be NaN
         self.ledger.add(mid.numel(), label=label)
         mag = up_mul(a.mag, abs(c))
         return Approx(mid, up_sum(up_mul(a.rad, abs(c)), up_mul(U, mag), ETA), _grow(mag, U))
@@ -179,6 +196,8 @@ class Ops:
         """
         if not c > 0:
             raise ValueError("divisor must be positive")
+        if not 0 <= c_rel_err < 1:
+            raise ValueError("the divisor's relative error must be in [0, 1)")
         mid = a.mid / c
         self.ledger.add(mid.numel(), label=label)
         rel = _up(c_rel_err / (1.0 - c_rel_err))
@@ -192,7 +211,7 @@ class Ops:
         Error: |fl(AB) - A_ex B_ex| <= gamma_n n mag_A mag_B + n (r_A mag_B + r_B mag_A + r_A r_B)
         + n ETA (underflow of the n products).
         """
-        mid = a.mid @ b.mid
+        mid = _times_exact_zero(a.mid @ b.mid, a, b)
         n = a.mid.shape[-1]
         self.ledger.add(mid.numel() * (2 * n - 1), label=label)
         mag = up_mul(n, a.mag, b.mag)
