@@ -406,7 +406,7 @@ def test_a_sum_or_product_that_overflows_gets_an_infinite_radius():
     for sign in (1.0, -1.0):
         s = ops.sum(ops.exact(torch.full((127,), sign * m, dtype=torch.float64)), 0)
         exact = q(sign * m) * 127
-        assert abs(exact) < q(1.7976931348623157e308)  # the exact sum is a finite float range
+        assert abs(exact) < q(1.7976931348623157e308)  # the exact sum is below DBL_MAX
         assert s.rad == math.inf
         lo, up = float(ops.lower(s)), float(ops.upper(s))
         # No bound (NaN, which no comparison proves anything from, or infinite) or a true one.
