@@ -8,11 +8,11 @@ Each model (d_vocab 2 - 11, n_ctx 2 - 5, at most 30,000 inputs) comes from one o
 drawn from its seed: Gaussian weights rounded to a coarse grid, a noisy planted Max-of-K model
 rounded likewise, one token duplicating another (hundreds of exact logit ties), a briefly
 trained model with one input moved to within 1e-13 .. 0 of a tie, extreme weight scales, and
-d_head != d_model. Brute force, cubic, adaptive and two adaptive budgets, plus ``--subcubic``
-randomly chosen subcubic variants, run through ``tests/models.assert_sound`` (the count never
-exceeds the truth and every input a proof covers is truly correct); the adaptive checker's
-refuted sets are checked too (only truly incorrect inputs), and its unbudgeted count must be
-exact. Prints one line per violation or error and a table per family at the end; exits 1 if
+d_head != d_model. Brute force, cubic, adaptive and two adaptive budgets, the near tier, plus
+``--subcubic`` randomly chosen subcubic variants, run through ``tests/models.assert_sound`` (the
+count never exceeds the truth and every input a proof covers is truly correct); the adaptive
+checker's refuted sets are checked too (only truly incorrect inputs), and its unbudgeted count
+must be exact. Prints one line per violation or error and a table per family at the end; exits 1 if
 anything was found. The test suite runs a fixed sample of the same kind
 (``tests/test_soundness.py``); this runs as long as you like.
 """
@@ -36,7 +36,14 @@ from compact_proofs.proofs.adaptive import checker, searcher  # noqa: E402
 from compact_proofs.proofs.registry import STRATEGIES  # noqa: E402
 from compact_proofs.weights import Weights  # noqa: E402
 
-CORE = ("brute-force", "cubic", "adaptive", "adaptive-budget-2e7", "adaptive-budget-3e7")
+CORE = (
+    "brute-force",
+    "cubic",
+    "adaptive",
+    "adaptive-budget-2e7",
+    "adaptive-budget-3e7",
+    "subcubic-near-tier",
+)
 SUBCUBIC = tuple(name for name, s in STRATEGIES.items() if s.family.startswith("subcubic"))
 FAMILIES = ("grid-random", "grid-planted", "duplicate-token", "trained-near-tie", "scale", "d_head")
 

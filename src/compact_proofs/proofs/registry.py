@@ -8,6 +8,7 @@ def _build() -> dict[str, Strategy]:
     strategies: list[Strategy] = [brute_force.STRATEGY, cubic.STRATEGY]
     strategies += [adaptive.STRATEGY, *adaptive.BUDGET_STRATEGIES]
     strategies += list(subcubic.STRATEGIES)
+    strategies.append(subcubic.NEAR_TIER)
     # Each strategy module contributes its entries here, explicitly.
     return {s.name: s for s in strategies}
 

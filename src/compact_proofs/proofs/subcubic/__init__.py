@@ -25,12 +25,14 @@ identities, so a bad certificate loosens the bound but cannot make it wrong; mal
 Cost: ``flops.variant_flops`` (asserted equal to the ledger in tests/test_subcubic.py).
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from compact_proofs.core.rigorous import Ops
+from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs.protocol import Certificate, Strategy, Verdict
-from compact_proofs.proofs.subcubic import bounds, count, pipeline, search
+from compact_proofs.proofs.subcubic import bounds, count, near_tier, pipeline, search
 from compact_proofs.proofs.subcubic.variants import BY_NAME, VARIANTS, Variant
 from compact_proofs.weights import Weights
 
@@ -48,8 +50,23 @@ def _gaps(cert: Certificate, V: int, n: int) -> torch.Tensor:
     return g
 
 
-def check(variant: Variant, w: Weights, cert: Certificate, ops: Ops) -> Verdict:
-    """Trusted checker of one variant (package docstring)."""
+@dataclass(frozen=True)
+class _Evaluated:
+    """A variant's check, with the tables the near tier reuses."""
+
+    gaps: torch.Tensor
+    proven0: torch.Tensor
+    proven: torch.Tensor
+    at: bounds.AttnTables
+    lt: bounds.LogitTables
+    avg: Approx | None
+    base: Approx | None
+    pos_s: Approx
+    eps_max: float
+
+
+def _evaluate(variant: Variant, w: Weights, cert: Certificate, ops: Ops) -> _Evaluated:
+    """The checker's stages for one variant (package docstring)."""
     cfg = w.config
     V, n = cfg.d_vocab, cfg.n_ctx
     gaps = _gaps(cert, V, n)
@@ -70,23 +87,64 @@ def check(variant: Variant, w: Weights, cert: Certificate, ops: Ops) -> Verdict:
     lw = bounds.largest_wrong_logit(lt, a, na, g4, avg, base, ops)
     proven = ops.proven_negative(lw, label="subcubic:decide")[..., 0] & bounds.valid(gaps)
     count.tally_int_ops(ops.ledger, V, n)
-    correct = count.count(proven0, proven, gaps)
+    eps_max = float(at.eps_s.mid.max()) * cm.s
+    return _Evaluated(gaps, proven0, proven, at, lt, avg, base, cm.pos_s, eps_max)
+
+
+def _details(ev: _Evaluated) -> dict:
+    gaps, proven = ev.gaps, ev.proven
+    return {
+        "proven_c0": int(ev.proven0.sum()),
+        "proven_keys": int(proven.sum()),
+        "valid_keys": int(bounds.valid(gaps).sum()),
+        "mean_gap_proven": float(gaps[proven].double().mean()) if bool(proven.any()) else None,
+        "eps_max": ev.eps_max,
+    }
+
+
+def _refuse_large(V: int, n: int) -> None:
+    if V**n > EXPAND_LIMIT:
+        raise ProofPreconditionError(
+            f"d_vocab**n_ctx = {V**n} inputs is too many to expand (limit {EXPAND_LIMIT})"
+        )
+
+
+def check(variant: Variant, w: Weights, cert: Certificate, ops: Ops) -> Verdict:
+    """Trusted checker of one variant (package docstring)."""
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ev = _evaluate(variant, w, cert, ops)
+    correct = count.count(ev.proven0, ev.proven, ev.gaps)
 
     def expand() -> torch.Tensor:
-        if V**n > EXPAND_LIMIT:
-            raise ProofPreconditionError(
-                f"d_vocab**n_ctx = {V**n} inputs is too many to expand (limit {EXPAND_LIMIT})"
-            )
-        return count.covered_mask(proven0, proven, gaps)
+        _refuse_large(V, n)
+        return count.covered_mask(ev.proven0, ev.proven, ev.gaps)
 
-    ok_valid = bounds.valid(gaps)
-    details = {
-        "proven_c0": int(proven0.sum()),
-        "proven_keys": int(proven.sum()),
-        "valid_keys": int(ok_valid.sum()),
-        "mean_gap_proven": float(gaps[proven].double().mean()) if bool(proven.any()) else None,
-        "eps_max": float(at.eps_s.mid.max()) * cm.s,
-    }
+    return Verdict(correct_count=correct, details=_details(ev), expand=expand)
+
+
+def check_near_tier(w: Weights, cert: Certificate, ops: Ops) -> Verdict:
+    """Trusted checker of ``NEAR_TIER``: the ``NEAR_TIER_BASE`` variant's check, plus the
+    near tiers of the certificate's ``near`` (``near_tier`` docstring: its claim, the count,
+    disjointness from the keys' far sets)."""
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ev = _evaluate(NEAR_TIER_BASE, w, cert, ops)
+    keys = near_tier.keys_of(cert.get("near"), ev.gaps)
+    pl = near_tier.position_logs(ev.pos_s, ops)
+    assert ev.avg is not None and ev.base is not None  # the base variant is mean_query+diff
+    ok = near_tier.proven(keys, ev.at, ev.lt, ev.avg, ev.base, pl, ops)
+    correct = count.count(ev.proven0, ev.proven, ev.gaps) + near_tier.count(keys, ok, n)
+
+    def expand() -> torch.Tensor:
+        _refuse_large(V, n)
+        mask = count.covered_mask(ev.proven0, ev.proven, ev.gaps)
+        powers = V ** torch.arange(n, dtype=torch.int64)
+        for start in range(0, V**n, 1 << 20):
+            idx = torch.arange(start, min(V**n, start + (1 << 20)), dtype=torch.int64)
+            tokens = (idx[:, None] // powers) % V  # the paper's index order
+            mask[idx] |= near_tier.covered(tokens, keys, ok, V)
+        return mask
+
+    details = _details(ev) | {"tier_keys": int(keys.q.numel()), "tier_proven": int(ok.sum())}
     return Verdict(correct_count=correct, details=details, expand=expand)
 
 
@@ -104,4 +162,16 @@ def _strategy(v: Variant) -> Strategy:
 
 STRATEGIES: tuple[Strategy, ...] = tuple(_strategy(v) for v in VARIANTS)
 
-__all__ = ["BY_NAME", "STRATEGIES", "VARIANTS", "Variant", "check"]
+# The near tier extends the best variant on every paper seed (docs/subcubic.md).
+NEAR_TIER_BASE = BY_NAME["EUPUMaxDiffExactAttnMeanQueryDiffAttnErrExactEqkeMaxDiffExact"]
+NEAR_TIER = Strategy(
+    name="subcubic-near-tier",
+    family="subcubic (near tier)",
+    complexity=NEAR_TIER_BASE.complexity,
+    search=search.search_near_tier,
+    check=check_near_tier,
+    unexplained_dim=NEAR_TIER_BASE.unexplained_dim,
+    max_inputs=None,
+)
+
+__all__ = ["BY_NAME", "NEAR_TIER", "STRATEGIES", "VARIANTS", "Variant", "check"]

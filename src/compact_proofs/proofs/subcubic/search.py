@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
-from compact_proofs.proofs.subcubic import bounds, pipeline
+from compact_proofs.proofs.subcubic import bounds, near_tier, pipeline
 from compact_proofs.proofs.subcubic.variants import (
+    BY_NAME,
     FACTORED_ATTN_ERR,
     SUBPRODUCT_ATTN_ERR,
     Variant,
@@ -200,4 +201,46 @@ def search(variant: Variant, w: Weights) -> dict:
     avg_a = st.ops.exact(avg).map_layout(lambda t: t[:, :, None, :])
     cert["gaps"] = _choose(st, variant.attn_err, lt, True, avg_a)
     cert["avg"] = avg
+    return cert
+
+
+def search_near_tier(w: Weights) -> dict:
+    """Certificate of ``subcubic-near-tier``: the base variant's (gaps, reference attention),
+    plus per key the smallest near gap h the checker proves (``near``; 0 for none). Proving is
+    monotone in h (a larger h narrows both ranges it uses), so each key's h is found by a
+    binary search over [1, g - 1], all keys at once per step, with the checker's own test."""
+    base_variant = BY_NAME["EUPUMaxDiffExactAttnMeanQueryDiffAttnErrExactEqkeMaxDiffExact"]
+    cert = search(base_variant, w)
+    st = _state(w)
+    ops = st.ops
+    at = st.attn_tables(base_variant.attn_err)
+    lt = st.logit_tables(base_variant.eupu, False)
+    avg = ops.exact(cert["avg"]).map_layout(lambda t: t[:, :, None, :])
+    base = bounds.base_mean(lt, avg, ops)
+    pl = near_tier.position_logs(st.cm.pos_s, ops)
+    gaps = cert["gaps"]
+    q, m, ci = torch.nonzero(torch.ones_like(gaps, dtype=torch.bool), as_tuple=True)
+    g = gaps[q, m, ci]
+    on = near_tier.eligible(q, m, ci, g)
+    q, m, ci, g = q[on], m[on], ci[on], g[on]
+
+    def proves(sel: Tensor, h: Tensor) -> Tensor:
+        k = near_tier.Keys(q[sel], m[sel], ci[sel], g[sel], h)
+        return near_tier.proven(k, at, lt, avg, base, pl, ops)
+
+    hi = g - 1  # proven where ``alive``; the answer lies in [lo, hi]
+    alive = proves(torch.ones_like(g, dtype=torch.bool), hi)
+    lo = torch.ones_like(g)
+    while True:
+        todo = alive & (lo < hi)
+        if not bool(todo.any()):
+            break
+        mid = (lo + hi)[todo] // 2
+        ok = proves(todo, mid)
+        idx = torch.nonzero(todo, as_tuple=True)[0]
+        hi[idx[ok]] = mid[ok]
+        lo[idx[~ok]] = mid[~ok] + 1
+    near = torch.zeros_like(gaps)
+    near[q[alive], m[alive], ci[alive]] = hi[alive]
+    cert["near"] = near
     return cert
