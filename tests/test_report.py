@@ -632,3 +632,16 @@ def test_ablation_chart_labels_every_bar_with_its_value():
     assert [t.get_text() for t in acc_ax.texts] == ["0.999", "0.031", "0.000"]
     assert [t.get_text() for t in loss_ax.texts] == ["0.0041", "4.13", "4.16"]
     assert loss_ax.get_xlim()[1] > 4.16  # the largest label fits
+
+
+def test_pdf_figures_carry_no_creation_date(tmp_path):
+    """A regenerated report leaves unchanged figures byte-identical (no date in the PDF)."""
+    import matplotlib.pyplot as plt
+
+    from compact_proofs.report import figures
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3])
+    png, pdf = figures.save(fig, tmp_path, "x")
+    plt.close(fig)
+    assert png.is_file() and b"/CreationDate" not in pdf.read_bytes()

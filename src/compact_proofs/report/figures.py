@@ -82,12 +82,14 @@ def family_colors(families) -> dict[str, str]:
 
 
 def save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``stem.png`` (150 dpi) and ``stem.pdf``; return both paths."""
+    """Write ``stem.png`` (150 dpi) and ``stem.pdf``; return both paths. The PDF carries no
+    creation date, so an unchanged figure is byte-identical when the report is regenerated."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
         p = out_dir / f"{stem}.{ext}"
-        fig.savefig(p, dpi=150, bbox_inches="tight")
+        meta = {"CreationDate": None} if ext == "pdf" else None
+        fig.savefig(p, dpi=150, bbox_inches="tight", metadata=meta)
         paths.append(p)
     return paths
 
