@@ -217,3 +217,18 @@ def test_paper_model_lifts_the_best_paper_variant(paper_model):
     tier = TIER.check(w, cert, Ops()).correct_count
     base = subcubic.check(BASE, w, cert, Ops()).correct_count
     assert tier > base + 2e5 and tier / 64**4 > 0.9
+
+
+def test_a_tier_bounding_the_near_token_like_a_far_one_is_caught(soundness_model, monkeypatch):
+    """The input-by-input test has teeth: bounding the near token's score and OV row over
+    k <= m - g (as if it were far) over-claims on the catalogue."""
+    real = near_tier.proven
+
+    def like_far(k, *tables):
+        return real(near_tier.Keys(k.q, k.m, k.ci, k.g, k.g), *tables)
+
+    monkeypatch.setattr(near_tier, "proven", like_far)
+    w, truth = soundness_model("neartie-c0-V6-K4")
+    cert = _with_near(search.search(BASE, w), lambda g: torch.ones_like(g))
+    mask = TIER.check(w, cert, Ops()).expand()
+    assert bool((mask & ~truth).any())
