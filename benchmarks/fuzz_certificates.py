@@ -19,6 +19,9 @@ model, ``--forgeries`` certificates of each kind:
                     with its float tensors replaced by extreme constants (1e300, 5e-324, -0.0,
                     ...), scaled by extremes (up to 1e152) or drawn at random scales, and its
                     gaps redrawn
+  near-tier         the near tier's certificate with its gaps redrawn (half the time), its
+                    reference attention made extreme (half the time) and a random near gap in
+                    [1, g - 1] on a random half of the keys that admit one
 
 Every check runs under an alarm (``--timeout`` seconds). Problems: VIOLATION (an input counted
 correct that is not, one counted incorrect that is correct, a count above the truth or different
@@ -26,7 +29,7 @@ from the checker's own set), ERROR (any exception other than ``ProofPrecondition
 Prints one line per problem and a table per kind at the end; exits 1 if anything was found (or
 nothing was checked). The
 test suite runs fixed samples of the same kind (``tests/test_adaptive.py``,
-``tests/test_subcubic.py``); this runs as long as you like.
+``tests/test_subcubic.py``, ``tests/test_near_tier.py``); this runs as long as you like.
 """
 
 import argparse
@@ -50,9 +53,10 @@ from compact_proofs.errors import ProofPreconditionError  # noqa: E402
 from compact_proofs.proofs import adaptive  # noqa: E402
 from compact_proofs.proofs.adaptive import checker, plan, tree  # noqa: E402
 from compact_proofs.proofs.registry import STRATEGIES  # noqa: E402
+from compact_proofs.proofs.subcubic import near_tier  # noqa: E402
 from compact_proofs.weights import Weights  # noqa: E402
 
-KINDS = ("adaptive-mutate", "adaptive-random", "subcubic-extreme")
+KINDS = ("adaptive-mutate", "adaptive-random", "subcubic-extreme", "near-tier")
 SUBCUBIC = fuzz_soundness.SUBCUBIC
 EXTREME = (1e300, -1e300, 1e152, 1e100, 1e30, 3.4e38, 1e8, 1.0, -1.0, 1e-45, 1e-300, 5e-324)
 EXTREME += (0.0, -0.0)
@@ -238,6 +242,28 @@ def forge_subcubic(w: Weights, count: int, rng: random.Random, g: torch.Generato
     return out
 
 
+def forge_near_tier(w: Weights, count: int, rng: random.Random, g: torch.Generator):
+    V = w.config.d_vocab
+    base = STRATEGIES["subcubic-near-tier"].search(w)
+    out = []
+    for _ in range(count):
+        cert = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in base.items()}
+        if rng.random() < 0.5:
+            cert["gaps"] = torch.randint(1, V + 1, cert["gaps"].shape, generator=g)
+        if rng.random() < 0.5:
+            cert["avg"] = _extreme_tensor(cert["avg"], rng, g)
+        gaps = cert["gaps"]
+        q, m, ci = torch.nonzero(torch.ones_like(gaps, dtype=torch.bool), as_tuple=True)
+        gk = gaps[q, m, ci]
+        on = near_tier.eligible(q, m, ci, gk) & (torch.rand(gk.shape, generator=g) < 0.5)
+        near = torch.zeros_like(gaps)
+        pick = 1 + (torch.rand(gk.shape, generator=g) * (gk - 1)).long()
+        near[q[on], m[on], ci[on]] = pick[on]
+        cert["near"] = near
+        out.append(("subcubic-near-tier", cert))
+    return out
+
+
 # --- checking ---
 
 
@@ -314,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 "adaptive-mutate": forge_adaptive_mutate(w, a.forgeries, rng, g),
                 "adaptive-random": forge_adaptive_random(w, a.forgeries, rng, g),
                 "subcubic-extreme": forge_subcubic(w, a.forgeries, rng, g, a.subcubic),
+                "near-tier": forge_near_tier(w, a.forgeries, rng, g),
             }
             for kind, certs in forged.items():
                 tally[kind]["models"] += bool(certs)
