@@ -242,7 +242,9 @@ td:first-child,th:first-child{{text-align:left}}
 def write_html(
     path: Path, sections: list[tuple[str, list]], table_html: str, notes: list[str]
 ) -> None:
-    """Assemble ``sections`` ([(heading, [plotly figures])]) and Table 1 into one offline page."""
+    """Assemble ``sections`` ([(heading, [plotly figures])]) and Table 1 into one offline page.
+    Each figure's element id is numbered (not plotly's random one), so the page is the same file
+    when regenerated from the same rows."""
     body = ["<h2>Table 1</h2>", table_html]
     if notes:
         body.append(
@@ -250,11 +252,13 @@ def write_html(
             + "".join(f"<li>{html_mod.escape(n)}</li>" for n in notes)
             + "</ul>"
         )
-    first = True
+    first, number = True, 0
     for heading, figs in sections:
         body.append(f"<h2>{html_mod.escape(heading)}</h2>")
         for fig in figs:
-            body.append(fig.to_html(full_html=False, include_plotlyjs=first))
+            number += 1
+            html = fig.to_html(full_html=False, include_plotlyjs=first, div_id=f"figure-{number}")
+            body.append(html)
             first = False
     path.write_text(
         PAGE.format(title="compact-proofs report", body="\n".join(body)), encoding="utf-8"
