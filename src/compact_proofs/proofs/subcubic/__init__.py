@@ -1,6 +1,7 @@
 """The 100 subcubic proof strategies (reference-algorithms §8), rounding-sound, with the paper's
 unsound spots fixed (§13.2 sign of delta, §13.3 endpoint choice) and its off-by-one count fixed
-(§13.4).
+(§13.4); and ``NEAR_TIER`` (``subcubic-near-tier``), beyond the paper: the best variant's keys
+plus the inputs with one non-max token just below the max (``near_tier``).
 
 Notation: V = d_vocab, n = n_ctx, d = d_model, s = sqrt(d_head); path matrices of
 ``core/circuits.py``; keys (q, m, c) with c counting the non-max tokens INCLUDING the query when
@@ -163,7 +164,7 @@ def _strategy(v: Variant) -> Strategy:
 STRATEGIES: tuple[Strategy, ...] = tuple(_strategy(v) for v in VARIANTS)
 
 # The near tier extends the best variant on every paper seed (docs/subcubic.md).
-NEAR_TIER_BASE = BY_NAME["EUPUMaxDiffExactAttnMeanQueryDiffAttnErrExactEqkeMaxDiffExact"]
+NEAR_TIER_BASE = BY_NAME[near_tier.BASE_NAME]
 NEAR_TIER = Strategy(
     name="subcubic-near-tier",
     family="subcubic (near tier)",

@@ -67,6 +67,8 @@ from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs.subcubic import bounds
 
 LT = "subcubic:tier"
+# The variant whose keys the near tier extends: the best of the 100 on every paper seed.
+BASE_NAME = "EUPUMaxDiffExactAttnMeanQueryDiffAttnErrExactEqkeMaxDiffExact"
 # Per tier key: two score ranges (8), the far and near log-weight ends (4), the 8 vertices'
 # exp-shifted weights (64), the empty far group (8), Z (16), the far and near terms (24), and per
 # endpoint r: d (16), the R term (24), the level (9), T (16), the max over vertices (7) and the

@@ -209,7 +209,7 @@ def search_near_tier(w: Weights) -> dict:
     plus per key the smallest near gap h the checker proves (``near``; 0 for none). Proving is
     monotone in h (a larger h narrows both ranges it uses), so each key's h is found by a
     binary search over [1, g - 1], all keys at once per step, with the checker's own test."""
-    base_variant = BY_NAME["EUPUMaxDiffExactAttnMeanQueryDiffAttnErrExactEqkeMaxDiffExact"]
+    base_variant = BY_NAME[near_tier.BASE_NAME]
     cert = search(base_variant, w)
     st = _state(w)
     ops = st.ops
