@@ -35,6 +35,7 @@ from compact_proofs.sweep import (
     run_sweep,
 )
 from compact_proofs.sweep.layout import ModelSpec
+from compact_proofs.sweep.run import SweepSummary
 
 K, V, D_MODEL, STEPS = 3, 6, 8, 40
 SEEDS = (50, 104)
@@ -743,3 +744,13 @@ def test_a_models_adaptive_variants_run_as_one_job_exploring_once(tmp_path, monk
     for seed in SEEDS:
         a, b = rows[(str(seed), "adaptive-budget-1e9")], rows[(str(seed), "adaptive-budget-2e9")]
         assert (a["correct_count"], a["flops"]) == (b["correct_count"], b["flops"])
+
+
+def test_describe_says_what_its_units_are(tmp_path):
+    """The units counted are proofs, plus one analysis per model when analyses are on."""
+    proofs = SweepSummary(tmp_path, models=["a", "b"], strategies=["cubic"], total=2, ok=2)
+    both = SweepSummary(
+        tmp_path, models=["a", "b"], strategies=["cubic"], total=4, already_done=2, ok=2
+    )
+    assert "; 2 of 2 units (proofs) run now in " in describe(proofs)
+    assert "; 2 of 4 units (proofs and analyses) run now in " in describe(both)

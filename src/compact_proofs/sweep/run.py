@@ -363,6 +363,7 @@ def describe(summary: SweepSummary) -> str:
         f"{s.ok - len(s.unsound)} proved, "
         + (f"{len(s.unsound)} UNSOUND, " if s.unsound else "")
         + f"{s.skipped} skipped, {s.failed} failed; {s.total - s.already_done} of {s.total} units "
+        f"(proofs{' and analyses' if s.total > len(s.models) * len(s.strategies) else ''}) "
         f"run now in {s.seconds:.1f} s ({s.out_dir})"
     ]
     lines += [f"FAILED {key} {what}: {msg}" for key, what, msg in s.failures]
