@@ -63,6 +63,7 @@ class _Evaluated:
     avg: Approx | None
     base: Approx | None
     pos_s: Approx
+    EVOU: Approx
     eps_max: float
 
 
@@ -89,7 +90,7 @@ def _evaluate(variant: Variant, w: Weights, cert: Certificate, ops: Ops) -> _Eva
     proven = ops.proven_negative(lw, label="subcubic:decide")[..., 0] & bounds.valid(gaps)
     count.tally_int_ops(ops.ledger, V, n)
     eps_max = float(at.eps_s.mid.max()) * cm.s
-    return _Evaluated(gaps, proven0, proven, at, lt, avg, base, cm.pos_s, eps_max)
+    return _Evaluated(gaps, proven0, proven, at, lt, avg, base, cm.pos_s, cm.EVOU, eps_max)
 
 
 def _details(ev: _Evaluated) -> dict:
@@ -130,9 +131,9 @@ def check_near_tier(w: Weights, cert: Certificate, ops: Ops) -> Verdict:
     V, n = w.config.d_vocab, w.config.n_ctx
     ev = _evaluate(NEAR_TIER_BASE, w, cert, ops)
     keys = near_tier.keys_of(cert.get("near"), ev.gaps)
-    pl = near_tier.position_logs(ev.pos_s, ops)
+    tb = near_tier.tables(ev.pos_s, ev.EVOU, ops)
     assert ev.avg is not None and ev.base is not None  # the base variant is mean_query+diff
-    ok = near_tier.proven(keys, ev.at, ev.lt, ev.avg, ev.base, pl, ops)
+    ok = near_tier.proven(keys, ev.at, ev.lt, ev.avg, ev.base, tb, ops)
     correct = count.count(ev.proven0, ev.proven, ev.gaps) + near_tier.count(keys, ok, n)
 
     def expand() -> torch.Tensor:
@@ -145,7 +146,7 @@ def check_near_tier(w: Weights, cert: Certificate, ops: Ops) -> Verdict:
             mask[idx] |= near_tier.covered(tokens, keys, ok, V)
         return mask
 
-    details = _details(ev) | {"tier_keys": int(keys.q.numel()), "tier_proven": int(ok.sum())}
+    details = _details(ev) | {"tier_claims": int(keys.q.numel()), "tier_proven": int(ok.sum())}
     return Verdict(correct_count=correct, details=details, expand=expand)
 
 

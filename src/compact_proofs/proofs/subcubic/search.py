@@ -206,9 +206,9 @@ def search(variant: Variant, w: Weights) -> dict:
 
 def search_near_tier(w: Weights) -> dict:
     """Certificate of ``subcubic-near-tier``: the base variant's (gaps, reference attention),
-    plus per key the smallest near gap h the checker proves (``near``; 0 for none). Proving is
-    monotone in h (a larger h narrows both ranges it uses), so each key's h is found by a
-    binary search over [1, g - 1], all keys at once per step, with the checker's own test."""
+    plus per key the near gap h (``near``; 0 for none) whose band m - g < k <= m - h ends at the
+    largest token k the checker proves: every band token of every eligible key is tested once,
+    all at once, with the checker's own test."""
     base_variant = BY_NAME[near_tier.BASE_NAME]
     cert = search(base_variant, w)
     st = _state(w)
@@ -217,30 +217,20 @@ def search_near_tier(w: Weights) -> dict:
     lt = st.logit_tables(base_variant.eupu, False)
     avg = ops.exact(cert["avg"]).map_layout(lambda t: t[:, :, None, :])
     base = bounds.base_mean(lt, avg, ops)
-    pl = near_tier.position_logs(st.cm.pos_s, ops)
+    tb = near_tier.tables(st.cm.pos_s, st.cm.EVOU, ops)
     gaps = cert["gaps"]
     q, m, ci = torch.nonzero(torch.ones_like(gaps, dtype=torch.bool), as_tuple=True)
     g = gaps[q, m, ci]
     on = near_tier.eligible(q, m, ci, g)
     q, m, ci, g = q[on], m[on], ci[on], g[on]
-
-    def proves(sel: Tensor, h: Tensor) -> Tensor:
-        k = near_tier.Keys(q[sel], m[sel], ci[sel], g[sel], h)
-        return near_tier.proven(k, at, lt, avg, base, pl, ops)
-
-    hi = g - 1  # proven where ``alive``; the answer lies in [lo, hi]
-    alive = proves(torch.ones_like(g, dtype=torch.bool), hi)
-    lo = torch.ones_like(g)
-    while True:
-        todo = alive & (lo < hi)
-        if not bool(todo.any()):
-            break
-        mid = (lo + hi)[todo] // 2
-        ok = proves(todo, mid)
-        idx = torch.nonzero(todo, as_tuple=True)[0]
-        hi[idx[ok]] = mid[ok]
-        lo[idx[~ok]] = mid[~ok] + 1
-    near = torch.zeros_like(gaps)
-    near[q[alive], m[alive], ci[alive]] = hi[alive]
+    claims = near_tier.band_claims(q, m, ci, g, torch.ones_like(g))  # the widest band, h = 1
+    ok = near_tier.proven(claims, at, lt, avg, base, tb, ops)
+    near = torch.zeros_like(gaps)  # h = m - (the largest proven band token): scatter_reduce
+    flat = (claims.q * gaps.shape[1] + claims.m) * gaps.shape[2] + claims.ci
+    h = torch.where(ok, claims.m - claims.k, torch.zeros_like(claims.k))
+    big = torch.iinfo(torch.int64).max
+    best = torch.full((gaps.numel(),), big, dtype=torch.int64)
+    best.scatter_reduce_(0, flat, torch.where(ok, h, big), reduce="amin")
+    near.view(-1)[best < big] = best[best < big]
     cert["near"] = near
     return cert
