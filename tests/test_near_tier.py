@@ -306,3 +306,18 @@ def test_bound_covers_every_input_of_every_claim(make):
     scale = logits.abs().amax() + 1.0
     for T in Ts:
         assert bool((T.mid[:, 0] / Z >= worst - 1e-9 * scale).all())
+
+
+def test_chunks_decide_and_cost_as_one_pass(soundness_model, monkeypatch):
+    """Claims go through in chunks: a tiny chunk gives the same search, count and FLOPs."""
+    w, _ = soundness_model("trained-V10-K4-partial")
+    cert = _with_near(search.search(BASE, w), lambda g: torch.ones_like(g))
+    ops1, near1 = Ops(), TIER.search(w)["near"]
+    whole = TIER.check(w, cert, ops1)
+    monkeypatch.setattr(near_tier, "CHUNK", 7)
+    ops2, near2 = Ops(), TIER.search(w)["near"]
+    chunked = TIER.check(w, cert, ops2)
+    assert whole.details["tier_claims"] > 7
+    assert chunked.correct_count == whole.correct_count
+    assert ops2.ledger.flop == ops1.ledger.flop
+    assert torch.equal(near1, near2)
