@@ -316,10 +316,12 @@ def bound_times_z(
 
 def count(k: Keys, ok: Tensor, n: int) -> int:
     """Inputs of the proven claims: C(n-1, c') c' (m - g + 1)^(c'-1) each (exact ints)."""
-    cp = k.non_query_nonmax()
-    total = 0
-    for c_, m_, g_ in zip(cp[ok].tolist(), k.m[ok].tolist(), k.g[ok].tolist(), strict=True):
-        total += math.comb(n - 1, c_) * c_ * (m_ - g_ + 1) ** (c_ - 1)
+    cp = k.non_query_nonmax()[ok]
+    far_values = (k.m - k.g + 1)[ok]
+    pairs, mult = torch.unique(torch.stack([cp, far_values], dim=1), dim=0, return_counts=True)
+    total = 0  # one term per distinct (c', m - g + 1): at most n d_vocab of them
+    for (c_, b), times in zip(pairs.tolist(), mult.tolist(), strict=True):
+        total += times * math.comb(n - 1, c_) * c_ * b ** (c_ - 1)
     return total
 
 
