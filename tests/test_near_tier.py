@@ -256,8 +256,21 @@ def _attention(w, tokens: torch.Tensor) -> torch.Tensor:
         lambda: models.trained_weights(12, 5, seed=5, steps=200),
         lambda: models.planted_weights(16, 4, noise=0.1, pos_noise=0.3, seed=2),
         lambda: models.planted_weights(12, 3, noise=0.05, seed=3),
+        # noiseless, soft attention: no direct or positional path, so with no far token the
+        # bound at the near token's own output is the exact logit difference (tight)
+        lambda: models.planted_weights(12, 3, gap=0.5),
+        lambda: models.planted_weights(10, 4, gap=0.2),
     ],
-    ids=["V10-K4", "V16-K4", "V24-K3", "V12-K5", "planted-V16-K4", "planted-V12-K3"],
+    ids=[
+        "V10-K4",
+        "V16-K4",
+        "V24-K3",
+        "V12-K5",
+        "planted-V16-K4",
+        "planted-V12-K3",
+        "exact-planted-V12-K3",
+        "exact-planted-V10-K4",
+    ],
 )
 def test_bound_covers_every_input_of_every_claim(make):
     """The heart of the claim, input by input and output by output: at an input's own group
