@@ -103,14 +103,14 @@ def test_every_near_gap_is_sound_input_by_input(model_name, choice, soundness_mo
 
 
 def _tables(w, cert) -> tuple:
-    """The check's tables, for ``near_tier.proven(keys, *tables)``."""
+    """The check's tables and an ``Ops``, for ``near_tier.proven(keys, *tables)``."""
     ops = Ops()
     cm = subcubic.pipeline.common(w, ops)
     at = subcubic.pipeline.attn_part(BASE.attn_err, cm, cert, ops)
     lt = subcubic.pipeline.logit_part(BASE.eupu, False, cm, cert, ops)
     avg = ops.exact(torch.as_tensor(cert["avg"])).map_layout(lambda t: t[:, :, None, :])
     base = subcubic.bounds.base_mean(lt, avg, ops)
-    return at, lt, avg, base, near_tier.tables(cm.pos_s, cm.EVOU, ops), ops
+    return near_tier.tables(at, lt, avg, base, cm.pos_s, cm.EVOU, ops), ops
 
 
 def test_some_tiers_prove_on_the_catalogue(soundness_model):
@@ -282,7 +282,7 @@ def test_bound_covers_every_input_of_every_claim(make):
     V, n = w.config.d_vocab, w.config.n_ctx
     cert = _with_near(search.search(BASE, w), lambda g: torch.ones_like(g))
     keys = near_tier.keys_of(cert["near"], cert["gaps"])
-    at, lt, avg, base, tb, ops = _tables(w, cert)
+    tb, ops = _tables(w, cert)
     # Each input's claim, if any (exactly one band token among the non-query slots, others far).
     tokens = models.all_tokens(V, n)
     claim_id = torch.full((V, V, n - 1, V), -1, dtype=torch.int64)
@@ -307,7 +307,7 @@ def test_bound_covers_every_input_of_every_claim(make):
     wF = (attn * ~is_max * ~is_near).sum(1)
     point = lambda t: ops.exact(t[:, None])  # noqa: E731
     sub = near_tier.Keys(keys.q[c], keys.m[c], keys.ci[c], keys.g[c], keys.k[c])
-    Ts = near_tier.bound_times_z(sub, at, lt, avg, base, tb, point(wS), point(wF), point(wN), ops)
+    Ts = near_tier.bound_times_z(sub, tb, point(wS), point(wF), point(wN), ops)
     logits = models.naive_last_logits(w, toks)
     mm = m[inside]
     worst = (

@@ -131,9 +131,9 @@ def check_near_tier(w: Weights, cert: Certificate, ops: Ops) -> Verdict:
     V, n = w.config.d_vocab, w.config.n_ctx
     ev = _evaluate(NEAR_TIER_BASE, w, cert, ops)
     keys = near_tier.keys_of(cert.get("near"), ev.gaps)
-    tb = near_tier.tables(ev.pos_s, ev.EVOU, ops)
     assert ev.avg is not None and ev.base is not None  # the base variant is mean_query+diff
-    ok = near_tier.proven(keys, ev.at, ev.lt, ev.avg, ev.base, tb, ops)
+    tb = near_tier.tables(ev.at, ev.lt, ev.avg, ev.base, ev.pos_s, ev.EVOU, ops)
+    ok = near_tier.proven(keys, tb, ops)
     correct = count.count(ev.proven0, ev.proven, ev.gaps) + near_tier.count(keys, ok, n)
 
     def expand() -> torch.Tensor:

@@ -113,22 +113,36 @@ class Keys:
 
 @dataclass(frozen=True)
 class Tables:
-    """What every claim reads: the position log-sums and the top of each EVOU row."""
+    """What every claim reads: the base variant's attention and logit tables, its reference
+    attention ``avg`` and ``base`` ([m, n-1, 1, r], as in the check), the position log-sums and
+    the top of each EVOU row."""
 
+    at: bounds.AttnTables
+    lt: bounds.LogitTables
+    avg: Approx
+    base: Approx
     pl: "PositionLogs"
+    EVOU: Approx
     top: Approx  # [k, TOP] the largest EVOU[k, x], descending
     top_x: Int[Tensor, "k top"] | None  # ... and their outputs x
-    EVOU: Approx
 
 
-def tables(pos_s: Approx, EVOU: Approx, ops: Ops) -> Tables:
+def tables(
+    at: bounds.AttnTables,
+    lt: bounds.LogitTables,
+    avg: Approx,
+    base: Approx,
+    pos_s: Approx,
+    EVOU: Approx,
+    ops: Ops,
+) -> Tables:
     """The ``Tables`` (no EVOU top below d_vocab 3: no key has a band token there)."""
     V = EVOU.shape[1]
     if V >= TOP:
         top, top_x = ops.top_k(EVOU, TOP, label=LT)
     else:
         top, top_x = Approx(torch.zeros(V, 0, dtype=torch.float64), 0.0, 0.0), None
-    return Tables(position_logs(pos_s, ops), top, top_x, EVOU)
+    return Tables(at, lt, avg, base, position_logs(pos_s, ops), EVOU, top, top_x)
 
 
 @dataclass(frozen=True)
@@ -206,36 +220,19 @@ def band_claims(q: Tensor, m: Tensor, ci: Tensor, g: Tensor, h: Tensor) -> Keys:
     return Keys(q[rep], m[rep], ci[rep], g[rep], m[rep] - g[rep] + 1 + offset)
 
 
-def proven(
-    k: Keys,
-    at: bounds.AttnTables,
-    lt: bounds.LogitTables,
-    avg: Approx,
-    base: Approx,
-    tb: Tables,
-    ops: Ops,
-) -> Bool[Tensor, " claims"]:
-    """The claim's test for each tier claim (``avg``, ``base`` [m, n-1, 1, r] as in the check),
-    ``CHUNK`` claims at a time (the uniform error bounds come from the tables, so chunks decide
-    and cost exactly what one pass would)."""
+def proven(k: Keys, tb: Tables, ops: Ops) -> Bool[Tensor, " claims"]:
+    """The claim's test for each tier claim, ``CHUNK`` claims at a time (the uniform error
+    bounds come from the tables, so chunks decide and cost exactly what one pass would)."""
     out = torch.zeros(k.q.numel(), dtype=torch.bool)
     for lo in range(0, k.q.numel(), CHUNK):
         part = Keys(*(x[lo : lo + CHUNK] for x in (k.q, k.m, k.ci, k.g, k.k)))
-        out[lo : lo + CHUNK] = _proven(part, at, lt, avg, base, tb, ops)
+        out[lo : lo + CHUNK] = _proven(part, tb, ops)
     return out
 
 
-def _proven(
-    k: Keys,
-    at: bounds.AttnTables,
-    lt: bounds.LogitTables,
-    avg: Approx,
-    base: Approx,
-    tb: Tables,
-    ops: Ops,
-) -> Bool[Tensor, " claims"]:
+def _proven(k: Keys, tb: Tables, ops: Ops) -> Bool[Tensor, " claims"]:
     q, m, t = k.q, k.m, k.k
-    pl = tb.pl
+    pl, at = tb.pl, tb.at
     isq = (q == m).long()
     cp = k.non_query_nonmax()
     eps = at.eps_s.map_layout(lambda x: x.reshape(-1).expand(at.A_s.shape[0])[q])
@@ -261,27 +258,19 @@ def _proven(
     none = Approx(torch.zeros_like(w.mid[:, :, 0]), 0.0, 0.0)
     wF = ops.where(has_far[:, None].expand_as(none.mid), w[:, :, 1], none, label=LT)  # empty: 0
     out = torch.zeros(q.numel(), dtype=torch.bool)
-    for T in bound_times_z(k, at, lt, avg, base, tb, w[:, :, 0], wF, w[:, :, 2], ops):
+    for T in bound_times_z(k, tb, w[:, :, 0], wF, w[:, :, 2], ops):
         out |= ops.proven_negative(ops.amax(T, dim=1, label=LT), label=LT)
     return out
 
 
 def bound_times_z(
-    k: Keys,
-    at: bounds.AttnTables,
-    lt: bounds.LogitTables,
-    avg: Approx,
-    base: Approx,
-    tb: Tables,
-    wS: Approx,
-    wF: Approx,
-    wN: Approx,
-    ops: Ops,
+    k: Keys, tb: Tables, wS: Approx, wF: Approx, wN: Approx, ops: Ops
 ) -> list[Approx]:
     """T_r (claim) for r = 0, 1 at group weights wS, wF, wN [claims, points] (the vertices, or
     any weights: T_r / Z bounds max_{x != m} logit(x) - logit(m) for every input whose weights,
     relative to exp(EQKE[q, m] / s), they are)."""
     q, m, ci, t = k.q, k.m, k.ci, k.k
+    at, lt, avg, base = tb.at, tb.lt, tb.avg, tb.base
     Z = ops.add(ops.add(wS, wF, label=LT), wN, label=LT)  # [K, points]
     col = lambda a: a.map_layout(lambda x: x[:, None])  # noqa: E731
     eu = lt.gap_eu.map_layout(lambda x: x.expand(at.A_s.shape)[q, m])

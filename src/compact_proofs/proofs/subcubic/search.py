@@ -217,14 +217,14 @@ def search_near_tier(w: Weights) -> dict:
     lt = st.logit_tables(base_variant.eupu, False)
     avg = ops.exact(cert["avg"]).map_layout(lambda t: t[:, :, None, :])
     base = bounds.base_mean(lt, avg, ops)
-    tb = near_tier.tables(st.cm.pos_s, st.cm.EVOU, ops)
+    tb = near_tier.tables(at, lt, avg, base, st.cm.pos_s, st.cm.EVOU, ops)
     gaps = cert["gaps"]
     q, m, ci = torch.nonzero(torch.ones_like(gaps, dtype=torch.bool), as_tuple=True)
     g = gaps[q, m, ci]
     on = near_tier.eligible(q, m, ci, g)
     q, m, ci, g = q[on], m[on], ci[on], g[on]
     claims = near_tier.band_claims(q, m, ci, g, torch.ones_like(g))  # the widest band, h = 1
-    ok = near_tier.proven(claims, at, lt, avg, base, tb, ops)
+    ok = near_tier.proven(claims, tb, ops)
     near = torch.zeros_like(gaps)  # h = m - (the largest proven band token): scatter_reduce
     flat = (claims.q * gaps.shape[1] + claims.m) * gaps.shape[2] + claims.ci
     h = torch.where(ok, claims.m - claims.k, torch.zeros_like(claims.k))
