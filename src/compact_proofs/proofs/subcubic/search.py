@@ -225,12 +225,11 @@ def search_near_tier(w: Weights) -> dict:
     q, m, ci, g = q[on], m[on], ci[on], g[on]
     claims = near_tier.band_claims(q, m, ci, g, torch.ones_like(g))  # the widest band, h = 1
     ok = near_tier.proven(claims, tb, ops)
-    near = torch.zeros_like(gaps)  # h = m - (the largest proven band token): scatter_reduce
+    # Per key, h = m - (its largest proven band token), the smallest over its proven claims.
     flat = (claims.q * gaps.shape[1] + claims.m) * gaps.shape[2] + claims.ci
-    h = torch.where(ok, claims.m - claims.k, torch.zeros_like(claims.k))
     big = torch.iinfo(torch.int64).max
     best = torch.full((gaps.numel(),), big, dtype=torch.int64)
-    best.scatter_reduce_(0, flat, torch.where(ok, h, big), reduce="amin")
-    near.view(-1)[best < big] = best[best < big]
+    best.scatter_reduce_(0, flat, torch.where(ok, claims.m - claims.k, big), reduce="amin")
+    near = torch.where(best < big, best, 0).view(gaps.shape)
     cert["near"] = near
     return cert
