@@ -58,7 +58,7 @@ def test_check_in_small_batches(soundness_model, monkeypatch):
     w, truth = soundness_model("random-V9-K4-perkey")
     cert = adaptive.search(w)
     out, ledger = _run(w, cert)
-    monkeypatch.setattr(boxes, "TABLE_ELEMENTS", 600)
+    monkeypatch.setattr(boxes, "TABLE_ELEMENTS", 200)
     ranges, batches = [], boxes.witness_batches
 
     def witness_batches(*args):
@@ -337,10 +337,15 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
             charged += alone.ledger.flop
             assert torch.equal(t.live[sel], tm.live)
             cols = t.col[sel][tm.live]  # the same outputs, in the same order
-            assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
+            assert torch.equal(t.H.mid[cols, : m + 1], tm.H.mid)
+            assert torch.equal(t.D.mid[cols], tm.D.mid)
             assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
-            assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
-            assert (t.F.rad, t.Fq.rad) == (tm.F.rad, tm.Fq.rad)
+            assert torch.equal(t.a.mid[sel], tm.a.mid)
+            assert torch.equal(t.b.mid[sel, : m + 1], tm.b.mid)
+            assert bool((t.H.mid[cols, m + 1 :] == -torch.inf).all())
+            assert bool((t.b.mid[sel, m + 1 :] == 0).all())
+            radii = [(x.rad, x.mag) for x in (t.H, t.D, t.Fq, t.a, t.b)]
+            assert radii == [(x.rad, x.mag) for x in (tm.H, tm.D, tm.Fq, tm.a, tm.b)]
             checked += cols.numel()
     assert every.ledger.flop == charged
     assert checked == t.pair.numel() > 0
@@ -385,13 +390,17 @@ def test_witness_tables_equal_the_full_tables(w, monkeypatch):
         assert fm == scratch[0].ledger.flop  # the formula counts the ops
         charged += fm
         cols = t.col[pair[on], x[on]]
-        assert torch.equal(t.F.mid[cols, :, : m + 1], tm.F.mid)
-        assert bool((t.F.mid[cols, :, m + 1 :] == -torch.inf).all())
-        assert torch.equal(t.Fq.mid[cols], tm.Fq.mid)
+        assert torch.equal(t.H.mid[cols, : m + 1], tm.H.mid)
+        assert bool((t.H.mid[cols, m + 1 :] == -torch.inf).all())
+        for name in ("D", "Fq"):
+            assert torch.equal(getattr(t, name).mid[cols], getattr(tm, name).mid)
+        for name in ("a", "b"):
+            assert torch.equal(getattr(tm, name).mid, getattr(full, name).mid)
         live = full.col[local, x[on]] >= 0  # the full tables' columns where they have them
-        assert torch.equal(tm.F.mid[live], full.F.mid[full.col[local, x[on]][live]])
-        assert torch.equal(tm.Fq.mid[live], full.Fq.mid[full.col[local, x[on]][live]])
-        assert (tm.F.rad, tm.Fq.rad, tm.F.mag) == (full.F.rad, full.Fq.rad, full.F.mag)
+        for name in ("H", "D", "Fq"):
+            mine, theirs = getattr(tm, name), getattr(full, name)
+            assert torch.equal(mine.mid[live], theirs.mid[full.col[local, x[on]][live]])
+            assert (mine.rad, mine.mag) == (theirs.rad, theirs.mag)
         lives.append(live)
     assert flops == charged and t.pair.numel() == pair.numel()
     live = torch.cat(lives)

@@ -39,8 +39,9 @@ from compact_proofs.weights import Weights
 NAME = "adaptive"
 # Checker revision (``Strategy.revision``). 2: box tables take E per max token (certificate
 # field ``own_E``) and a looser, cheaper key-level bound on the live outputs, so a revision-1
-# certificate may lose box proofs.
-REVISION = 2
+# certificate may lose box proofs. 3: the box tables are slot-independent (``boxes`` claim
+# (d)), a cheaper and slightly looser bound, so a revision-2 certificate may lose box proofs.
+REVISION = 3
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).
 DEFAULT_BUDGETS = (20_000_000, 30_000_000, 100_000_000)

@@ -12,17 +12,17 @@ Claim (box bound): write w_p(k) = exp((EQKE[q, k] + EQKP[q, p]) / s) and
 A_p(k, x) = EUPU[q, x] + PVOU[p, x] + EVOU[k, x]. With any common factor Z > 0,
     F[p, k, x] = w_p(k) (A_p(k, x) - A_p(k, m)) / Z,   Fq[x] = (same for the query slot).
 For an input t of the box and x != m, logit(x) - logit(m) has the sign of
-G_x(t) = Fq[x] + sum_p F[p, t_p, x].
-  (a) If UB = max_{x != m} (Fq[x] + sum_p max_{k in S_p} F[p, k, x]) < 0, every input of the box is
-      correct.
-  (b) If for some x* != m, LB = Fq[x*] + sum_p min_{k in S_p} F[p, k, x*] > 0, every input of the
-      box is incorrect (logit(x*) > logit(m)).
+G_x(t) = Fq[x] + sum_p F[p, t_p, x]. Let U[p, x] >= max_{k in S_p} F[p, k, x] and
+L[p, x] <= min_{k in S_p} F[p, k, x] (slot bounds, claim (d)).
+  (a) If UB = max_{x != m} (Fq[x] + sum_p U[p, x]) < 0, every input of the box is correct.
+  (b) If for some x* != m, LB = Fq[x*] + sum_p L[p, x*] > 0, every input of the box is
+      incorrect (logit(x*) > logit(m)).
 Proof: (1) path decomposition (exact, core/circuits.py): logit(x) = sum_p alpha_p A_p(t_p, x)
 with alpha = softmax of the scores, so logit(x) - logit(m) = sum_p alpha_p (A_p(t_p, x) -
 A_p(t_p, m)) = G_x(t) Z / sum_p w_p(t_p), a positive multiple of G_x(t). (2) G_x(t) is a sum of
-one term per position, each depending only on that position's token, so over a product box its
-maximum is the sum of the per-position maxima (and likewise for the minimum). (a) G_x(t) <= UB_x
-< 0 for every x != m; (b) G_x*(t) >= LB > 0.                                            QED
+one term per position, each depending only on that position's token, so over a product box it
+is at most Fq[x] + sum_p U[p, x] and at least Fq[x] + sum_p L[p, x]. (a) G_x(t) <= UB < 0 for
+every x != m; (b) G_x*(t) >= LB > 0.                                                     QED
   (c) Key-level outputs. The weights factor: w_p(k) / Z = a_p b_k with a_p = exp(EQKP_s[q, p] -
       M_a) (the query slot as p = n-1 with score z[q] - M_b) and b_k = exp(EQKE_s[q, k] - M_b),
       so F[p, k, x] = a_p b_k (c[p, x] + e[k, x]) with c[p, x] = EUPU[q, x] - EUPU[q, m] +
@@ -46,15 +46,28 @@ maximum is the sum of the per-position maxima (and likewise for the minimum). (a
       A N[x] + a_p* (T - N)[x]. Finally T <= N (b_m top <= max(b_hi top, b_lo top), and
       b_m e[m, x] <= E[x] with k = m in either form of E), so a_p* (T - N) <= a_lo (T - N)
       (a_p* >= a_lo).                                                                       QED
+  (d) Slot bounds from slot-independent tables. With top as in (c), let
+          H[k, x] = b_k (top[x] + e[k, x])   and   D[p, x] = a_p (top[x] - c[p, x]) >= 0.
+      Then for a slot set S and every k in S,
+          a_p min_{j in S} H[j, x] - max_{j in S} b_j D[p, x]  <=  F[p, k, x]
+                                  <=  a_p max_{j in S} H[j, x] - min_{j in S} b_j D[p, x],
+      with equality on both sides when S = {k}: these are L[p, x] and U[p, x].
+      Proof: F[p, k, x] = a_p b_k (top + e[k]) - a_p b_k (top - c[p]) = a_p H[k, x] - b_k D[p, x].
+      a_p > 0, so a_p H[k, x] lies between a_p min_S H and a_p max_S H; D[p, x] >= 0 (top is the
+      max of c over the slots) and b_k lies between min_S b and max_S b, so b_k D[p, x] lies
+      between their products with D[p, x].                                                 QED
+      The tables are [columns, K] instead of [columns, slots, K]: a third of the work at
+      n_ctx = 4. The bounds lose only where b_k varies over a set S_p of several tokens and the
+      slots' positional terms differ (top - c[p] > 0), and they are exact on single inputs.
 The common factor: every weight is at most 1 (exp-shifted scores), so the tables are well scaled
 for every input of the key.
 Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs);
-per box, the reductions over S_p count (|S_p| - 1) per live output (paper rule),
-``prove_flops`` / ``refute_flops``.
+per box, the reductions over S_p count (|S_p| - 1) per live output for H and (|S_p| - 1) for b
+(paper rule), then 3 per slot and live output for its bound (d): ``prove_flops`` /
+``refute_flops``.
 """
 
 import bisect
-import math
 from dataclasses import dataclass
 
 import torch
@@ -66,16 +79,16 @@ from compact_proofs.core.rigorous import Approx, Ops
 LABEL = "adaptive:boxes"
 # float64 elements gathered per evaluation chunk (boxes x slots x tokens x outputs): 32 MB
 CHUNK_ELEMENTS = 1 << 22
-# float64 elements of the tables F built at once (pairs x columns x slots x tokens): 128 MB
+# float64 elements of the tables built at once (pairs x columns x tokens): 128 MB
 TABLE_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
 class Tables:
-    """F and Fq (module docstring) for the keys (qs[i], ms[i]) at their live outputs (claim
-    (c)): one COLUMN per (key, live output), key i's columns being start[i] .. start[i] +
-    n_live[i] - 1 in increasing output order. Key tokens k run over [0, K), K = max(ms) + 1;
-    entries k > m of a column are -inf."""
+    """The tables of claims (c) and (d) for the keys (qs[i], ms[i]) at their live outputs: one
+    COLUMN per (key, live output), key i's columns being start[i] .. start[i] + n_live[i] - 1 in
+    increasing output order. Key tokens k run over [0, K), K = max(ms) + 1; entries k > m of H
+    are -inf and of b are 0."""
 
     qs: Int[Tensor, " pairs"]
     ms: Int[Tensor, " pairs"]
@@ -84,8 +97,11 @@ class Tables:
     col: Int[Tensor, "pairs d_vocab_out"]  # column of output x of key i (-1: not live)
     pair: Int[Tensor, " columns"]  # each column's key
     x: Int[Tensor, " columns"]  # ... and output
-    F: Approx  # [columns, slots, K]
+    H: Approx  # [columns, K]: b_k (top[x] + e[k, x])
+    D: Approx  # [columns, slots]: a_p (top[x] - c[p, x]) >= 0
     Fq: Approx  # [columns]
+    a: Approx  # [pairs, slots]: the non-query slots' a_p
+    b: Approx  # [pairs, K]: b_k
 
     @property
     def live(self) -> Bool[Tensor, "pairs d_vocab_out"]:
@@ -95,18 +111,37 @@ class Tables:
         """The same keys with only the columns ``keep``."""
         V = self.col.shape[1]
         return _columns(
-            self.qs, self.ms, self.pair[keep], self.x[keep], V, self.F[keep], self.Fq[keep]
+            self.qs,
+            self.ms,
+            self.pair[keep],
+            self.x[keep],
+            V,
+            self.H[keep],
+            self.D[keep],
+            self.Fq[keep],
+            self.a,
+            self.b,
         )
 
 
-def _columns(qs, ms, pair, x, V: int, F: Approx, Fq: Approx) -> Tables:
+def _columns(qs, ms, pair, x, V: int, H: Approx, D: Approx, Fq: Approx, a, b) -> Tables:
     """Tables from columns (``pair``, ``x``) sorted by key, then output."""
     P = qs.numel()
     n_live = torch.bincount(pair, minlength=P)
     col = torch.full((P, V), -1, dtype=torch.int64)
     col[pair, x] = torch.arange(pair.numel())
     start = torch.cumsum(n_live, 0) - n_live
-    return Tables(qs=qs, ms=ms, n_live=n_live, start=start, col=col, pair=pair, x=x, F=F, Fq=Fq)
+    return Tables(
+        qs=qs, ms=ms, n_live=n_live, start=start, col=col, pair=pair, x=x, H=H, D=D, Fq=Fq, a=a, b=b
+    )
+
+
+def slot_bounds(a: Approx, h: Approx, b: Approx, D: Approx, ops: Ops) -> Approx:
+    """Claim (d): ``a h - b D`` (elementwise, broadcast), with h the max (min) of H over a slot
+    set and b the min (max) of b_k over it, is the slot bound U (L). Cost: 3 per entry. The
+    checker and the search both evaluate the bounds with this function, so that their values
+    and radii agree."""
+    return ops.sub(ops.mul(a, h, label=LABEL), ops.mul(b, D, label=LABEL), label=LABEL)
 
 
 def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
@@ -119,7 +154,7 @@ def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
         last = i + 1 == len(bounds)
         nxt = bounds[i + 1] if not last else end
         K = int(ms[nxt - 1]) + 1
-        if last or (nxt - lo) * (n - 1) * V * K > TABLE_ELEMENTS:
+        if last or (nxt - lo) * V * K > TABLE_ELEMENTS:
             out.append((lo, end))
             lo = end
     return out
@@ -127,13 +162,13 @@ def batches(ms: Int[Tensor, " pairs"], n: int, V: int) -> list[tuple[int, int]]:
 
 def witness_batches(n_cols: Int[Tensor, " pairs"], ms: Int[Tensor, " pairs"], n: int):
     """Ranges [lo, hi) of the keys (sorted by max token ``ms``, with ``n_cols`` witness
-    columns each) for ``witness_tables``: F within ``TABLE_ELEMENTS`` unless one key alone
+    columns each) for ``witness_tables``: H within ``TABLE_ELEMENTS`` unless one key alone
     exceeds it."""
     cols = torch.cumsum(n_cols, 0)  # columns of keys 0 .. i
     out, lo = [], 0
     while lo < ms.numel():
         base = 0 if lo == 0 else int(cols[lo - 1])
-        fits = (cols[lo:] - base) * (n - 1) * (ms[lo:] + 1) <= TABLE_ELEMENTS  # F, padded
+        fits = (cols[lo:] - base) * (ms[lo:] + 1) <= TABLE_ELEMENTS  # H, padded
         hi = lo + max(1, int(fits.to(torch.int64).cumprod(0).sum()))
         out.append((lo, hi))
         lo = hi
@@ -152,7 +187,7 @@ def tables(
     PVOU: Approx,
     ops: Ops,
 ) -> Tables:
-    """Live outputs (claim (c)) and F, Fq at them for the keys (qs[i], ms[i]) (qs <= ms), all at
+    """Live outputs (claim (c)) and H, D, Fq at them for the keys (qs[i], ms[i]) (qs <= ms), all at
     once; E is the key's own where ``own``, else shared by the max token's keys. The arithmetic
     is rigorous ``Ops`` on tensors padded to K = max(ms) + 1 key tokens; the radii are those of
     the unpadded operations (they depend on the inputs' bounds only). The ledger is charged
@@ -198,7 +233,9 @@ def tables(
     e = s.sub(EVOU[None, :K], EVOU[:K, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, K, x]
     cq = s.add(eu, pv[u, s1])  # the query slot's c
     Fq = s.mul(a[:, s1:], s.add(cq, e[u, qs]))  # [P, x] (query token q <= m)
-    top = s.add(eu, s.amax(pv[:, :s1], dim=1)[u])  # [P, x]: c[p, x] <= top[x], p < n-1
+    pv_top = s.amax(pv[:, :s1], dim=1)  # [U, x]
+    top = s.add(eu, pv_top[u])  # [P, x]: c[p, x] <= top[x], p < n-1
+    gap = s.sub(pv_top.map_layout(lambda t: t[:, None, :]), pv[:, :s1])  # top - c: [U, slots, x]
     E_sh = _shared_E(b_hi, b_lo, e[su], beyond[su], s)  # [U', x]
     E_own = _own_E(bk[mine], e[u[mine]], beyond[u[mine]], s)  # [S, x]
     E_mid = torch.empty(P, V, dtype=torch.float64)
@@ -206,16 +243,28 @@ def tables(
     E_mid[mine] = E_own.mid
     E = Approx(E_mid, max(E_sh.rad, E_own.rad), max(E_sh.mag, E_own.mag))
     live = _live(qs, ms, a, bk, beyond[u], E, top, e[u, ms], Fq, s)
-    ab = s.mul(
-        a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
-    )  # [P, slots, K]
     pair, x = torch.nonzero(live, as_tuple=True)  # the columns, by key, then output
-    cx = s.add(eu[pair, x].map_layout(lambda t: t[:, None]), pv[u[pair], :s1, x])  # [R, slots]
-    ex = e.map_layout(lambda t: t[u[pair], :, x][:, None, :])  # [R, 1, K]
-    F = s.mul(ab[pair], s.add(cx.map_layout(lambda t: t[:, :, None]), ex))  # [R, slots, K]
-    F = F.map_layout(lambda t: t.masked_fill(beyond[u[pair]][:, None, :], -torch.inf))
+    um = u[pair]  # each column's max token
+    H, D = _slot_tables(
+        a[pair, :s1],
+        bk[pair],
+        top[pair, x],
+        e.map_layout(lambda t: t[um, :, x]),  # [R, K]
+        gap.map_layout(lambda t: t[um, :, x]),  # [R, slots]
+        beyond[um],
+        s,
+    )
     ops.ledger.add(keys_table_flops(qs, ms, own, live.sum(dim=1), n, V), label=LABEL)
-    return _columns(qs, ms, pair, x, V, F, Fq[pair, x])
+    return _columns(qs, ms, pair, x, V, H, D, Fq[pair, x], a[:, :s1], bk)
+
+
+def _slot_tables(a: Approx, b: Approx, top: Approx, e: Approx, gap: Approx, beyond, ops: Ops):
+    """Claim (d)'s H = b (top + e) [columns, K] (-inf where ``beyond``: k > m) and
+    D = a gap [columns, slots], from each column's a [columns, slots], b [columns, K],
+    top [columns], e [columns, K] and gap = top - c [columns, slots].
+    Cost per column: 2 K + n - 1."""
+    H = ops.mul(b, ops.add(top.map_layout(lambda t: t[:, None]), e))
+    return H.map_layout(lambda t: t.masked_fill(beyond, -torch.inf)), ops.mul(a, gap)
 
 
 def witness_tables(
@@ -230,7 +279,7 @@ def witness_tables(
     EVOU: Approx,
     PVOU: Approx,
 ) -> tuple[Tables, int]:
-    """F and Fq of the keys (qs[i], ms[i]) (qs <= ms) at the columns (pair[j], x[j]) only
+    """H, D and Fq of the keys (qs[i], ms[i]) (qs <= ms) at the columns (pair[j], x[j]) only
     (sorted by key, then output, x != m), for refute claims: claim (b) holds at any output, so
     these need no key-level screen (claim (c)). The shift, the operations and so the values and
     radii are those of ``tables`` at the same columns. Rigorous ``Ops`` on tensors padded to
@@ -242,35 +291,33 @@ def witness_tables(
     beyond = torch.arange(K)[None, :] > ms[:, None]  # [P, K]: k > m
     s = Ops()  # scratch: the real entries are charged by formula
     rows = EQKE_s[qs, :K].map_layout(lambda t: t.masked_fill(beyond, -torch.inf))
-    d, top = s.shift_by_max(rows, dim=1)  # [P, K], M_b [P, 1]
+    d, M_b = s.shift_by_max(rows, dim=1)  # [P, K], [P, 1]
     bk = s.exp_nonpositive(d)  # b_k = exp(EQKE_s[q, k] - M_b) (k > m: 0)
-    zq = s.sub(z[qs], Approx(top[:, 0], 0.0, EQKE_s.mag))
+    zq = s.sub(z[qs], Approx(M_b[:, 0], 0.0, EQKE_s.mag))
     a = s.exp_shifted(Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1), 1)
-    ab = s.mul(
-        a[:, :s1].map_layout(lambda t: t[:, :, None]), bk.map_layout(lambda t: t[:, None, :])
-    )  # [P, slots, K]
     q, m = qs[pair], ms[pair]
     eu = s.sub(EUPU[q, x], EUPU[q, m])  # [R]
     pv = s.sub(PVOU[:, x].map_layout(lambda t: t.T), PVOU[:, m].map_layout(lambda t: t.T))
     e = s.sub(EVOU[:K, x].map_layout(lambda t: t.T), EVOU[:K, m].map_layout(lambda t: t.T))
-    cx = s.add(eu.map_layout(lambda t: t[:, None]), pv[:, :s1])  # [R, slots]
-    ex = e.map_layout(lambda t: t[:, None, :])  # [R, 1, K]
-    F = s.mul(ab[pair], s.add(cx.map_layout(lambda t: t[:, :, None]), ex))  # [R, slots, K]
-    F = F.map_layout(lambda t: t.masked_fill(beyond[pair][:, None, :], -torch.inf))
+    pv_top = s.amax(pv[:, :s1], dim=1)  # [R]
+    top = s.add(eu, pv_top)
+    gap = s.sub(pv_top.map_layout(lambda t: t[:, None]), pv[:, :s1])  # [R, slots]
+    H, D = _slot_tables(a[pair, :s1], bk[pair], top, e, gap, beyond[pair], s)
     e_q = e.map_layout(lambda t: t.gather(1, q[:, None])[:, 0])  # e[q, x]
     Fq = s.mul(a[pair, s1], s.add(s.add(eu, pv[:, s1]), e_q))
     n_cols = torch.bincount(pair, minlength=P)
-    return _columns(qs, ms, pair, x, V, F, Fq), witness_table_flops(ms, n_cols, n)
+    tabs = _columns(qs, ms, pair, x, V, H, D, Fq, a[:, :s1], bk)
+    return tabs, witness_table_flops(ms, n_cols, n)
 
 
 def witness_table_flops(ms: Tensor, n_cols: Tensor, n: int) -> int:
     """Ledger total of ``witness_tables`` for keys with max tokens ``ms`` and ``n_cols``
-    columns each: per key its shifted scores (K - 1 + K), b_k (K), the query score (1), the
-    weights a (n - 1 + 2n) and a_p b_k (s1 K); per column eu (1), the positional rows (n), e
-    (K), c (s1), F (2 s1 K) and Fq (3)."""
+    columns each: per key its shifted scores (K - 1 + K), b_k (K), the query score (1) and the
+    weights a (n - 1 + 2n); per column eu (1), the positional rows (n), their max over the
+    slots (s1 - 1), top (1), e (K), H (2 K), top - c and D (2 s1) and Fq (3)."""
     s1, K = n - 1, ms.to(torch.int64) + 1
-    per_key = (K - 1) + 2 * K + 1 + (n - 1) + 2 * n + s1 * K
-    per_col = 1 + n + K + s1 + 2 * s1 * K + 3
+    per_key = (K - 1) + 2 * K + 1 + (n - 1) + 2 * n
+    per_col = 1 + n + (s1 - 1) + 1 + K + 2 * K + 2 * s1 + 3
     return int((per_key + n_cols.to(torch.int64) * per_col).sum())
 
 
@@ -375,24 +422,34 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     query = 2 * Q * V  # dq, Fq
     bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + 2 * V)  # b range, A, N, A N + Fq
     bound += Q_max_slot * ((s1 - 1) + 2 + 3 * V)  # least a, A - a_lo, a_lo b_m; the T term
-    F = n_live * (s1 + 2 * s1 * K)  # c at the columns, then F
+    slots = s1 * V + n_live * (2 * K + s1)  # top - c; then H and D at the columns
     E = shared * (b_range + shared_E) + Q_own * own
-    return E + Q * weights + rows + query + bound + Q * s1 * K + F
+    return E + Q * weights + rows + query + bound + slots
 
 
 def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
-    """Claim (c) in its exact form at the tables' columns: with M[p, x] = max_{k <= m}
-    F[p, k, x], KB_x = Fq[x] + sum_p M[p, x] + max_p (F[p, m, x] - M[p, x]) (the last term for
-    q < m only) bounds G_x on every input of the key, as in claim (c) (the slot holding m
-    contributes exactly F[p, m, x], every other slot at most M[p, x]). True where KB_x is not
-    proven negative. Rigorous ``Ops``, charged ``exact_live_flops``."""
-    R, s1, K = t.F.shape
+    """Claim (c) in its exact form at the tables' columns. Claim (d) over the set of all
+    k <= m gives M[p, x] = a_p max_{k <= m} H[k, x] - min_{k <= m} b_k D[p, x] >= F[p, k, x]
+    for every k <= m, and over {m}, T[p, x] = a_p H[m, x] - b_m D[p, x] = F[p, m, x]. Then
+    KB_x = Fq[x] + sum_p M[p, x] + max_p (T[p, x] - M[p, x]) (the last term for q < m only)
+    bounds G_x on every input of the key, as in claim (c) (the slot holding m contributes
+    exactly T[p, x], every other slot at most M[p, x]). True where KB_x is not proven
+    negative. Rigorous ``Ops``, charged ``exact_live_flops``."""
+    R, K = t.H.shape
+    s1 = t.D.shape[1]
     scratch = Ops()
     m = t.ms[t.pair]
-    M = scratch.amax(t.F, dim=2)  # [R, slots] (entries k > m are -inf)
+    beyond = torch.arange(K)[None, :] > t.ms[:, None]  # [pairs, K]
+    b_lo = scratch.amin(t.b.map_layout(lambda v: v.masked_fill(beyond, torch.inf)), dim=1)
+    a = t.a[t.pair]  # [R, slots]
+    M = slot_bounds(
+        a, scratch.amax(t.H, dim=1)[:, None], b_lo[t.pair][:, None], t.D, scratch
+    )  # [R, slots] (entries k > m of H are -inf)
     kb = scratch.add(t.Fq, scratch.sum(M, dim=1))
-    at_m = t.F.map_layout(lambda f: f.gather(2, m.view(R, 1, 1).expand(R, s1, 1))[..., 0])
-    with_max = scratch.add(kb, scratch.amax(scratch.sub(at_m, M), dim=1))
+    H_m = t.H.map_layout(lambda v: v.gather(1, m[:, None]))  # [R, 1]
+    b_m = t.b.map_layout(lambda v: v[t.pair, m][:, None])
+    T = slot_bounds(a, H_m, b_m, t.D, scratch)  # [R, slots]
+    with_max = scratch.add(kb, scratch.amax(scratch.sub(T, M), dim=1))
     has_max = (t.qs < t.ms)[t.pair]
     kb = Approx(
         torch.where(has_max, with_max.mid, kb.mid),
@@ -404,16 +461,17 @@ def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
 
 
 def exact_live_flops(s1: int, K, n_live: Tensor, has_max: Tensor) -> int:
-    """Per real column: max over k (s1 (K - 1)), sum over slots (s1 - 1), add (1), decision
-    (2); with a max slot (q < m) also s1 (differences) + s1 - 1 (max) + 1 (add). ``K``: an
-    int, or one per key."""
+    """Per key with columns: min of b (K - 1). Per real column: max of H over k (K - 1), M
+    (3 s1), sum over slots (s1 - 1), add (1), decision (2); with a max slot (q < m) also T
+    (3 s1), T - M (s1), their max (s1 - 1) and an add (1). ``K``: an int, or one per key."""
     return int(_exact_cost(s1, K, n_live, has_max).sum())
 
 
 def _exact_cost(s1: int, K, n_live: Tensor, has_max: Tensor) -> Tensor:
-    per = s1 * (K - 1) + (s1 - 1) + 1 + 2
-    extra = s1 + (s1 - 1) + 1
-    return n_live.to(torch.int64) * (per + extra * has_max.to(torch.int64))
+    per = (K - 1) + 3 * s1 + (s1 - 1) + 1 + 2
+    extra = 3 * s1 + s1 + (s1 - 1) + 1
+    L = n_live.to(torch.int64)
+    return L * (per + extra * has_max.to(torch.int64)) + (K - 1) * (L > 0)
 
 
 def use_exact_bound(
@@ -462,40 +520,31 @@ def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:
             torch.cumsum(use, 0)[t.pair[on]] - 1,  # index among ``sub``
             t.x[on],
             t.col.shape[1],
-            t.F[on],
+            t.H[on],
+            t.D[on],
             t.Fq[on],
+            t.a[sub],
+            t.b[sub],
         )
         keep[on] = exact_key_live(part, ops)
     return t.keep(keep)
 
 
-def _extreme(
-    F: Approx, rows: Tensor, masks: Bool[Tensor, "boxes slots k"], largest: bool, ops: Ops
+def _set_extreme(
+    vals: Approx, masks: Bool[Tensor, "boxes slots k"], largest: bool, ops: Ops
 ) -> Approx:
-    """Per box and slot, max (or min) over k in S_p of ``F[rows, p, k, ...]``.
+    """Per box and slot, max (or min) over k in S_p of ``vals[box, k]`` ([boxes, K]).
 
-    Claim: each output is within F.rad of the exact max (min) over the same subset.
-    Proof: a float max of a subset of entries is one of them, each within F.rad of its exact
-    value, and max is monotone and 1-Lipschitz in the sup norm.                          QED
-    Masks must be non-empty in every slot. Cost: (|S_p| - 1) per output per slot.
+    Claim: each output is within vals.rad of the exact max (min) over the same subset.
+    Proof: a float max of a subset of entries is one of them, each within vals.rad of its
+    exact value, and max is monotone and 1-Lipschitz in the sup norm.                    QED
+    Masks must be non-empty in every slot. Cost: (|S_p| - 1) per slot.
     """
-    B, s1 = masks.shape[:2]
-    size = masks.sum(dim=2)
-    # Singleton sets (every max slot) are read directly; larger ones reduced over their mask.
-    one = size == 1
-    b1, p1 = torch.nonzero(one, as_tuple=True)
-    mid = torch.empty((B, s1) + F.shape[3:], dtype=F.mid.dtype)
-    mid[b1, p1] = F.mid[rows[b1], p1, masks[b1, p1].to(torch.int64).argmax(dim=1)]
-    bm, pm = torch.nonzero(~one, as_tuple=True)
-    if bm.numel():
-        vals = F.mid[rows[bm], pm]  # [P, k, (x)]
-        mask = masks[bm, pm].reshape(masks[bm, pm].shape + (1,) * (vals.ndim - 2))
-        vals.masked_fill_(~mask, -torch.inf if largest else torch.inf)
-        mid[bm, pm] = vals.amax(1) if largest else vals.amin(1)
-    per_out = math.prod(F.shape[3:])
-    reduced = (size - 1).clamp(min=0)
-    ops.ledger.add(int(reduced.sum()) * per_out, label=LABEL)
-    return Approx(mid, F.rad, F.mag)
+    fill = -torch.inf if largest else torch.inf
+    v = vals.mid[:, None, :].masked_fill(~masks, fill)  # [boxes, slots, K]
+    mid = v.amax(dim=2) if largest else v.amin(dim=2)
+    ops.ledger.add(int((masks.sum(dim=2) - 1).clamp(min=0).sum()), label=LABEL)
+    return Approx(mid, vals.rad, vals.mag)
 
 
 def prove(
@@ -504,19 +553,18 @@ def prove(
     masks: Bool[Tensor, "boxes slots k"],
     ops: Ops,
 ) -> Bool[Tensor, " boxes"]:
-    """Claims (a) and (c) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0 for
-    every live output x of the box's key; the other outputs are below m on the whole key.
+    """Claims (a), (c) and (d) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0
+    for every live output x of the box's key; the other outputs are below m on the whole key.
     Boxes go in chunks of live counts within a factor of two, padded to the chunk's largest
-    (padding entries of ``t.F`` and ``t.Fq`` are -inf, so they never decide); the arithmetic is
-    rigorous ``Ops`` on the padded tensors, and the ledger is charged ``prove_flops`` for the
-    real entries only."""
+    (padding columns are -inf, so they never decide); the arithmetic is rigorous ``Ops`` on the
+    padded tensors, and the ledger is charged ``prove_flops`` for the real entries only."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
     todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
     order = todo[n_live[todo].argsort(stable=True)]
-    s1, K = t.F.shape[1], t.F.shape[2]
+    K, s1 = t.H.shape[1], t.D.shape[1]
     counts = n_live[order].tolist()
     scratch = Ops()  # not charged: the real entries are charged below
     i = 0
@@ -527,15 +575,36 @@ def prove(
         i = end
         pad = torch.arange(W)[None, :] >= n_live[idx][:, None]  # [b, W]
         cols = (t.start[r][:, None] + torch.arange(W)[None, :]).masked_fill(pad, 0)
-        Fx = t.F.mid[cols]  # [b, W, slots, k], a copy (filled in place)
-        hi = Fx.masked_fill_(~masks[idx][:, None, :, :], -torch.inf).amax(dim=3)  # [b, W, slots]
-        # Gathering keeps the uniform bounds (as Approx indexing does); padding columns -inf.
-        per_slot = Approx(hi.masked_fill_(pad[:, :, None], -torch.inf), t.F.rad, t.F.mag)
+        U = set_slot_bounds(t, r, cols, masks[idx], True, scratch)  # [b, W, slots]
+        # Padding columns -inf; gathering keeps the uniform bounds (as Approx indexing does).
+        U = Approx(U.mid.masked_fill_(pad[:, :, None], -torch.inf), U.rad, U.mag)
         fq = Approx(t.Fq.mid[cols].masked_fill_(pad, -torch.inf), t.Fq.rad, t.Fq.mag)  # [b, W]
-        ub = scratch.add(fq, scratch.sum(per_slot, dim=2))
+        ub = scratch.add(fq, scratch.sum(U, dim=2))
         out[idx] = scratch.proven_negative(scratch.amax(ub, dim=1))
     ops.ledger.add(prove_flops(masks.sum(dim=2), n_live), label=LABEL)
     return out
+
+
+def set_slot_bounds(
+    t: Tables, rows: Tensor, cols: Tensor, masks: Tensor, upper: bool, ops: Ops
+) -> Approx:
+    """Claim (d)'s U (``upper``) or L [boxes, W, slots] of boxes with keys ``rows`` [boxes] and
+    slot sets ``masks`` [boxes, slots, K] at the columns ``cols`` [boxes, W]. The search
+    evaluates its boxes with it too, so that its decisions are the checker's."""
+    s1 = masks.shape[1]
+    fill, other = (-torch.inf, torch.inf) if upper else (torch.inf, -torch.inf)
+    Hx = t.H.mid[cols][:, :, None, :].expand(-1, -1, s1, -1)  # [b, W, slots, K]
+    Hx = Hx.masked_fill(~masks[:, None], fill)
+    h = Hx.amax(dim=3) if upper else Hx.amin(dim=3)  # [b, W, slots]
+    bx = t.b.mid[rows][:, None, :].masked_fill(~masks, other)  # [b, slots, K]
+    bb = bx.amin(dim=2) if upper else bx.amax(dim=2)
+    return slot_bounds(
+        Approx(t.a.mid[rows][:, None, :], t.a.rad, t.a.mag),
+        Approx(h, t.H.rad, t.H.mag),
+        Approx(bb[:, None, :], t.b.rad, t.b.mag),
+        Approx(t.D.mid[cols], t.D.rad, t.D.mag),
+        ops,
+    )
 
 
 def prove_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> int:
@@ -545,12 +614,13 @@ def prove_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]
 
 
 def _prove_box_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> Tensor:
-    """Per box: (|S_p| - 1) L per slot (reductions), (s1 - 1) L (slot sum), L (query slot),
-    L - 1 (max), 2 (decision); nothing when L = 0."""
+    """Per box: per slot (|S_p| - 1) (L + 1) (the max of H at each live output, the min of b)
+    and 3 L (its bound U), (s1 - 1) L (slot sum), L (query slot), L - 1 (max), 2 (decision);
+    nothing when L = 0."""
     s1 = sizes.shape[1]
     L = n_live.to(torch.int64)
-    reduce = (sizes - 1).clamp(min=0).sum(dim=1) * L
-    per_box = (s1 - 1) * L + L + (L - 1) + 2
+    reduce = (sizes - 1).clamp(min=0).sum(dim=1) * (L + 1)
+    per_box = 3 * s1 * L + (s1 - 1) * L + L + (L - 1) + 2
     return torch.where(L > 0, reduce + per_box, 0)
 
 
@@ -561,17 +631,20 @@ def refute(
     witness: Int[Tensor, " boxes"],
     ops: Ops,
 ) -> Bool[Tensor, " boxes"]:
-    """Claim (b) with x* = ``witness`` (must differ from m); only a live x* can hold (claim
-    (c)), so a dead one is refused without cost. Cost: ``refute_flops`` for the live ones."""
+    """Claims (b) and (d) with x* = ``witness`` (must differ from m); only a live x* can hold
+    (claim (c)), so a dead one is refused without cost. Cost: ``refute_flops`` for the live
+    ones."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     cols = t.col[rows, witness]  # -1: x* is not live
     ok = torch.nonzero(cols >= 0, as_tuple=True)[0]
     if ok.numel() == 0:
         return out
-    Fx = t.F[cols[ok]]  # [b, slots, k]
-    per_slot = _extreme(Fx, torch.arange(ok.numel()), masks[ok], False, ops)  # [b, slots]
-    lb = ops.add(t.Fq[cols[ok]], ops.sum(per_slot, dim=1, label=LABEL), label=LABEL)
+    c, r, mk = cols[ok], rows[ok], masks[ok]
+    h = _set_extreme(t.H[c], mk, False, ops)  # [b, slots]: min of H over S_p
+    b_hi = _set_extreme(t.b[r], mk, True, ops)  # max of b_k over S_p
+    L = slot_bounds(t.a[r], h, b_hi, t.D[c], ops)
+    lb = ops.add(t.Fq[c], ops.sum(L, dim=1, label=LABEL), label=LABEL)
     low = ops.lower(lb, label=LABEL)
     ops.ledger.add(ok.numel(), label=LABEL)  # the comparison with 0
     out[ok] = low > 0
@@ -579,6 +652,8 @@ def refute(
 
 
 def refute_flops(sizes: Int[Tensor, "boxes slots"]) -> int:
-    """Ledger total of ``refute``."""
+    """Ledger total of ``refute``: per box 2 (|S_p| - 1) per slot (the min of H, the max of
+    b), 3 per slot (its bound L), the slot sum, the query slot, the lower bound and the
+    comparison."""
     B, s1 = sizes.shape
-    return int((sizes - 1).clamp(min=0).sum()) + B * ((s1 - 1) + 1 + 2)
+    return 2 * int((sizes - 1).clamp(min=0).sum()) + B * (3 * s1 + (s1 - 1) + 1 + 2)

@@ -198,7 +198,7 @@ def _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx) -> N
             circ.PVOU,
             ops,
         )
-        masks = nodes.masks[sel, :, : t.F.shape[2]]
+        masks = nodes.masks[sel, :, : t.H.shape[1]]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
             sizes = masks[pr].sum(dim=2)
@@ -238,7 +238,7 @@ def _check_refutations(nodes, witness, ck, ops, verdict, idx) -> None:
         ops.ledger.add(flops, label=boxes.LABEL)
         leaves = (leaf_key >= lo) & (leaf_key < hi)
         sel = idx[leaves]
-        masks = nodes.masks[sel, :, : t.F.shape[2]]
+        masks = nodes.masks[sel, :, : t.H.shape[1]]
         rf = boxes.refute(t, leaf_key[leaves] - lo, masks, witness[sel], ops)
         verdict[sel] = -rf.to(torch.int64)
 

@@ -359,15 +359,13 @@ def _roots(proven: Tensor, istar: Tensor, V: int, n: int) -> Tensor:
 @dataclass(frozen=True)
 class _Stack:
     """The box tables of a batch of keys (q, m), one column per (key, live output), as the
-    checker builds them (``boxes.tables``: the same values and radii), plus a last column of
-    -inf that stands for "no column"."""
+    checker builds them (``boxes.tables``: the same values and radii), with the key tokens
+    padded to d_vocab (H -inf, b 0) and a last column (H -inf, D 0, Fq -inf) that stands for
+    "no column"."""
 
-    F: Approx  # [columns + 1, slots, d_vocab_k] (k past the batch's largest m: uninitialised)
-    Fq: Approx  # [columns + 1]
-    below: Tensor  # [columns + 1, slots]: max_{k < m} F (-inf when m = 0)
-    col: Tensor  # [pair, x]: the column of output x of the key (the last one if not live)
-    start: Tensor  # [pair]: a key's columns are start .. start + n_live - 1
-    n_live: Tensor  # [pair]
+    t: boxes.Tables
+    below_H: Tensor  # [columns + 1]: max_{k < m} H (-inf when m = 0)
+    below_b: Tensor  # [pairs]: min_{k < m} b_k (+inf when m = 0)
 
 
 def _stack_tables(
@@ -375,10 +373,9 @@ def _stack_tables(
 ) -> _Stack:
     """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
     ``boxes``: the search only ever evaluates those), with the key tokens padded to d_vocab
-    (gathering whole rows over k is what the search does most; box masks hold tokens <= m, and
-    entries m < k < max(m) + 1 are -inf). Records each key's numbers of live outputs (separable
-    and exact key bounds, as the checker will find them) in ``live``. The keys of the max
-    tokens ``own_E`` take their own E."""
+    (gathering whole rows over k is what the search does most; box masks hold tokens <= m).
+    Records each key's numbers of live outputs (separable and exact key bounds, as the checker
+    will find them) in ``live``. The keys of the max tokens ``own_E`` take their own E."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     P, s1 = pairs.shape[0], n - 1
@@ -388,22 +385,33 @@ def _stack_tables(
     exact = boxes.exact_key_live(t, ops)
     n_exact = torch.zeros(P, dtype=torch.int64).index_add_(0, t.pair, exact.to(torch.int64))
     live[qs, ms] = torch.stack([t.n_live, n_exact], dim=1)
-    R, K = t.pair.numel(), t.F.shape[2]
-    F = torch.empty(R + 1, s1, V, dtype=torch.float64)
-    F[:R, :, :K] = t.F.mid
-    F[R] = -torch.inf
-    is_m = torch.arange(K)[None, :] == ms[t.pair][:, None]  # [R, K]
-    below = t.F.mid.masked_fill(is_m[:, None, :], -torch.inf).amax(dim=2)  # [R, slots]
-    below = torch.cat([below, torch.full((1, s1), -torch.inf, dtype=torch.float64)])
+    R, K = t.H.shape
+    H = torch.full((R + 1, V), -torch.inf, dtype=torch.float64)
+    H[:R, :K] = t.H.mid
+    D = torch.cat([t.D.mid, torch.zeros(1, s1, dtype=torch.float64)])
     Fq = torch.cat([t.Fq.mid, torch.full((1,), -torch.inf, dtype=torch.float64)])
-    rad, mag = max(t.F.rad, t.Fq.rad), max(t.F.mag, t.Fq.mag)
-    return _Stack(
-        F=Approx(F, rad, mag),
-        Fq=Approx(Fq, rad, mag),
-        below=below,
-        col=torch.where(t.col >= 0, t.col, R),
-        start=t.start,
+    b = torch.zeros(P, V, dtype=torch.float64)
+    b[:, :K] = t.b.mid
+    below = torch.arange(V)[None, :] < ms[:, None]  # [pairs, V]: k < m
+    below_H = H[:R].masked_fill(~below[t.pair], -torch.inf).amax(dim=1)
+    padded = boxes.Tables(
+        qs=t.qs,
+        ms=t.ms,
         n_live=t.n_live,
+        start=t.start,
+        col=torch.where(t.col >= 0, t.col, R),
+        pair=t.pair,
+        x=t.x,
+        H=Approx(H, t.H.rad, t.H.mag),
+        D=Approx(D, t.D.rad, t.D.mag),
+        Fq=Approx(Fq, t.Fq.rad, t.Fq.mag),
+        a=t.a,
+        b=Approx(b, t.b.rad, t.b.mag),
+    )
+    return _Stack(
+        t=padded,
+        below_H=torch.cat([below_H, torch.full((1,), -torch.inf, dtype=torch.float64)]),
+        below_b=b.masked_fill(~below, torch.inf).amin(dim=1),
     )
 
 
@@ -450,7 +458,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     pairs = torch.stack([codes // V, codes % V], 1)
     live = torch.full((V, V, 2), -1, dtype=torch.int64)
     own_E = boxes.own_E_tokens(pairs[:, 1], n, V)  # the cheaper E for all the roots' keys
-    step = max(1, TABLE_ELEMENTS // ((n - 1) * V * V))
+    step = max(1, TABLE_ELEMENTS // (V * V))
     total = R
     for p0 in range(0, pairs.shape[0], step):
         st = _stack_tables(ck, pairs[p0 : p0 + step], own_E, live, ops)
@@ -472,25 +480,36 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
 
 def _prune_outputs(blk: _Block, local: Tensor, st: _Stack, ops: Ops) -> None:
     """Outputs certainly below 0 on a whole root box, from a coarse bound: every non-max slot
-    set lies in [0, m), so its max is at most ``below``; max slots read F at k = m. Same
-    radius and sums as ``_bounds``, so what is dead here is dead in every sub-box (there and
-    in the checker). Evaluated per column of the box's key; outputs without a column are not
-    live for the key (claim (c) of ``boxes``)."""
+    set lies in [0, m), so its bound U (claim (d) of ``boxes``) is at most the one over all of
+    [0, m) (a larger max of H, a smaller min of b; float operations are monotone, D >= 0);
+    max slots are {m}. Same radius and sums as ``_bounds``, so what is dead here is dead in
+    every sub-box (there and in the checker). Evaluated per column of the box's key; outputs
+    without a column are not live for the key (claim (c) of ``boxes``)."""
     if local.numel() == 0:
         return
+    t = st.t
     rows, m, masks = blk.row[local], blk.m[local], blk.masks[local]
     b = local.numel()
     is_max = masks[torch.arange(b), :, m]  # [b, slots] (a max slot is {m})
-    n_live = st.n_live[rows]
+    n_live = t.n_live[rows]
     W = max(int(n_live.max()), 1)
+    none = t.Fq.shape[0] - 1
     pad = torch.arange(W)[None, :] >= n_live[:, None]  # [b, W]
-    cols = torch.where(pad, st.Fq.shape[0] - 1, st.start[rows][:, None] + torch.arange(W))
-    at_m = st.F.mid[cols, :, m[:, None]]  # [b, W, slots]
-    hi = torch.where(is_max[:, None, :], at_m, st.below[cols])
-    ub = ops.upper(ops.add(st.Fq[cols], ops.sum(Approx(hi, st.F.rad, st.F.mag), dim=2)))
-    c = st.col[rows]  # [b, x]
-    real = c < st.Fq.shape[0] - 1
-    j = (c - st.start[rows][:, None]).clamp(min=0, max=W - 1)
+    cols = torch.where(pad, none, t.start[rows][:, None] + torch.arange(W))
+    at_m = t.H.mid[cols, m[:, None]][:, :, None]  # [b, W, 1]
+    h = torch.where(is_max[:, None, :], at_m, st.below_H[cols][:, :, None])  # [b, W, slots]
+    bb = torch.where(is_max, t.b.mid[rows, m][:, None], st.below_b[rows][:, None])  # [b, slots]
+    U = boxes.slot_bounds(
+        Approx(t.a.mid[rows][:, None, :], t.a.rad, t.a.mag),
+        Approx(h, t.H.rad, t.H.mag),
+        Approx(bb[:, None, :], t.b.rad, t.b.mag),
+        Approx(t.D.mid[cols], t.D.rad, t.D.mag),
+        ops,
+    )
+    ub = ops.upper(ops.add(t.Fq[cols], ops.sum(U, dim=2)))
+    c = t.col[rows]  # [b, x]
+    real = c < none
+    j = (c - t.start[rows][:, None]).clamp(min=0, max=W - 1)
     blk.live[local] &= real & (ub.gather(1, j) >= 0)
 
 
@@ -519,32 +538,21 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Te
 
 
 def _bounds(
-    F: Approx, Fq: Approx, masks: Tensor, size: Tensor, m: Tensor, cols: Tensor, ops: Ops
+    t: boxes.Tables, masks: Tensor, rows: Tensor, cols: Tensor, ops: Ops
 ) -> tuple[Tensor, Tensor]:
-    """Rigorous upper / lower bounds of the box sums at the table columns ``cols`` [B, A], with
-    the checker's radii (``boxes._extreme`` keeps F's radius, which is uniform; the sums are the
-    checker's ``Ops``). One gather serves both extremes; singleton slots are read directly.
+    """Rigorous upper / lower bounds of the box sums at the table columns ``cols`` [B, A] of
+    the boxes' keys ``rows``, with the checker's values and radii (``boxes.set_slot_bounds``,
+    then the checker's sums).
 
-    Outputs whose bound was already below 0 at an ancestor stay below 0 (maxima over subsets
-    are smaller, float sums are monotone, the radius is the same), so the search only
-    evaluates the ``live`` ones: the decisions equal the checker's over all outputs."""
-    B, s1 = masks.shape[:2]
-    A = cols.shape[1]
-    kmax = int(m.max()) + 1
-    hi = torch.empty((B, s1, A), dtype=F.mid.dtype)
-    b1, p1 = torch.nonzero(size == 1, as_tuple=True)
-    tok = masks[b1, p1].to(torch.int64).argmax(dim=1)
-    hi[b1, p1] = F.mid[cols[b1], p1[:, None], tok[:, None]]
-    lo = hi.clone()
-    bm, pm = torch.nonzero(size > 1, as_tuple=True)
-    if bm.numel():
-        vals = F.mid[:, :, :kmax][cols[bm], pm[:, None]]  # [P, A, k], a copy
-        off = ~masks[bm, pm, None, :kmax]
-        hi[bm, pm] = vals.masked_fill_(off, -torch.inf).amax(dim=2)
-        lo[bm, pm] = vals.masked_fill_(off, torch.inf).amin(dim=2)  # the same entries
-    fq = Fq[cols]
-    ub = ops.upper(ops.add(fq, ops.sum(Approx(hi, F.rad, F.mag), dim=1)))
-    lb = ops.lower(ops.add(fq, ops.sum(Approx(lo, F.rad, F.mag), dim=1)))
+    Outputs whose bound was already below 0 at an ancestor stay below 0 (over subsets the max
+    of H is smaller and the min of b larger, float operations are monotone, D >= 0, the
+    radius is the same), so the search only evaluates the ``live`` ones: the decisions equal
+    the checker's over all outputs."""
+    U = boxes.set_slot_bounds(t, rows, cols, masks, True, ops)  # [B, A, slots]
+    L = boxes.set_slot_bounds(t, rows, cols, masks, False, ops)
+    fq = t.Fq[cols]
+    ub = ops.upper(ops.add(fq, ops.sum(U, dim=2)))
+    lb = ops.lower(ops.add(fq, ops.sum(L, dim=2)))
     return ub, lb
 
 
@@ -558,7 +566,7 @@ def _step(
 ) -> _Block | None:
     """Evaluate the non-empty boxes ``local`` of ``blk``; claim the decided ones, split the
     others into a new block of children (ids from ``total``), or return None."""
-    V, s1 = st.F.shape[-1], st.F.shape[1]
+    V, s1 = st.t.H.shape[1], st.t.D.shape[1]
     local = local[(blk.sizes[local] > 0).all(dim=1)]
     # A chunk gathers [boxes, slots, live outputs (padded to the chunk's most), k]. Most boxes
     # have one or two live outputs and a few have dozens, so the boxes go in order of their
@@ -574,12 +582,12 @@ def _step(
         end = min(end, b0 + max(1, boxes.CHUNK_ELEMENTS // (s1 * V * n_live[end - 1])))
         nodes = local[b0:end]
         b0 = end
-        masks, size, m, live = blk.masks[nodes], blk.sizes[nodes], blk.m[nodes], blk.live[nodes]
+        masks, size, live = blk.masks[nodes], blk.sizes[nodes], blk.live[nodes]
         A = max(int(live.sum(dim=1).max()), 1)
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
         valid = live.gather(1, xs)  # [b, A]
-        cols = st.col[blk.row[nodes][:, None], xs]  # live outputs have a column
-        ub, lb = _bounds(st.F, st.Fq, masks, size, m, cols, ops)
+        cols = st.t.col[blk.row[nodes][:, None], xs]  # live outputs have a column
+        ub, lb = _bounds(st.t, masks, blk.row[nodes], cols, ops)
         ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
         proven = ub.amax(dim=1) < 0
         best_lb, wit = lb.max(dim=1)
@@ -616,14 +624,17 @@ def _split(
     B = nodes.numel()
     ar = torch.arange(B)
     masks, sizes = blk.masks[nodes], blk.sizes[nodes]  # [B, slots, V], [B, slots]
-    vals = st.F.mid[cols]  # [B, slots, k], a copy: entries outside the sets are filled below
+    t, rows = st.t, blk.row[nodes]
+    # Each token's term F = a_p H - b_k D (claim (d) of ``boxes``, exact for one token).
+    a, D = t.a.mid[rows][:, :, None], t.D.mid[cols][:, :, None]  # [B, slots, 1]
+    vals = a * t.H.mid[cols][:, None, :] - t.b.mid[rows][:, None, :] * D  # [B, slots, V]
     off = ~masks
     hi = vals.masked_fill_(off, -torch.inf).amax(dim=2)
     lo = vals.masked_fill_(off, torch.inf).amin(dim=2)  # only the sets' entries are read below
     spread = torch.where(sizes > 1, hi - lo, -1.0)
     p = spread.argmax(dim=1)
     v, mk = vals[ar, p], masks[ar, p]  # [B, k]
-    theta = hi[ar, p] - (hi.sum(dim=1) + st.Fq.mid[cols])  # the bound at x, without slot p
+    theta = hi[ar, p] - (hi.sum(dim=1) + t.Fq.mid[cols])  # the bound at x, without slot p
     low = mk & (v < theta[:, None])
     size, nlow = sizes[ar, p], low.sum(dim=1)
     bad = (nlow == 0) | (nlow == size)
