@@ -62,6 +62,7 @@ def planted_weights(
     gamma: float = 3.0,
     noise: float = 0.0,
     pos_noise: float = 0.0,
+    sink: float = 0.0,
     seed: int = 0,
 ) -> Weights:
     """A hand-built Max-of-K model (d_model = 2V + 2, d_head = V), plus optional noise.
@@ -70,7 +71,9 @@ def planted_weights(
     value / V) and a constant "one" dim. QK: the query's "one" dim meets the key's "size" dim, so
     the score of key token k is ``gap * k`` after the 1/sqrt(d_head) scale (attention prefers
     larger tokens). OV copies block A into block B and W_U reads block B scaled by ``gamma``:
-    EVOU = gamma I, EUPU = 0, PVOU = 0 without noise.
+    EVOU = gamma I, EUPU = 0, PVOU = 0 without noise. With ``sink``, W_U also reads every dim of
+    block B into output 0: EVOU = gamma I + sink (a column of ones at output 0), so that each
+    token's largest output other than itself is output 0.
     """
     d, dh = 2 * V + 2, V
     size, one = 2 * V, 2 * V + 1
@@ -89,6 +92,7 @@ def planted_weights(
     O[torch.arange(V), V + torch.arange(V)] = 1.0
     Uu = torch.zeros(d, V, dtype=torch.float64)
     Uu[V + torch.arange(V), torch.arange(V)] = gamma
+    Uu[V + torch.arange(V), 0] += sink
     g = torch.Generator().manual_seed(seed)
     mats = [E, P, Q, K, Wv, O, Uu]
     if noise or pos_noise:

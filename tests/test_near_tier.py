@@ -260,6 +260,10 @@ def _attention(w, tokens: torch.Tensor) -> torch.Tensor:
         # bound at the near token's own output is the exact logit difference (tight)
         lambda: models.planted_weights(12, 3, gap=0.5),
         lambda: models.planted_weights(10, 4, gap=0.2),
+        # ... and with every token also copying into output 0 (``sink``), which is then the
+        # largest wrong logit: the bound at the other outputs (E2_k) is exact there
+        lambda: models.planted_weights(12, 3, gap=1.0, sink=2.0),
+        lambda: models.planted_weights(10, 4, gap=0.5, sink=1.5),
     ],
     ids=[
         "V10-K4",
@@ -270,6 +274,8 @@ def _attention(w, tokens: torch.Tensor) -> torch.Tensor:
         "planted-V12-K3",
         "exact-planted-V12-K3",
         "exact-planted-V10-K4",
+        "sink-planted-V12-K3",
+        "sink-planted-V10-K4",
     ],
 )
 def test_bound_covers_every_input_of_every_claim(make):
