@@ -261,7 +261,8 @@ def _attention(w, tokens: torch.Tensor) -> torch.Tensor:
         lambda: models.planted_weights(12, 3, gap=0.5),
         lambda: models.planted_weights(10, 4, gap=0.2),
         # ... and with every token also copying into output 0 (``sink``), which is then the
-        # largest wrong logit: the bound at the other outputs (E2_k) is exact there
+        # largest wrong logit: the bound at the other outputs (E2_k) and the far term (W_pref,
+        # from far token 0) are exact there
         lambda: models.planted_weights(12, 3, gap=1.0, sink=2.0),
         lambda: models.planted_weights(10, 4, gap=0.5, sink=1.5),
     ],
