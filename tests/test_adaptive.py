@@ -140,7 +140,7 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
             want = boxes.table_flops(m, 1, n, V, int(L), int(q < m), own)
             rows = torch.zeros(len(it["rows"]), dtype=torch.int64)
             want += boxes.prove_claims_flops(
-                L, L_exact, m, n, rows, sizes[it["rows"]], torch.tensor([q])
+                L, L_exact, m, n, rows, st.tr.masks[it["rows"]], torch.tensor([q])
             )
             assert it["gain"] == sum(int(r.prod()) for r in sizes[it["rows"]])
         else:
@@ -284,6 +284,70 @@ def test_box_bound_against_enumeration(monkeypatch):
                 fired["refute"] += 1
                 assert not bool(verdicts.any())
     assert fired["prove"] > 0 and fired["refute"] > 0 and fired["dropped"] > 0
+
+
+@pytest.mark.parametrize(
+    "seed,w",
+    [
+        (0, models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2)),
+        (1, models.random_small_model(11)),
+        (2, models.planted_weights(9, 5, noise=0.1, pos_noise=0.3, seed=4)),
+    ],
+)
+def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
+    """``boxes.prove`` takes each distinct (key, set)'s maxima and each distinct (key, slot,
+    set)'s bound once: on random boxes drawn from a few sets per key (as the splits of a tree
+    make them), its verdicts equal a box-by-box evaluation, its charge equals the closed form
+    counted here with Python sets, and its key-aligned chunks (tiny here) change neither."""
+    V, n = w.config.d_vocab, w.config.n_ctx
+    assert n >= 3
+    ck = keys.cubic_keys(w, Ops())
+    qm = torch.triu_indices(V, V)
+    qs, ms = qm[0][qm[1] > 0], qm[1][qm[1] > 0]
+    t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
+    g = torch.Generator().manual_seed(seed)
+    B, s1, K = 300, n - 1, t.H.shape[1]
+    rows = torch.randint(0, qs.numel(), (B,), generator=g)
+    m = ms[rows]
+    pool = torch.rand(qs.numel(), 3, K, generator=g) < 0.5  # three candidate sets per key
+    pool &= torch.arange(K) < ms[:, None, None]
+    pool[:, :, 0] = True  # non-empty (token 0 < m)
+    pick = torch.randint(0, 4, (B, s1), generator=g)  # 3: the max slot {m}
+    masks = pool[rows[:, None], pick.clamp(max=2)]
+    is_max = pick == 3
+    masks[is_max] = False
+    masks[is_max, m[:, None].expand(B, s1)[is_max]] = True
+    ops = Ops()
+    got = boxes.prove(t, rows, masks, ops)
+    # Box by box, as the search evaluates them.
+    W = int(t.n_live.max())
+    cols = t.start[rows][:, None] + torch.arange(W)
+    pad = torch.arange(W) >= t.n_live[rows][:, None]
+    U = boxes.set_slot_bounds(t, rows, cols.masked_fill(pad, 0), masks, True, Ops())
+    ub = Ops().add(t.Fq[cols.masked_fill(pad, 0)], Ops().sum(U, dim=2))
+    naive = (Ops().upper(ub).masked_fill(pad, -torch.inf) < 0).all(dim=1)
+    assert torch.equal(got, naive) and bool(got.any()) and not bool(got.all())
+    # The charge, from Python sets.
+    want, sets, slot_sets = 0, set(), set()
+    for b in range(B):
+        L = int(t.n_live[rows[b]])
+        if L == 0:
+            continue
+        want += s1 * L + L + 1  # slot sum, query slot, max over outputs, decision
+        for p in range(s1):
+            toks = frozenset(torch.nonzero(masks[b, p]).flatten().tolist())
+            if (int(rows[b]), toks) not in sets:
+                sets.add((int(rows[b]), toks))
+                want += (len(toks) - 1) * (L + 1)
+            if (int(rows[b]), p, toks) not in slot_sets:
+                slot_sets.add((int(rows[b]), p, toks))
+                want += 3 * L
+    assert ops.ledger.flop == want
+    assert len(sets) < (B * s1) // 2  # the sharing is real here
+    monkeypatch.setattr(boxes, "CHUNK_ELEMENTS", 8)
+    small = Ops()
+    assert torch.equal(boxes.prove(t, rows, masks, small), got)
+    assert small.ledger.flop == want
 
 
 def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:

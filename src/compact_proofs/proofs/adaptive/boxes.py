@@ -67,7 +67,6 @@ per box, the reductions over S_p count (|S_p| - 1) per live output for H and (|S
 ``refute_flops``.
 """
 
-import bisect
 from dataclasses import dataclass
 
 import torch
@@ -475,36 +474,35 @@ def _exact_cost(s1: int, K, n_live: Tensor, has_max: Tensor) -> Tensor:
 
 
 def use_exact_bound(
-    t_live: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+    t_live: Tensor, ms, n: int, rows: Tensor, masks: Tensor, qs: Tensor
 ) -> Bool[Tensor, " queries"]:
     """Whether the exact key bound pays off for each key (qs[i], ms[i]) (``ms``: a tensor, or
-    one max token for all): its prove claims (boxes ``rows`` with slot set sizes ``sizes``) at
-    every live output cost more than the bound itself (a rule the search can predict).
+    one max token for all): its prove claims (boxes ``rows`` with slot sets ``masks``) at every
+    live output cost more than the bound itself (a rule the search can predict).
     ``t_live``: live outputs per key."""
-    full = torch.zeros(t_live.numel(), dtype=torch.int64)
-    full.index_add_(0, rows, _prove_box_flops(sizes, t_live[rows]))
+    full = prove_key_flops(rows, masks, t_live)
     return full > _exact_cost(n - 1, ms + 1, t_live, qs < ms)
 
 
 def prove_claims_flops(
-    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, masks: Tensor, qs: Tensor
 ) -> int:
     """What the checker charges for the prove claims of the keys (qs[i], ms[i]) (``ms``: a
     tensor, or one max token for all) after their tables: the exact key bound where
     ``use_exact_bound`` (live outputs per key ``t_live``), then ``prove`` at ``t_exact`` live
     outputs there and ``t_live`` elsewhere. Additive over keys."""
-    return int(prove_claims_key_flops(t_live, t_exact, ms, n, rows, sizes, qs).sum())
+    return int(prove_claims_key_flops(t_live, t_exact, ms, n, rows, masks, qs).sum())
 
 
 def prove_claims_key_flops(
-    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, sizes: Tensor, qs: Tensor
+    t_live: Tensor, t_exact: Tensor, ms, n: int, rows: Tensor, masks: Tensor, qs: Tensor
 ) -> Int[Tensor, " keys"]:
     """``prove_claims_flops`` per key."""
     ms = torch.as_tensor(ms).expand_as(qs)
-    use = use_exact_bound(t_live, ms, n, rows, sizes, qs)
-    per_key = torch.where(use, _exact_cost(n - 1, ms + 1, t_live, qs < ms), 0)
-    per_box = _prove_box_flops(sizes, torch.where(use, t_exact, t_live)[rows])
-    return per_key.index_add_(0, rows, per_box)
+    flops = _prove_shape(rows, masks, qs.numel())
+    exact = _exact_cost(n - 1, ms + 1, t_live, qs < ms)
+    use = flops(t_live) > exact  # ``use_exact_bound``
+    return torch.where(use, exact, 0) + flops(torch.where(use, t_exact, t_live))
 
 
 def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:
@@ -555,34 +553,109 @@ def prove(
 ) -> Bool[Tensor, " boxes"]:
     """Claims (a), (c) and (d) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0
     for every live output x of the box's key; the other outputs are below m on the whole key.
-    Boxes go in chunks of live counts within a factor of two, padded to the chunk's largest
-    (padding columns are -inf, so they never decide); the arithmetic is rigorous ``Ops`` on the
-    padded tensors, and the ledger is charged ``prove_flops`` for the real entries only."""
+    H and b are the same for every slot, and a split changes one slot of a box, so the boxes of
+    a key share most of their slot sets: the max of H and the min of b are taken once per
+    distinct (key, set), and the bound U once per distinct (key, slot, set) (``distinct``).
+    The arithmetic is rigorous ``Ops`` on tensors padded to the most live outputs (padding
+    entries are -inf, so they never decide), and the ledger is charged ``prove_flops`` for the
+    real entries only."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
+    ops.ledger.add(prove_flops(rows, masks, t.n_live), label=LABEL)
     todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
-    order = todo[n_live[todo].argsort(stable=True)]
-    K, s1 = t.H.shape[1], t.D.shape[1]
-    counts = n_live[order].tolist()
-    scratch = Ops()  # not charged: the real entries are charged below
-    i = 0
-    while i < order.numel():
-        end = bisect.bisect_right(counts, 2 * counts[i], lo=i)
-        end = min(end, i + max(1, CHUNK_ELEMENTS // (s1 * K * counts[end - 1])))
-        idx, r, W = order[i:end], rows[order[i:end]], counts[end - 1]
-        i = end
-        pad = torch.arange(W)[None, :] >= n_live[idx][:, None]  # [b, W]
-        cols = (t.start[r][:, None] + torch.arange(W)[None, :]).masked_fill(pad, 0)
-        U = set_slot_bounds(t, r, cols, masks[idx], True, scratch)  # [b, W, slots]
-        # Padding columns -inf; gathering keeps the uniform bounds (as Approx indexing does).
-        U = Approx(U.mid.masked_fill_(pad[:, :, None], -torch.inf), U.rad, U.mag)
-        fq = Approx(t.Fq.mid[cols].masked_fill_(pad, -torch.inf), t.Fq.rad, t.Fq.mag)  # [b, W]
-        ub = scratch.add(fq, scratch.sum(U, dim=2))
-        out[idx] = scratch.proven_negative(scratch.amax(ub, dim=1))
-    ops.ledger.add(prove_flops(masks.sum(dim=2), n_live), label=LABEL)
+    todo = todo[rows[todo].argsort(stable=True)]  # by key: a chunk holds whole keys
+    scratch = Ops()  # not charged: the real entries are charged above
+    for lo, hi in _key_chunks(rows[todo], n_live[todo], masks.shape[1]):
+        idx = todo[lo:hi]
+        out[idx] = _prove_keys(t, rows[idx], masks[idx], scratch)
     return out
+
+
+def _key_chunks(rows: Tensor, n_live: Tensor, s1: int) -> list[tuple[int, int]]:
+    """Ranges [lo, hi) of boxes sorted by key, whole keys each, with at most ``CHUNK_ELEMENTS``
+    entries (boxes x slots x the range's most live outputs) unless one key alone has more."""
+    out, lo, B = [], 0, rows.numel()
+    ends = torch.cumsum(torch.unique_consecutive(rows, return_counts=True)[1], 0)
+    while lo < B:
+        e = ends[ends > lo]
+        most = torch.cummax(n_live[e - 1], 0).values  # boxes of one key share n_live
+        fits = (e - lo) * s1 * most <= CHUNK_ELEMENTS
+        hi = int(e[max(0, int(fits.to(torch.int64).cumprod(0).sum()) - 1)])
+        out.append((lo, hi))
+        lo = hi
+    return out
+
+
+def _prove_keys(t: Tables, rows: Tensor, masks: Tensor, ops: Ops) -> Tensor:
+    """``prove`` for boxes whose keys all have live outputs (``ops``: scratch)."""
+    set_id, set_at = distinct(rows, masks, by_slot=False)
+    slot_id, slot_at = distinct(rows, masks, by_slot=True)
+    W = int(t.n_live[rows].max())
+    h, b_lo = _set_extremes(t, rows[set_at[:, 0]], masks[set_at[:, 0], set_at[:, 1]], W)
+    key, slot = rows[slot_at[:, 0]], slot_at[:, 1]  # each distinct (key, slot, set)
+    which = set_id[slot_at[:, 0], slot_at[:, 1]]  # ... and its (key, set)
+    U = slot_bounds(
+        Approx(t.a.mid[key, slot][:, None], t.a.rad, t.a.mag),
+        Approx(h[which], t.H.rad, t.H.mag),
+        Approx(b_lo[which][:, None], t.b.rad, t.b.mag),
+        Approx(t.D.mid[_key_columns(t, key, W), slot[:, None]], t.D.rad, t.D.mag),
+        ops,
+    )  # [J, W]
+    U.mid.masked_fill_(_past_live(t, key, W), -torch.inf)  # (a = 0 would give NaN there)
+    # Per box: its slots' bounds (gathered: the uniform bounds are kept), plus the query slot.
+    fq = t.Fq.mid[_key_columns(t, rows, W)].masked_fill_(_past_live(t, rows, W), -torch.inf)
+    per_slot = Approx(U.mid[slot_id], U.rad, U.mag)  # [b, slots, W]
+    ub = ops.add(Approx(fq, t.Fq.rad, t.Fq.mag), ops.sum(per_slot, dim=1))
+    return ops.proven_negative(ops.amax(ub, dim=1))
+
+
+def _past_live(t: Tables, keys: Tensor, W: int) -> Tensor:
+    """[J, W]: True past each key's live outputs."""
+    return torch.arange(W)[None, :] >= t.n_live[keys][:, None]
+
+
+def _key_columns(t: Tables, keys: Tensor, W: int) -> Tensor:
+    """The first W columns of each key of ``keys`` [J] (past its live outputs: column 0)."""
+    cols = t.start[keys][:, None] + torch.arange(W)[None, :]
+    return cols.masked_fill(_past_live(t, keys, W), 0)
+
+
+def _set_extremes(t: Tables, keys: Tensor, sets: Tensor, W: int) -> tuple[Tensor, Tensor]:
+    """Per (key, set): max_{k in S} H at the key's columns [J, W] (-inf past its live
+    outputs) and min_{k in S} b_k [J] (floats; ``prove`` wraps them with the tables' bounds).
+    One entry per (set, live column), in chunks of at most ``CHUNK_ELEMENTS`` gathered values."""
+    J, K = sets.shape
+    L = t.n_live[keys]
+    which = torch.repeat_interleave(torch.arange(J), L)  # the set of each (set, column) entry
+    offset = torch.arange(which.numel()) - torch.repeat_interleave(torch.cumsum(L, 0) - L, L)
+    h = torch.full((J, W), -torch.inf, dtype=torch.float64)
+    step = max(1, CHUNK_ELEMENTS // K)
+    for lo in range(0, which.numel(), step):
+        j, o = which[lo : lo + step], offset[lo : lo + step]
+        vals = t.H.mid[t.start[keys[j]] + o]  # [entries, K], a copy
+        h[j, o] = vals.masked_fill_(~sets[j], -torch.inf).amax(dim=1)
+    b_lo = t.b.mid[keys].masked_fill(~sets, torch.inf).amin(dim=1)
+    return h, b_lo
+
+
+def distinct(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], by_slot: bool):
+    """The distinct (key, set) pairs of the slots of boxes with keys ``rows`` [B] and slot sets
+    ``masks`` [B, slots, K] (with the slot too if ``by_slot``): each (box, slot)'s id [B, slots]
+    and one (box, slot) per id [J, 2]. Free (index and bool work)."""
+    B, s1, K = masks.shape
+    bits = 62  # bits per packed word (non-negative int64)
+    padded = torch.zeros(B, s1, -(-K // bits) * bits, dtype=torch.int64)
+    padded[:, :, :K] = masks
+    words = (padded.view(B, s1, -1, bits) << torch.arange(bits)).sum(dim=3)  # [B, s1, words]
+    parts = [rows[:, None, None].expand(B, s1, 1)]
+    if by_slot:
+        parts.append(torch.arange(s1)[None, :, None].expand(B, s1, 1))
+    inv = _row_ids(torch.cat(parts + [words], dim=2).reshape(B * s1, -1))
+    first = torch.full((int(inv.max()) + 1 if inv.numel() else 0,), B * s1, dtype=torch.int64)
+    first.scatter_reduce_(0, inv, torch.arange(B * s1), reduce="amin")
+    return inv.view(B, s1), torch.stack([first // s1, first % s1], dim=1)
 
 
 def set_slot_bounds(
@@ -607,21 +680,53 @@ def set_slot_bounds(
     )
 
 
-def prove_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> int:
-    """Ledger total of ``prove`` for boxes with slot set sizes ``sizes`` whose keys have
-    ``n_live`` live outputs."""
-    return int(_prove_box_flops(sizes, n_live).sum())
+def _row_ids(rows: Int[Tensor, "n cols"]) -> Int[Tensor, " n"]:
+    """Ids 0, 1, ... of the distinct rows, in lexicographic order (``torch.unique(dim=0)``'s
+    inverse, by stable sorts column by column: several times faster here)."""
+    n, cols = rows.shape
+    order = torch.arange(n)
+    for c in reversed(range(cols)):
+        order = order[torch.argsort(rows[order, c], stable=True)]
+    ranked = rows[order]
+    new = torch.ones(n, dtype=torch.bool)
+    new[1:] = (ranked[1:] != ranked[:-1]).any(dim=1)
+    ids = torch.empty(n, dtype=torch.int64)
+    ids[order] = torch.cumsum(new, 0) - 1
+    return ids
 
 
-def _prove_box_flops(sizes: Int[Tensor, "boxes slots"], n_live: Int[Tensor, " boxes"]) -> Tensor:
-    """Per box: per slot (|S_p| - 1) (L + 1) (the max of H at each live output, the min of b)
-    and 3 L (its bound U), (s1 - 1) L (slot sum), L (query slot), L - 1 (max), 2 (decision);
-    nothing when L = 0."""
-    s1 = sizes.shape[1]
-    L = n_live.to(torch.int64)
-    reduce = (sizes - 1).clamp(min=0).sum(dim=1) * (L + 1)
-    per_box = 3 * s1 * L + (s1 - 1) * L + L + (L - 1) + 2
-    return torch.where(L > 0, reduce + per_box, 0)
+def prove_flops(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor) -> int:
+    """Ledger total of ``prove`` for boxes with keys ``rows`` and slot sets ``masks``, the keys
+    having ``n_live`` live outputs each."""
+    return int(prove_key_flops(rows, masks, n_live).sum())
+
+
+def prove_key_flops(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor) -> Tensor:
+    """``prove_flops`` per key (L = its live outputs; nothing for boxes of keys with L = 0): per
+    distinct (key, set) of more than one token, (|S| - 1) (L + 1) (the max of H at each live
+    output, the min of b); per distinct (key, slot, set), 3 L (its bound U); per box,
+    (s1 - 1) L (slot sum), L (query slot), L - 1 (max) and 2 (decision)."""
+    return _prove_shape(rows, masks, n_live.numel())(n_live)
+
+
+def _prove_shape(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], P: int):
+    """``prove_key_flops`` as a function of the keys' live counts (it is linear in each)."""
+    reduce, slot_sets, n_boxes = (torch.zeros(P, dtype=torch.int64) for _ in range(3))
+    s1 = masks.shape[1]
+    if rows.numel():
+        _, set_at = distinct(rows, masks, by_slot=False)
+        _, slot_at = distinct(rows, masks, by_slot=True)
+        size = masks[set_at[:, 0], set_at[:, 1]].sum(dim=1)
+        reduce.index_add_(0, rows[set_at[:, 0]], (size - 1).clamp(min=0))
+        slot_sets.index_add_(0, rows[slot_at[:, 0]], torch.ones_like(slot_at[:, 0]))
+        n_boxes.index_add_(0, rows, torch.ones_like(rows))
+
+    def flops(n_live: Tensor) -> Tensor:
+        L = n_live.to(torch.int64)
+        per_key = reduce * (L + 1) + 3 * L * slot_sets + n_boxes * ((s1 + 1) * L + 1)
+        return torch.where(L > 0, per_key, 0)
+
+    return flops
 
 
 def refute(

@@ -172,10 +172,11 @@ def _items(cfg: ModelConfig, st: State) -> dict:
     qs = torch.tensor([k[1] for k in box_keys])
     ms = torch.tensor([k[2] for k in box_keys])
     rows = torch.cat([torch.full((len(items[k]["rows"]),), j) for j, k in enumerate(box_keys)])
-    box_sizes = sizes[torch.cat([torch.tensor(items[k]["rows"]) for k in box_keys])]
+    box_rows = torch.cat([torch.tensor(items[k]["rows"]) for k in box_keys])
+    box_sizes = sizes[box_rows]
     # Each package as checked alone (one query per key): its tables, then its prove claims.
     claims = boxes.prove_claims_key_flops(
-        tr.live[qs, ms, 0], tr.live[qs, ms, 1], ms, n, rows, box_sizes, qs
+        tr.live[qs, ms, 0], tr.live[qs, ms, 1], ms, n, rows, tr.masks[box_rows], qs
     ).tolist()
     box_inputs = [math.prod(r) for r in box_sizes.tolist()]  # exact ints
     own = torch.isin(ms, tr.own_E).tolist()

@@ -201,8 +201,7 @@ def _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx) -> N
         masks = nodes.masks[sel, :, : t.H.shape[1]]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            sizes = masks[pr].sum(dim=2)
-            use = boxes.use_exact_bound(t.n_live, t.ms, n, rows[pr], sizes, t.qs)
+            use = boxes.use_exact_bound(t.n_live, t.ms, n, rows[pr], masks[pr], t.qs)
             t = boxes.refine(t, use, ops)
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops).to(torch.int64)
         if bool((~pr).any()):

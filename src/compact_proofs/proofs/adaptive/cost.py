@@ -63,7 +63,8 @@ def predict(
     L, L_exact = n_live[qs, ms, 0], n_live[qs, ms, 1]
     total += boxes.keys_table_flops(qs, ms, torch.isin(ms, pl.own_E), L, n, V)
     pr = claim[idx[full]] == plan.PROVE
-    total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], sizes[idx[full]][pr], qs)
+    masks = nodes.masks[idx[full]][pr]
+    total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], masks, qs)
     total += boxes.refute_flops(sizes[idx][claim[idx] == plan.REFUTE])
     cols = torch.unique(code[~full] * V + pl.witness[idx[~full]])  # the refutations' columns
     keys_w, n_cols = torch.unique(cols // V, return_counts=True)
