@@ -62,8 +62,9 @@ every x != m; (b) G_x*(t) >= LB > 0.                                            
 The common factor: every weight is at most 1 (exp-shifted scores), so the tables are well scaled
 for every input of the key.
 Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs);
-per box, the reductions over S_p count (|S_p| - 1) per live output for H and (|S_p| - 1) for b
-(paper rule), then 3 per slot and live output for its bound (d): ``prove_flops`` /
+the reductions over a set S count (|S| - 1) per live output for H and (|S| - 1) for b (paper
+rule), once per distinct set of a key, then 3 per live output for a slot's bound (d), once per
+distinct (slot, set) of a key, and the sums and decision per box: ``prove_flops`` /
 ``refute_flops``.
 """
 
