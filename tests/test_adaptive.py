@@ -323,7 +323,7 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
     W = int(t.n_live.max())
     cols = t.start[rows][:, None] + torch.arange(W)
     pad = torch.arange(W) >= t.n_live[rows][:, None]
-    U = boxes.set_slot_bounds(t, rows, cols.masked_fill(pad, 0), masks, True, Ops())
+    U, _ = boxes.set_slot_bounds(t, rows, cols.masked_fill(pad, 0), masks, Ops())
     ub = Ops().add(t.Fq[cols.masked_fill(pad, 0)], Ops().sum(U, dim=2))
     naive = (Ops().upper(ub).masked_fill(pad, -torch.inf) < 0).all(dim=1)
     assert torch.equal(got, naive) and bool(got.any()) and not bool(got.all())

@@ -646,10 +646,11 @@ def distinct(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], by_slot: bool):
     ``masks`` [B, slots, K] (with the slot too if ``by_slot``): each (box, slot)'s id [B, slots]
     and one (box, slot) per id [J, 2]. Free (index and bool work)."""
     B, s1, K = masks.shape
-    bits = 62  # bits per packed word (non-negative int64)
-    padded = torch.zeros(B, s1, -(-K // bits) * bits, dtype=torch.int64)
+    bits = 52  # bits per packed word: sums of distinct powers of two below 2^52 are exact
+    padded = torch.zeros(B, s1, -(-K // bits) * bits, dtype=torch.float64)
     padded[:, :, :K] = masks
-    words = (padded.view(B, s1, -1, bits) << torch.arange(bits)).sum(dim=3)  # [B, s1, words]
+    words = padded.view(B, s1, -1, bits) @ 2.0 ** torch.arange(bits, dtype=torch.float64)
+    words = words.to(torch.int64)  # [B, s1, words]
     parts = [rows[:, None, None].expand(B, s1, 1)]
     if by_slot:
         parts.append(torch.arange(s1)[None, :, None].expand(B, s1, 1))
@@ -660,25 +661,43 @@ def distinct(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], by_slot: bool):
 
 
 def set_slot_bounds(
-    t: Tables, rows: Tensor, cols: Tensor, masks: Tensor, upper: bool, ops: Ops
-) -> Approx:
-    """Claim (d)'s U (``upper``) or L [boxes, W, slots] of boxes with keys ``rows`` [boxes] and
-    slot sets ``masks`` [boxes, slots, K] at the columns ``cols`` [boxes, W]. The search
-    evaluates its boxes with it too, so that its decisions are the checker's."""
-    s1 = masks.shape[1]
-    fill, other = (-torch.inf, torch.inf) if upper else (torch.inf, -torch.inf)
-    Hx = t.H.mid[cols][:, :, None, :].expand(-1, -1, s1, -1)  # [b, W, slots, K]
-    Hx = Hx.masked_fill(~masks[:, None], fill)
-    h = Hx.amax(dim=3) if upper else Hx.amin(dim=3)  # [b, W, slots]
-    bx = t.b.mid[rows][:, None, :].masked_fill(~masks, other)  # [b, slots, K]
-    bb = bx.amin(dim=2) if upper else bx.amax(dim=2)
-    return slot_bounds(
-        Approx(t.a.mid[rows][:, None, :], t.a.rad, t.a.mag),
-        Approx(h, t.H.rad, t.H.mag),
-        Approx(bb[:, None, :], t.b.rad, t.b.mag),
-        Approx(t.D.mid[cols], t.D.rad, t.D.mag),
-        ops,
-    )
+    t: Tables, rows: Tensor, cols: Tensor, masks: Tensor, ops: Ops, lower: bool = False
+) -> tuple[Approx, Approx | None]:
+    """Claim (d)'s U (and L if ``lower``) [boxes, W, slots] of boxes with keys ``rows``
+    [boxes] and slot sets ``masks`` [boxes, slots, K] at the columns ``cols`` [boxes, W], box
+    by box (``prove`` shares the sets' maxima among the boxes of a key: the same floats). The
+    search evaluates its boxes with it, so that its decisions are the checker's."""
+    B, s1 = masks.shape[:2]
+    K = int(t.ms[rows].max()) + 1 if rows.numel() else 1  # the sets hold tokens <= m
+    masks = masks[:, :, :K]
+    h_hi = torch.empty(B, cols.shape[1], s1, dtype=torch.float64)
+    b_lo = torch.empty(B, s1, dtype=torch.float64)
+    h_lo, b_hi = torch.empty_like(h_hi), torch.empty_like(b_lo)
+    # A single token's set is read directly (every max slot); larger ones reduced over it.
+    one = masks.sum(dim=2) == 1
+    b1, p1 = torch.nonzero(one, as_tuple=True)
+    tok = masks[b1, p1].to(torch.int64).argmax(dim=1)
+    h_hi[b1, :, p1] = h_lo[b1, :, p1] = t.H.mid[cols[b1], tok[:, None]]
+    b_lo[b1, p1] = b_hi[b1, p1] = t.b.mid[rows[b1], tok]
+    bm, pm = torch.nonzero(~one, as_tuple=True)
+    if bm.numel():
+        off = ~masks[bm, pm]  # [n, K]
+        Hx = t.H.mid[cols[bm], :K]  # [n, W, K], a copy (filled in place)
+        bx = t.b.mid[rows[bm], :K]
+        h_hi[bm, :, pm] = Hx.masked_fill_(off[:, None, :], -torch.inf).amax(dim=2)
+        b_lo[bm, pm] = bx.masked_fill(off, torch.inf).amin(dim=1)
+        if lower:  # the same entries
+            h_lo[bm, :, pm] = Hx.masked_fill_(off[:, None, :], torch.inf).amin(dim=2)
+            b_hi[bm, pm] = bx.masked_fill(off, -torch.inf).amax(dim=1)
+    a = Approx(t.a.mid[rows][:, None, :], t.a.rad, t.a.mag)
+    D = Approx(t.D.mid[cols], t.D.rad, t.D.mag)
+
+    def bound(h: Tensor, b: Tensor) -> Approx:
+        return slot_bounds(
+            a, Approx(h, t.H.rad, t.H.mag), Approx(b[:, None, :], t.b.rad, t.b.mag), D, ops
+        )
+
+    return bound(h_hi, b_lo), bound(h_lo, b_hi) if lower else None
 
 
 def _row_ids(rows: Int[Tensor, "n cols"]) -> Int[Tensor, " n"]:

@@ -548,15 +548,10 @@ def _bounds(
     of H is smaller and the min of b larger, float operations are monotone, D >= 0, the
     radius is the same), so the search only evaluates the ``live`` ones: the decisions equal
     the checker's over all outputs."""
-    U = boxes.set_slot_bounds(t, rows, cols, masks, True, ops)  # [B, A, slots]
+    U, L = boxes.set_slot_bounds(t, rows, cols, masks, ops, lower=True)  # [B, A, slots]
     fq = t.Fq[cols]
     ub = ops.upper(ops.add(fq, ops.sum(U, dim=2)))
-    # Lower bounds only for the boxes the upper bounds leave open (refute candidates).
-    lb = torch.full_like(ub, -torch.inf)
-    open_ = torch.nonzero((ub >= 0).any(dim=1), as_tuple=True)[0]
-    if open_.numel():
-        L = boxes.set_slot_bounds(t, rows[open_], cols[open_], masks[open_], False, ops)
-        lb[open_] = ops.lower(ops.add(fq[open_], ops.sum(L, dim=2)))
+    lb = ops.lower(ops.add(fq, ops.sum(L, dim=2)))
     return ub, lb
 
 
