@@ -123,7 +123,7 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
     from compact_proofs.proofs.adaptive import budget
 
     w, _ = soundness_model(model_name)
-    st = searcher.explore(w)
+    st = searcher.explore(w, level1_in_box_pairs=True)  # as budgets fit it
     V, n = w.config.d_vocab, w.config.n_ctx
     items = budget._items(w.config, st)
     assert any(k[0] == "l1" for k in items) and any(k[0] == "box" for k in items)
@@ -146,6 +146,36 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
         else:
             continue
         assert it["cost"] == want, key
+
+
+def test_box_pairs_skip_level1_unless_a_budget_leaves_out_boxes(soundness_model):
+    """At n_ctx = 4 the unbudgeted certificate has no level-1 key in a pair (q, m) with box
+    roots, and is still exact; a budget too small for everything is fitted from the
+    exploration that keeps them."""
+    from compact_proofs.proofs.adaptive import budget
+
+    w, truth = soundness_model("planted-V8-K4-noisy")
+    cfg = w.config
+    st = searcher.explore(w)
+    assert st.for_fit is not None and st.for_fit() is st.for_fit()  # explored once
+
+    def pairs(*tensors):
+        return {tuple(r) for t in tensors for r in t[:, :2].tolist()}
+
+    full = searcher.for_budget(cfg, st, None)
+    boxed = pairs(full["roots"])
+    assert boxed and not boxed & pairs(full["l1_keys"], full["l1_class_keys"])
+    kept = st.for_fit()
+    assert pairs(kept.l1, kept.l1c) & pairs(kept.roots)  # there were keys to leave out
+    out, _ = _run(w, full)
+    assert out.correct == int(truth.sum()) and out.details["exact"]
+    tight = (st.ck.flops + full["predicted"]) // 2
+    cert = searcher.for_budget(cfg, st, tight)
+    fitted = budget.fit(cfg, kept, tight)
+    assert cert.keys() == fitted.keys()
+    for name, value in cert.items():
+        assert torch.equal(value, fitted[name]) if torch.is_tensor(value) else value == fitted[name]
+    assert _run(w, cert)[1].flop <= tight
 
 
 def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
@@ -178,20 +208,21 @@ def test_one_prove_call_explores_each_model_once(soundness_model, monkeypatch):
     calls = []
     explore = searcher.explore
 
-    def slow_explore(*args):  # 0.2 s longer: every search reports it, as if run alone
-        calls.append(1)
+    def slow_explore(*args, **kwargs):  # 0.2 s longer: every search reports it, as if alone
+        calls.append(kwargs)
         time.sleep(0.2)
-        return explore(*args)
+        return explore(*args, **kwargs)
 
     monkeypatch.setattr(searcher, "explore", slow_explore)
     together = api.prove(w, names)
-    assert len(calls) == 1
+    # once, and once more with level 1 in the box pairs for the budget too small for boxes
+    assert calls == [{}, {"level1_in_box_pairs": True}]
     for a, b in zip(alone, together, strict=True):
         assert (a.strategy, a.correct_count, a.flops) == (b.strategy, b.correct_count, b.flops)
         assert b.search_seconds >= 0.2
     assert alone[1].correct_count < alone[0].correct_count  # the budget did bind
     searcher.search(w)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_empty_certificate_is_the_cubic_proof(soundness_model):
@@ -600,8 +631,8 @@ def test_level1_mixed_form(make):
         out, _ = _run(w, cert)
         assert out.details["level1_proven"] == int(mixed.sum())
         assert not bool((out.covered() & ~truth).any())
-    cert = adaptive.search(w)
-    l1, solo = cert["l1_keys"], cert["l1_outputs"]
+    st = searcher.explore(w, level1_in_box_pairs=True)  # every key level 1 proves
+    l1, solo = st.l1, st.l1_out
     assert bool(keys.level1(ck, l1, l1[:0], ops, solo)[0].all())
     assert int(solo.sum()) < solo.numel() // 2  # mostly mixed
     full = keys.level1_flops(V, n, l1, l1[:0])
@@ -616,8 +647,8 @@ def test_solo_outputs_never_cost_more(make):
     """Key by key, the search's solo outputs cost at most what every output one by one costs."""
     w = make()
     V, n = w.config.d_vocab, w.config.n_ctx
-    cert = adaptive.search(w)
-    l1, solo = cert["l1_keys"], cert["l1_outputs"]
+    st = searcher.explore(w, level1_in_box_pairs=True)  # every key level 1 proves
+    l1, solo = st.l1, st.l1_out
     assert l1.shape[0] > 0
     for i in range(l1.shape[0]):
         one = l1[i : i + 1]

@@ -10,6 +10,7 @@ dependencies; the certificate is then trimmed (last picks first) until ``cost.pr
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,8 @@ class State:
     cnt: Tensor
     roots: Tensor
     c0: Tensor  # c = 0 keys (q, m) the cubic leaves unproven
+    # The exploration to fit budgets from, if not this one (``searcher.explore``), memoised
+    for_fit: Callable[[], "State"] | None = None
 
 
 def certificate(
