@@ -135,9 +135,15 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
             want = keys.level1_flops(V, n, st.l1[rows], st.l1c[crows], st.l1_out[rows])
         elif key[0] == "box":
             _, q, m = key
-            L, L_exact = st.tr.live[q, m, :1], st.tr.live[q, m, 1:]
+            L, L_exact = st.tr.live[q, m, :1], st.tr.live[q, m, 1:2]
             own = int(bool((st.tr.own_E == m).any()))
             want = boxes.table_flops(m, 1, n, V, int(L), int(q < m), own)
+            screen, high = st.tr.live[q, m, 2:].tolist()
+            want += int(
+                boxes.high_flops(
+                    m + 1, torch.tensor(screen), torch.tensor(high), torch.tensor(q < m)
+                )
+            )
             rows = torch.zeros(len(it["rows"]), dtype=torch.int64)
             want += boxes.prove_claims_flops(
                 L, L_exact, m, n, rows, st.tr.masks[it["rows"]], torch.tensor([q])
@@ -263,9 +269,13 @@ def _tabs(ck):
     return ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
 
 
-def test_box_bound_against_enumeration(monkeypatch):
+@pytest.mark.parametrize("high", [True, False])
+def test_box_bound_against_enumeration(high, monkeypatch):
     """Claims (a) and (b) of ``boxes`` on random boxes of a random model: a proven box holds only
-    correct inputs, a refuted one only incorrect inputs; both fire."""
+    correct inputs, a refuted one only incorrect inputs; both fire (with and without claim
+    (e)'s second key screen; without it, the exact key bound drops outputs)."""
+    if not high:
+        monkeypatch.setattr(boxes, "HIGH_MAX", 0)
     w = models.planted_weights(7, 4, noise=0.08, pos_noise=0.3, seed=2)
     V, n = 7, 4
     truth = models.truth_mask(w)
@@ -314,7 +324,7 @@ def test_box_bound_against_enumeration(monkeypatch):
             if refuted[b]:
                 fired["refute"] += 1
                 assert not bool(verdicts.any())
-    assert fired["prove"] > 0 and fired["refute"] > 0 and fired["dropped"] > 0
+    assert fired["prove"] > 0 and fired["refute"] > 0 and (high or fired["dropped"] > 0)
 
 
 @pytest.mark.parametrize(
@@ -385,8 +395,9 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
     """The tables of the keys (q, m) with every output x != m live (no key-level bound)."""
     with monkeypatch.context() as mp:
 
-        def every_live(qs, ms, a, bk, beyond, E, top, e_m, Fq, ops):
-            return torch.arange(top.shape[1])[None, :] != ms[:, None]
+        def every_live(qs, ms, a, bk, beyond, E, top, e, u, Fq, ops):
+            none = torch.zeros_like(qs)
+            return torch.arange(top.shape[1])[None, :] != ms[:, None], none, none
 
         mp.setattr(boxes, "_live", every_live)
         t = boxes.tables(qs, qs * 0 + m, qs < 0, *_tabs(ck), Ops())
@@ -544,9 +555,13 @@ def test_dead_outputs_never_reach_the_max_logit(w, own):
     assert dead > 0
 
 
-def test_own_E_is_at_least_as_tight(soundness_model):
+@pytest.mark.parametrize("high", [True, False])
+def test_own_E_is_at_least_as_tight(high, soundness_model, monkeypatch):
     """A key's own E is at most the shared one (its b_k lie in the range over the queries), so
-    its live outputs are a subset of the shared E's, and on some models fewer."""
+    its live outputs are a subset of the shared E's (claims (c) and (e) are monotone in E), and
+    by claim (c) alone on some models fewer."""
+    if not high:
+        monkeypatch.setattr(boxes, "HIGH_MAX", 0)
     fewer = 0
     for name in ("planted-V8-K4-noisy", "trained-V10-K4-partial", "random-V9-K3-scale3"):
         w, _ = soundness_model(name)
@@ -558,7 +573,7 @@ def test_own_E_is_at_least_as_tight(soundness_model):
         own = boxes.tables(qs, ms, qs >= 0, *tabs, Ops()).live
         assert not bool((own & ~shared).any())
         fewer += int(shared.sum()) - int(own.sum())
-    assert fewer > 0
+    assert high or fewer > 0
 
 
 @pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial"])

@@ -41,7 +41,10 @@ NAME = "adaptive"
 # field ``own_E``) and a looser, cheaper key-level bound on the live outputs, so a revision-1
 # certificate may lose box proofs. 3: the box tables are slot-independent (``boxes`` claim
 # (d)), a cheaper and slightly looser bound, so a revision-2 certificate may lose box proofs.
-REVISION = 3
+# 4: a second key screen (``boxes`` claim (e)) leaves fewer outputs live; a revision-3
+# certificate's prove claims then cover fewer outputs, but the keys that take the exact key
+# bound (a cost rule on the live count) can change, so this is marked as a new revision.
+REVISION = 4
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).
 DEFAULT_BUDGETS = (20_000_000, 30_000_000, 100_000_000)

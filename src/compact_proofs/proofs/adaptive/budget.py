@@ -190,8 +190,16 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         it["deps"] = by_pair.get((q, m), [])
         it["gain"] = sum(box_inputs[at : at + len(it["rows"])])
         at += len(it["rows"])
-        L = int(tr.live[q, m, 0])
-        it["cost"] = boxes.table_flops(m, 1, n, V, L, int(q < m), int(own[j])) + claims[j]
+        L, screen, high = tr.live[q, m, [0, 2, 3]].tolist()
+        it["cost"] = (
+            boxes.table_flops(m, 1, n, V, L, int(q < m), int(own[j]))
+            + int(
+                boxes.high_flops(
+                    m + 1, torch.tensor(screen), torch.tensor(high), torch.tensor(q < m)
+                )
+            )
+            + claims[j]
+        )
     return items
 
 

@@ -24,9 +24,10 @@ def predict(
     istar: Tensor,
     n_live: Tensor,
 ) -> int:
-    """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (live outputs per key
-    (q, m) by the separable and the exact key bounds, ``[V, V, 2]``) are what the checker will
-    find (the search knows them)."""
+    """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (per key (q, m) ``[V, V,
+    4]``: live outputs by the key bounds, by the exact key bound, by claim (c) alone, and the
+    size of claim (e)'s set Hi; ``searcher._Tree.live``) are what the checker will find (the
+    search knows them)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
@@ -61,7 +62,8 @@ def predict(
     codes, pair = torch.unique(code[full], return_inverse=True)
     ms, qs = codes // V, codes % V  # the keys (q, m) with claims, as the checker groups them
     L, L_exact = n_live[qs, ms, 0], n_live[qs, ms, 1]
-    total += boxes.keys_table_flops(qs, ms, torch.isin(ms, pl.own_E), L, n, V)
+    screen, high = n_live[qs, ms, 2], n_live[qs, ms, 3]
+    total += boxes.keys_table_flops(qs, ms, torch.isin(ms, pl.own_E), L, n, V, screen, high)
     pr = claim[idx[full]] == plan.PROVE
     masks = nodes.masks[idx[full]][pr]
     total += boxes.prove_claims_flops(L, L_exact, ms, n, pair[pr], masks, qs)

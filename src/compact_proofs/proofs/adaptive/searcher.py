@@ -75,8 +75,9 @@ class _Tree:
     parent: list
     slot: list
     split_mask: list
-    # [d_vocab_q, d_vocab_max, 2]: each key's number of live outputs by the separable bound
-    # (boxes.tables) and by the exact bound at those (boxes.exact_key_live)
+    # [d_vocab_q, d_vocab_max, 4]: each key's number of live outputs by the key bounds
+    # (boxes.tables), by the exact bound at those (boxes.exact_key_live) and by claim (c)
+    # alone, and the size of its set Hi (claim (e) of boxes)
     live: Tensor
     own_E: Tensor  # the max tokens whose keys' tables take their own E
 
@@ -400,8 +401,9 @@ def _stack_tables(
     """Box tables of the keys ``pairs`` (q, m) at each key's live outputs (claim (c) of
     ``boxes``: the search only ever evaluates those), with the key tokens padded to d_vocab
     (gathering whole rows over k is what the search does most; box masks hold tokens <= m).
-    Records each key's numbers of live outputs (separable and exact key bounds, as the checker
-    will find them) in ``live``. The keys of the max tokens ``own_E`` take their own E."""
+    Records each key's numbers of live outputs (by the key bounds (c) and (e), by the exact key
+    bound at those, by claim (c) alone) and the size of its set Hi (claim (e)), as the checker
+    will find them, in ``live``. The keys of the max tokens ``own_E`` take their own E."""
     circ = ck.circ
     V, n = circ.EVOU.shape[0], circ.PVOU.shape[0]
     P, s1 = pairs.shape[0], n - 1
@@ -410,7 +412,7 @@ def _stack_tables(
     t = boxes.tables(qs, ms, own, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
     exact = boxes.exact_key_live(t, ops)
     n_exact = torch.zeros(P, dtype=torch.int64).index_add_(0, t.pair, exact.to(torch.int64))
-    live[qs, ms] = torch.stack([t.n_live, n_exact], dim=1)
+    live[qs, ms] = torch.stack([t.n_live, n_exact, t.n_screen, t.n_high], dim=1)
     R, K = t.H.shape
     H = torch.full((R + 1, V), -torch.inf, dtype=torch.float64)
     H[:R, :K] = t.H.mid
@@ -482,7 +484,7 @@ def _branch_and_bound(ck: keys.CubicKeys, proven: Tensor, istar: Tensor, roots: 
     # of tables, and so, once MAX_NODES binds (d_vocab 128, Max-of-10), which keys get refined.
     codes, inverse = torch.unique(roots[:, 0] * V + roots[:, 1], return_inverse=True)
     pairs = torch.stack([codes // V, codes % V], 1)
-    live = torch.full((V, V, 2), -1, dtype=torch.int64)
+    live = torch.full((V, V, 4), -1, dtype=torch.int64)
     own_E = boxes.own_E_tokens(pairs[:, 1], n, V)  # the cheaper E for all the roots' keys
     step = max(1, TABLE_ELEMENTS // (V * V))
     total = R
