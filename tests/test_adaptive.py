@@ -555,6 +555,37 @@ def test_dead_outputs_never_reach_the_max_logit(w, own):
     assert dead > 0
 
 
+def test_high_token_screen_is_exact_without_positions():
+    """Claim (e) of ``boxes`` is exact when every token k <= m is in Hi and the positions play no
+    part (W_pos = 0: equal slot weights a_p, top = c_p): then KB'_x is the max over the key's
+    inputs of G_x. So on such models an output is live for the key (q, m) iff some input with
+    query q and max m has logit(x) >= logit(m) (float64 logits, up to 1e-9), on both sides.
+    Small weights put many of these maxima near 0 (about 1 in 25 within 0.02), so lowering or
+    raising N' by 0.01 fails this test; claim (c) alone is looser."""
+    checked, loose = 0, 0
+    for seed in range(30):
+        w = models.random_weights(5, 4, seed=seed, scale=0.3, pos_scale=0.0)
+        V, n = 5, 4
+        ck = keys.cubic_keys(w, Ops())
+        tokens = models.all_tokens(V, n)
+        logits = models.naive_last_logits(w, tokens).double()
+        q, m = tokens[:, -1], tokens.max(dim=1).values
+        diff = logits - logits.gather(1, m[:, None])  # [inputs, x]
+        qs, ms = torch.triu_indices(V, V)
+        t = boxes.tables(qs, ms, qs >= 0, *_tabs(ck), Ops())
+        all_high = t.n_high == ms + 1  # every token k <= m in Hi
+        for i in torch.nonzero(all_high, as_tuple=True)[0].tolist():
+            sel = (q == qs[i]) & (m == ms[i])
+            best = diff[sel].amax(dim=0)  # [x]: max over the key's inputs
+            for x in range(V):
+                if x == int(ms[i]) or abs(float(best[x])) < 1e-9:
+                    continue
+                checked += 1
+                assert bool(t.live[i, x]) == bool(best[x] > 0), (seed, i, x, float(best[x]))
+        loose += int((t.n_screen - t.n_live)[all_high].sum())  # what claim (c) left
+    assert checked > 1500 and loose > 0
+
+
 @pytest.mark.parametrize("high", [True, False])
 def test_own_E_is_at_least_as_tight(high, soundness_model, monkeypatch):
     """A key's own E is at most the shared one (its b_k lie in the range over the queries), so
