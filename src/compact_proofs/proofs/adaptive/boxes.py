@@ -69,9 +69,9 @@ every x != m; (b) G_x*(t) >= LB > 0.                                            
       leaves).
       Proof: for k in Hi, b_k (top[x] + e[k, x]) = H[k, x] <= N'[x]; for k in Lo, b_k lies in
       [b_lo, beta], so b_k top[x] <= max(beta top[x], b_lo top[x]), and b_k e[k, x] <= E[x];
-      so b_k (top[x] + e[k, x]) <= N'[x] for every k <= m, in particular T[x] <= N'[x]. Then
-      (c)'s proof holds with N' for N (it uses only these two facts, c[p, x] <= top[x] and
-      b_k >= 0).                                                                            QED
+      so b_k (top[x] + e[k, x]) <= N'[x] for every k <= m, in particular T[x] <= N'[x]. (c)'s
+      proof uses nothing else about N (besides c[p, x] <= top[x] and b_k >= 0), so it holds
+      with N' for N.                                                                        QED
       Why: N pairs b_hi top (the most attended token's weight, when top > 0) with E (the
       largest b_k e[k, x], usually a little attended token's). On trained models the outputs
       above m have top > 0 and the most attended tokens vote strongly against them, so (c)
@@ -427,7 +427,7 @@ def _live(
     n_screen = live.sum(dim=1)
     T_of = torch.full((P,), -1, dtype=torch.int64)
     T_of[sel] = torch.arange(sel.numel())
-    h = _high_screen(live, ms, bk, beyond, b_lo, lo_top, E, top, e, u, Fq, A, T, T_of, ops)
+    h = _high_screen(live, bk, beyond, lo_top, E, top, e, u, Fq, A, T, T_of, ops)
     return live, n_screen, h
 
 
@@ -438,9 +438,7 @@ def high_tokens(bk: Approx, beyond: Tensor) -> Bool[Tensor, "pairs K"]:
     return hi & (hi.sum(dim=1, keepdim=True) <= HIGH_MAX)
 
 
-def _high_screen(
-    live, ms, bk, beyond, b_lo, lo_top, E, top, e, u, Fq, A, T, T_of, ops: Ops
-) -> Tensor:
+def _high_screen(live, bk, beyond, lo_top, E, top, e, u, Fq, A, T, T_of, ops: Ops) -> Tensor:
     """Claim (e) at the ``live`` entries (updated in place) of the keys with a set Hi
     (``high_tokens``): KB' with N' for N, from claim (c)'s terms (``lo_top`` = b_lo top, ``A``
     the weight of N, ``T`` the max slot's term of the keys ``T_of`` >= 0). The keys go in
