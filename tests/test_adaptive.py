@@ -139,11 +139,7 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
             own = int(bool((st.tr.own_E == m).any()))
             want = boxes.table_flops(m, 1, n, V, int(L), int(q < m), own)
             screen, high = st.tr.live[q, m, 2:].tolist()
-            want += int(
-                boxes.high_flops(
-                    m + 1, torch.tensor(screen), torch.tensor(high), torch.tensor(q < m)
-                )
-            )
+            want += int(boxes.high_flops(m + 1, screen, high, q < m))
             rows = torch.zeros(len(it["rows"]), dtype=torch.int64)
             want += boxes.prove_claims_flops(
                 L, L_exact, m, n, rows, st.tr.masks[it["rows"]], torch.tensor([q])

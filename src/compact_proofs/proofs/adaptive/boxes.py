@@ -485,9 +485,9 @@ def high_flops(K, n_screen, h, has_max) -> Tensor:
     Hi of h <= ``HIGH_MAX`` tokens and ``n_screen`` outputs left by claim (c), the largest b
     of the others (K - 1, over every token with Hi masked), and per output the max over Hi of
     b_k (top + e[k]) (3 h - 1), the other tokens' bound (4, if any), A N' + Fq (2), the max
-    slot's term (1, q < m) and the decision (2). Int tensors (``K`` may be an int), one entry
-    per key."""
-    K = torch.as_tensor(K)
+    slot's term (1, q < m) and the decision (2). Ints, or int tensors with one entry per
+    key."""
+    K, n_screen, h, has_max = (torch.as_tensor(v) for v in (K, n_screen, h, has_max))
     n_lo = K - h
     on = (h > 0) & (n_screen > 0)
     per = 3 * h - 1 + 4 * (n_lo > 0) + 4 + has_max.to(torch.int64)

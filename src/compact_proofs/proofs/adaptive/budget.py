@@ -191,15 +191,9 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         it["gain"] = sum(box_inputs[at : at + len(it["rows"])])
         at += len(it["rows"])
         L, screen, high = tr.live[q, m, [0, 2, 3]].tolist()
-        it["cost"] = (
-            boxes.table_flops(m, 1, n, V, L, int(q < m), int(own[j]))
-            + int(
-                boxes.high_flops(
-                    m + 1, torch.tensor(screen), torch.tensor(high), torch.tensor(q < m)
-                )
-            )
-            + claims[j]
-        )
+        tables = boxes.table_flops(m, 1, n, V, L, int(q < m), int(own[j]))
+        high = int(boxes.high_flops(m + 1, screen, high, q < m))
+        it["cost"] = tables + high + claims[j]
     return items
 
 
