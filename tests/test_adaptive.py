@@ -323,6 +323,45 @@ def test_box_bound_against_enumeration(high, monkeypatch):
     assert fired["prove"] > 0 and fired["refute"] > 0 and (high or fired["dropped"] > 0)
 
 
+@pytest.mark.parametrize("K", [5, 63, 64, 65, 130])
+def test_distinct_groups_equal_sets_only(K):
+    """``boxes.distinct`` gives two (box, slot)s one set id iff their keys and token sets are
+    equal (one slot id iff the slots are equal too), and each id's representative has that set:
+    against Python frozensets, with sets that differ in one token only (tokens 0, 63, 64 and the
+    last among them: the bit-packing's sign bit and word edges)."""
+    g = torch.Generator().manual_seed(K)
+    B, s1 = 400, 3
+    base = torch.rand(6, K, generator=g) < 0.5
+    rows = torch.randint(0, 3, (B,), generator=g)
+    masks = base[torch.randint(0, 6, (B, s1), generator=g)]
+    edge = torch.tensor([t for t in (0, 63, 64, K - 1) if t < K])
+    flip = torch.rand(B, s1, generator=g) < 0.3
+    tok = edge[torch.randint(0, edge.numel(), (B, s1), generator=g)]
+    b, p = torch.nonzero(flip, as_tuple=True)
+    masks[b, p, tok[b, p]] ^= True
+    groups = boxes.distinct(rows, masks)
+    want_set, want_slot = {}, {}
+    for i in range(B):
+        for j in range(s1):
+            key = (int(rows[i]), frozenset(torch.nonzero(masks[i, j]).flatten().tolist()))
+            sid, lid = int(groups.set_id[i, j]), int(groups.slot_id[i, j])
+            assert want_set.setdefault(key, sid) == sid
+            assert want_slot.setdefault((key, j), lid) == lid
+    assert sorted(want_set.values()) == list(range(len(want_set)))  # one id per distinct set
+    assert sorted(want_slot.values()) == list(range(len(want_slot)))
+    assert len(want_set) < B * s1 // 3  # the sets repeat, and many differ in one token only
+    for at, ids in ((groups.set_at, groups.set_id), (groups.slot_at, groups.slot_id)):
+        assert torch.equal(ids[at[:, 0], at[:, 1]], torch.arange(at.shape[0]))
+    # restricted to whole keys, the groups are those of the boxes alone
+    idx = torch.nonzero(rows != 1, as_tuple=True)[0]
+    part, alone = groups.restrict(idx), boxes.distinct(rows[idx], masks[idx])
+    for a, b_ in ((part.set_id, alone.set_id), (part.slot_id, alone.slot_id)):
+        pairs = torch.unique(torch.stack([a.flatten(), b_.flatten()], 1), dim=0)
+        assert pairs.shape[0] == int(a.max()) + 1 == int(b_.max()) + 1  # the same partition
+    at = part.set_at
+    assert torch.equal(part.set_id[at[:, 0], at[:, 1]], torch.arange(at.shape[0]))
+
+
 @pytest.mark.parametrize(
     "seed,w",
     [

@@ -592,14 +592,76 @@ def _exact_cost(s1: int, K, n_live: Tensor, has_max: Tensor) -> Tensor:
     return L * (per + extra * has_max.to(torch.int64)) + (K - 1) * (L > 0)
 
 
+@dataclass(frozen=True)
+class SetGroups:
+    """The distinct (key, set) and (key, slot, set) among the slots of a list of boxes
+    (``distinct``): an id per (box, slot), and one (box, slot) per id."""
+
+    set_id: Int[Tensor, "boxes slots"]
+    set_at: Int[Tensor, "sets 2"]
+    slot_id: Int[Tensor, "boxes slots"]
+    slot_at: Int[Tensor, "slot_sets 2"]
+
+    def restrict(self, idx: Int[Tensor, " some"]) -> "SetGroups":
+        """The groups of the boxes ``idx`` alone, which must hold whole keys (every box of a
+        key they hold, so each id's (box, slot) is among them)."""
+        pos = torch.full((self.set_id.shape[0],), -1, dtype=torch.int64)
+        pos[idx] = torch.arange(idx.numel())
+
+        def part(ids: Tensor, at: Tensor) -> tuple[Tensor, Tensor]:
+            kept, local = torch.unique(ids[idx], return_inverse=True)
+            return local, torch.stack([pos[at[kept, 0]], at[kept, 1]], dim=1)
+
+        return SetGroups(*part(self.set_id, self.set_at), *part(self.slot_id, self.slot_at))
+
+
+def distinct(rows: Tensor, masks: Bool[Tensor, "boxes slots k"]) -> SetGroups:
+    """The distinct (key, set) and (key, slot, set) of the slots of boxes with keys ``rows``
+    [B] and slot sets ``masks`` [B, slots, K]. Free (index and bit work): each set is packed
+    exactly into 64-bit words, so equal ids mean equal sets."""
+    B, s1, K = masks.shape
+    words = -(-K // 64)
+    padded = torch.zeros(B, s1, words * 64, dtype=torch.int64)
+    padded[:, :, :K] = masks
+    # bit j of a word is token 64 w + j; bit 63 is the sign bit, and the sum of distinct powers
+    # of two (with -2^63 for bit 63) is exact and differs for every other pattern
+    packed = (padded.view(B, s1, words, 64) << torch.arange(64)).sum(dim=3)  # [B, s1, words]
+    key = torch.cat([rows[:, None, None].expand(B, s1, 1), packed], dim=2)
+    set_id = _row_ids(key.reshape(B * s1, words + 1))
+    slot_id = _row_ids(torch.stack([set_id, torch.arange(s1).repeat(B)], dim=1))
+    return SetGroups(
+        set_id.view(B, s1), _firsts(set_id, s1), slot_id.view(B, s1), _firsts(slot_id, s1)
+    )
+
+
+def _firsts(ids: Int[Tensor, " n"], s1: int) -> Int[Tensor, "ids 2"]:
+    """One (box, slot) per id of the flat (box, slot) ids ``ids``: the first."""
+    first = torch.full((int(ids.max()) + 1 if ids.numel() else 0,), ids.numel(), dtype=torch.int64)
+    first.scatter_reduce_(0, ids, torch.arange(ids.numel()), reduce="amin")
+    return torch.stack([first // s1, first % s1], dim=1)
+
+
+def _row_ids(rows: Int[Tensor, "n cols"]) -> Int[Tensor, " n"]:
+    """Ids 0, 1, ... of the distinct rows, in lexicographic order (``torch.unique(dim=0)``'s
+    inverse, from one ``torch.unique`` per column: several times faster here). After column c,
+    ``ids`` numbers the distinct prefixes (columns 0 .. c) in order, and
+    ids * n + (rank of column c + 1) orders the longer prefixes likewise (ranks are below n)."""
+    n, cols = rows.shape
+    ids = torch.unique(rows[:, 0], return_inverse=True)[1]
+    for c in range(1, cols):
+        rank = torch.unique(rows[:, c], return_inverse=True)[1]
+        ids = torch.unique(ids * n + rank, return_inverse=True)[1]
+    return ids
+
+
 def use_exact_bound(
-    t_live: Tensor, ms, n: int, rows: Tensor, masks: Tensor, qs: Tensor
+    t_live: Tensor, ms, n: int, rows: Tensor, masks: Tensor, qs: Tensor, groups: SetGroups
 ) -> Bool[Tensor, " queries"]:
     """Whether the exact key bound pays off for each key (qs[i], ms[i]) (``ms``: a tensor, or
-    one max token for all): its prove claims (boxes ``rows`` with slot sets ``masks``) at every
-    live output cost more than the bound itself (a rule the search can predict).
-    ``t_live``: live outputs per key."""
-    full = prove_key_flops(rows, masks, t_live)
+    one max token for all): its prove claims (boxes ``rows`` with slot sets ``masks``, grouped
+    by ``distinct`` in ``groups``) at every live output cost more than the bound itself (a rule
+    the search can predict). ``t_live``: live outputs per key."""
+    full = prove_key_flops(rows, masks, t_live, groups)
     return full > _exact_cost(n - 1, ms + 1, t_live, qs < ms)
 
 
@@ -618,7 +680,7 @@ def prove_claims_key_flops(
 ) -> Int[Tensor, " keys"]:
     """``prove_claims_flops`` per key."""
     ms = torch.as_tensor(ms).expand_as(qs)
-    flops = _prove_shape(rows, masks, qs.numel())
+    flops = _prove_shape(rows, masks, qs.numel(), distinct(rows, masks))
     exact = _exact_cost(n - 1, ms + 1, t_live, qs < ms)
     use = flops(t_live) > exact  # ``use_exact_bound``
     return torch.where(use, exact, 0) + flops(torch.where(use, t_exact, t_live))
@@ -669,26 +731,28 @@ def prove(
     rows: Int[Tensor, " boxes"],
     masks: Bool[Tensor, "boxes slots k"],
     ops: Ops,
+    groups: SetGroups | None = None,
 ) -> Bool[Tensor, " boxes"]:
     """Claims (a), (c) and (d) for each box (rows index ``t.qs``; masks over k <= m): UB_x < 0
     for every live output x of the box's key; the other outputs are below m on the whole key.
     H and b are the same for every slot, and a split changes one slot of a box, so the boxes of
     a key share most of their slot sets: the max of H and the min of b are taken once per
-    distinct (key, set), and the bound U once per distinct (key, slot, set) (``distinct``).
-    The arithmetic is rigorous ``Ops`` on tensors padded to the most live outputs (padding
-    entries are -inf, so they never decide), and the ledger is charged ``prove_flops`` for the
-    real entries only."""
+    distinct (key, set), and the bound U once per distinct (key, slot, set) (``distinct``, or
+    ``groups`` if the caller has them). The arithmetic is rigorous ``Ops`` on tensors padded to
+    the most live outputs (padding entries are -inf, so they never decide), and the ledger is
+    charged ``prove_flops`` for the real entries only."""
     B = rows.numel()
     out = torch.zeros(B, dtype=torch.bool)
     n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
-    ops.ledger.add(prove_flops(rows, masks, t.n_live), label=LABEL)
+    groups = distinct(rows, masks) if groups is None else groups
+    ops.ledger.add(prove_flops(rows, masks, t.n_live, groups), label=LABEL)
     todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
     todo = todo[rows[todo].argsort(stable=True)]  # by key: a chunk holds whole keys
     scratch = Ops()  # not charged: the real entries are charged above
     for lo, hi in _key_chunks(rows[todo], n_live[todo], masks.shape[1]):
         idx = todo[lo:hi]
-        out[idx] = _prove_keys(t, rows[idx], masks[idx], scratch)
+        out[idx] = _prove_keys(t, rows[idx], masks[idx], groups.restrict(idx), scratch)
     return out
 
 
@@ -707,10 +771,10 @@ def _key_chunks(rows: Tensor, n_live: Tensor, s1: int) -> list[tuple[int, int]]:
     return out
 
 
-def _prove_keys(t: Tables, rows: Tensor, masks: Tensor, ops: Ops) -> Tensor:
-    """``prove`` for boxes whose keys all have live outputs (``ops``: scratch)."""
-    set_id, set_at = distinct(rows, masks, by_slot=False)
-    slot_id, slot_at = distinct(rows, masks, by_slot=True)
+def _prove_keys(t: Tables, rows: Tensor, masks: Tensor, groups: SetGroups, ops: Ops) -> Tensor:
+    """``prove`` for boxes whose keys all have live outputs, grouped as ``groups`` (``ops``:
+    scratch)."""
+    set_id, set_at, slot_id, slot_at = groups.set_id, groups.set_at, groups.slot_id, groups.slot_at
     W = int(t.n_live[rows].max())
     h, b_lo = _set_extremes(t, rows[set_at[:, 0]], masks[set_at[:, 0], set_at[:, 1]], W)
     key, slot = rows[slot_at[:, 0]], slot_at[:, 1]  # each distinct (key, slot, set)
@@ -759,25 +823,6 @@ def _set_extremes(t: Tables, keys: Tensor, sets: Tensor, W: int) -> tuple[Tensor
     return h, b_lo
 
 
-def distinct(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], by_slot: bool):
-    """The distinct (key, set) pairs of the slots of boxes with keys ``rows`` [B] and slot sets
-    ``masks`` [B, slots, K] (with the slot too if ``by_slot``): each (box, slot)'s id [B, slots]
-    and one (box, slot) per id [J, 2]. Free (index and bool work)."""
-    B, s1, K = masks.shape
-    bits = 52  # bits per packed word: sums of distinct powers of two below 2^52 are exact
-    padded = torch.zeros(B, s1, -(-K // bits) * bits, dtype=torch.float64)
-    padded[:, :, :K] = masks
-    words = padded.view(B, s1, -1, bits) @ 2.0 ** torch.arange(bits, dtype=torch.float64)
-    words = words.to(torch.int64)  # [B, s1, words]
-    parts = [rows[:, None, None].expand(B, s1, 1)]
-    if by_slot:
-        parts.append(torch.arange(s1)[None, :, None].expand(B, s1, 1))
-    inv = _row_ids(torch.cat(parts + [words], dim=2).reshape(B * s1, -1))
-    first = torch.full((int(inv.max()) + 1 if inv.numel() else 0,), B * s1, dtype=torch.int64)
-    first.scatter_reduce_(0, inv, torch.arange(B * s1), reduce="amin")
-    return inv.view(B, s1), torch.stack([first // s1, first % s1], dim=1)
-
-
 def set_slot_bounds(
     t: Tables, rows: Tensor, cols: Tensor, masks: Tensor, ops: Ops, lower: bool = False
 ) -> tuple[Approx, Approx | None]:
@@ -818,42 +863,30 @@ def set_slot_bounds(
     return bound(h_hi, b_lo), bound(h_lo, b_hi) if lower else None
 
 
-def _row_ids(rows: Int[Tensor, "n cols"]) -> Int[Tensor, " n"]:
-    """Ids 0, 1, ... of the distinct rows, in lexicographic order (``torch.unique(dim=0)``'s
-    inverse, by stable sorts column by column: several times faster here)."""
-    n, cols = rows.shape
-    order = torch.arange(n)
-    for c in reversed(range(cols)):
-        order = order[torch.argsort(rows[order, c], stable=True)]
-    ranked = rows[order]
-    new = torch.ones(n, dtype=torch.bool)
-    new[1:] = (ranked[1:] != ranked[:-1]).any(dim=1)
-    ids = torch.empty(n, dtype=torch.int64)
-    ids[order] = torch.cumsum(new, 0) - 1
-    return ids
+def prove_flops(
+    rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor, groups: SetGroups
+) -> int:
+    """Ledger total of ``prove`` for boxes with keys ``rows`` and slot sets ``masks`` (grouped
+    by ``distinct`` in ``groups``), the keys having ``n_live`` live outputs each."""
+    return int(prove_key_flops(rows, masks, n_live, groups).sum())
 
 
-def prove_flops(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor) -> int:
-    """Ledger total of ``prove`` for boxes with keys ``rows`` and slot sets ``masks``, the keys
-    having ``n_live`` live outputs each."""
-    return int(prove_key_flops(rows, masks, n_live).sum())
-
-
-def prove_key_flops(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor) -> Tensor:
+def prove_key_flops(
+    rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor, groups: SetGroups
+) -> Tensor:
     """``prove_flops`` per key (L = its live outputs; nothing for boxes of keys with L = 0): per
     distinct (key, set) of more than one token, (|S| - 1) (L + 1) (the max of H at each live
     output, the min of b); per distinct (key, slot, set), 3 L (its bound U); per box,
     (s1 - 1) L (slot sum), L (query slot), L - 1 (max) and 2 (decision)."""
-    return _prove_shape(rows, masks, n_live.numel())(n_live)
+    return _prove_shape(rows, masks, n_live.numel(), groups)(n_live)
 
 
-def _prove_shape(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], P: int):
+def _prove_shape(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], P: int, groups: SetGroups):
     """``prove_key_flops`` as a function of the keys' live counts (it is linear in each)."""
     reduce, slot_sets, n_boxes = (torch.zeros(P, dtype=torch.int64) for _ in range(3))
     s1 = masks.shape[1]
     if rows.numel():
-        _, set_at = distinct(rows, masks, by_slot=False)
-        _, slot_at = distinct(rows, masks, by_slot=True)
+        set_at, slot_at = groups.set_at, groups.slot_at
         size = masks[set_at[:, 0], set_at[:, 1]].sum(dim=1)
         reduce.index_add_(0, rows[set_at[:, 0]], (size - 1).clamp(min=0))
         slot_sets.index_add_(0, rows[slot_at[:, 0]], torch.ones_like(slot_at[:, 0]))
