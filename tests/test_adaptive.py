@@ -52,6 +52,27 @@ def test_exact_input_by_input(model_name, soundness_model):
     assert ledger.flop - ledger.by_label.get("adaptive:exact", 0) == cert["predicted"]
 
 
+@pytest.mark.parametrize("model_name", SMALL)
+def test_search_tree_is_the_one_the_checker_rebuilds(model_name, soundness_model):
+    """The search predicts the check's FLOPs from its own tree (``_Tree.nodes``): node for node
+    (query, max, sets, sizes, leaves), it is what ``tree.build`` rebuilds from the certificate."""
+    w, _ = soundness_model(model_name)
+    st = searcher.explore(w)
+    cert = searcher.for_budget(w.config, st, None)
+    built = checker.tree.build(
+        cert["roots"],
+        st.proven,
+        st.istar,
+        cert["split_parent"],
+        cert["split_slot"],
+        cert["split_mask"],
+    )
+    mine = st.tr.nodes()
+    assert cert["split_parent"].numel() > 0 or model_name == "trained-V8-K3"
+    for name in ("q", "m", "masks", "sizes", "leaf"):
+        assert torch.equal(getattr(mine, name), getattr(built, name)), name
+
+
 def test_check_in_small_batches(soundness_model, monkeypatch):
     """With small table batches (a few keys each: ``boxes.batches``, ``boxes.witness_batches``)
     the check counts the same inputs at the same FLOPs."""

@@ -158,10 +158,7 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         it["cost"] = counts.count_flops(V, n, m, 1, sizes)
     tr = st.tr
     sizes = tr.sizes
-    is_leaf = torch.ones(tr.q.shape[0], dtype=torch.bool)
-    if tr.parent:
-        is_leaf[torch.cat(tr.parent)] = False
-    won = torch.nonzero(is_leaf & (tr.claim == plan.PROVE), as_tuple=True)[0]
+    won = torch.nonzero(tr.nodes().leaf & (tr.claim == plan.PROVE), as_tuple=True)[0]
     for i, q, m in zip(won.tolist(), tr.q[won].tolist(), tr.m[won].tolist(), strict=True):
         it = items.setdefault(("box", q, m), {"rows": [], "fixed": set()})
         it["rows"].append(i)

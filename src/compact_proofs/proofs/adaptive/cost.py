@@ -23,11 +23,12 @@ def predict(
     proven: Tensor,
     istar: Tensor,
     n_live: Tensor,
+    nodes: tree.Nodes | None = None,
 ) -> int:
     """FLOPs of checking ``cert``; ``proven``, ``istar`` and ``n_live`` (per key (q, m) ``[V, V,
     4]``: live outputs by the key bounds, by the exact key bound, by claim (c) alone, and the
     size of claim (e)'s set Hi; ``searcher._Tree.live``) are what the checker will find (the
-    search knows them)."""
+    search knows them), and so are the certificate's tree ``nodes`` if given (else rebuilt)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     total = ck.flops
@@ -51,7 +52,8 @@ def predict(
         c0 = c0[~ck.proven0[c0[:, 0], c0[:, 1]]]
         refuted = int((Ops().lower(ck.margin0[c0[:, 0], c0[:, 1]]) > 0).sum())
         total += singles.c0_flops(refuted, c0.shape[0] - refuted, n, V)
-    nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)
+    if nodes is None:
+        nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)
     claim = torch.where(nodes.leaf, pl.claim, torch.zeros_like(pl.claim))
     sizes = nodes.sizes
     nonempty = (sizes > 0).all(dim=1)

@@ -81,6 +81,14 @@ class _Tree:
     live: Tensor
     own_E: Tensor  # the max tokens whose keys' tables take their own E
 
+    def nodes(self) -> tree.Nodes:
+        """Every node, as ``tree.build`` rebuilds them from the certificate of all the roots
+        (the same ids: roots, then the children of split i at R + 2i and R + 2i + 1)."""
+        leaf = torch.ones(self.q.shape[0], dtype=torch.bool)
+        if self.parent:
+            leaf[torch.cat(self.parent)] = False
+        return tree.Nodes(q=self.q, m=self.m, masks=self.masks, sizes=self.sizes, leaf=leaf)
+
 
 def search(weights: Weights, budget: int | None = None) -> Certificate:
     """Build a certificate; with ``budget`` (FLOPs of the check), keep only the refinements
@@ -209,7 +217,8 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     st = state
     cert = budget_mod.certificate(st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep)
     cert["budget"] = -1 if budget is None else int(budget)
-    cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live)
+    nodes = st.tr.nodes()  # the certificate's, as the checker will rebuild them
+    cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live, nodes)
     if budget is None:
         return cert
     # Everything fits, with the exact decisions of near-ties (charged as they happen, not in
