@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from compact_proofs.config import ModelConfig
+from compact_proofs.core import maxplus
 from compact_proofs.core.rigorous import Ops
 from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs import cubic
@@ -171,6 +172,21 @@ def test_flops_equal_closed_form(V, n, d, dh):
     assert 0 <= v.correct_count <= V**n
 
 
+def test_sorted_row_maxima_change_no_verdict(monkeypatch):
+    """The pair maxima from sorted rows (``core.maxplus``) are the full rows' floats: every
+    key's verdict is the same as with full rows only, for fewer FLOPs."""
+    w = models.random_weights(64, 4, 32, 32, seed=3, scale=0.14)
+    ops = Ops()
+    v = cubic.check(w, {}, ops)
+    assert v.details["maxima_shallow"] > 0 and v.details["maxima_deep"] > 0
+    monkeypatch.setattr(maxplus, "DEPTHS", (10_000, 20_000))  # never useful: full rows
+    full_ops = Ops()
+    full = cubic.check(w, {}, full_ops)
+    assert full.details["maxima_shallow"] == 0 and full.details["maxima_full"] > 0
+    assert torch.equal(v.expand(), full.expand())
+    assert ops.ledger.flop < full_ops.ledger.flop
+
+
 def test_paper_shape_flops_are_below_the_papers():
     T = cases.n_triples(64)  # even if the screen and the one-shot tests proved nothing
     pairs = 64 * 65 // 2
@@ -182,6 +198,10 @@ def test_paper_shape_flops_are_below_the_papers():
         left_pairs=pairs - 1,
         left_mk=64 * 63 // 2,
         left_second=pairs - 1,
+        sorted_rows=2 * 64,
+        maxima_shallow=2 * pairs,  # every maximum tried at both depths, then in full
+        maxima_deep=2 * pairs,
+        maxima_full=2 * pairs,
         per_c=T,
         rechecked=2 * T,
         exact_c0=pairs,

@@ -272,10 +272,17 @@ class Ops:
 
         Sorting permutes values, so the uniform radius and magnitude are unchanged.
         """
+        return self.sort_indices(a, dim, descending, label)[0]
+
+    def sort_indices(
+        self, a: Approx, dim: int, descending: bool = False, label: str = "sort"
+    ) -> tuple[Approx, Tensor]:
+        """``sort`` with the sorting permutation (index work, free): values[i] = a[indices[i]]
+        along ``dim``. Charged as ``sort``."""
         n = a.mid.shape[dim]
-        mid = a.mid.sort(dim=dim, descending=descending).values
-        self.ledger.add((mid.numel() // max(n, 1)) * max(n - 1, 0), label=label)
-        return Approx(mid, a.rad, a.mag)
+        out = a.mid.sort(dim=dim, descending=descending, stable=True)
+        self.ledger.add((out.values.numel() // max(n, 1)) * max(n - 1, 0), label=label)
+        return Approx(out.values, a.rad, a.mag), out.indices
 
     def amax_excluding(self, a: Approx, dim: int, exclude: Tensor, label: str = "max") -> Approx:
         """Max along ``dim`` over every index except the ``e`` indices in ``exclude``.

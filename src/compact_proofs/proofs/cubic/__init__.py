@@ -63,7 +63,9 @@ Proof:
       are never below the per-placement one, so the verdicts are the per-placement test's;
       all tests take signs of sum_g e^{L_g} H_g after dividing by a positive e^{max L}, not
       the normalised softmax. The d_vocab^3 maxima of class 1 are computed only for the
-      (q, m) and (m, k) pairs of the triples the screen leaves.
+      (q, m) and (m, k) pairs of the triples the screen leaves, those of the (q, m) pairs
+      by a threshold search on the sorted rows of EUPU and own (``core.maxplus``: the same
+      floats as the full rows, from the 4 or 8 largest entries of each row for 99% of them).
   (6) c = 0: the key is one input. A one-shot test as in (5) (two groups: the n-1 slots
       holding m, and the query; the screen's bounds U_max, U_z) proves most; the others are
       evaluated exactly with (1) (no ablation; the n-1 slots holding m share one positional
@@ -164,6 +166,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
     lt = None
     if V >= 3:
         lt = pessimize.leftover_tables(st, q, m, k, ops, chunk=max(1, CHUNK_ELEMENTS // V))
+    shallow, deep, full = (0, 0, 0) if lt is None else lt.tries
     tiers = cases.Tiers(
         mid_tests=sc.mid_tests,
         last_tests=sc.last_tests,
@@ -172,6 +175,10 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         left_pairs=0 if lt is None else lt.top.shape[0],
         left_mk=0 if lt is None else lt.ev_nk.shape[0],
         left_second=0 if lt is None else int(lt.has_second.sum()),
+        sorted_rows=0 if lt is None else lt.sorted_rows,
+        maxima_shallow=shallow,
+        maxima_deep=deep,
+        maxima_full=full,
     )
     max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
     for t0 in range(0, q.numel(), max_triples):
@@ -282,7 +289,12 @@ def cubic_flops(V: int, n: int, d: int, dh: int, tiers: cases.Tiers) -> int:
         + 4 * V * (n - 1)  # log-sum-exp over all non-query slots
         + screen.screen_flops(V, n, pairs, tiers.mid_tests, tiers.last_tests)
         + (
-            pessimize.leftover_tables_flops(V, tiers.left_pairs, tiers.left_second, tiers.left_mk)
+            pessimize.leftover_tables_flops(
+                V,
+                tiers.sorted_rows,
+                [tiers.maxima_shallow, tiers.maxima_deep, tiers.maxima_full],
+                tiers.left_mk,
+            )
             if V >= 3
             else 0
         )

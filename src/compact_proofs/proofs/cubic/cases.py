@@ -27,6 +27,10 @@ class Tiers:
     left_pairs: int = 0  # distinct (q, m) among them (``pessimize.leftover_tables``)
     left_mk: int = 0  # distinct (m, k) among them
     left_second: int = 0  # pairs among them whose row maximum is at some leftover k
+    sorted_rows: int = 0  # rows of EUPU and own sorted for their maxima (``core.maxplus``)
+    maxima_shallow: int = 0  # those maxima tried at the first depth of ``maxplus.DEPTHS``
+    maxima_deep: int = 0  # ... at the second
+    maxima_full: int = 0  # ... over the full row
     per_c: int = 0  # triples the all-c one-shot test left to the per-c one
     rechecked: int = 0  # (triple, c) pairs the one-shot tests left to the per-placement test
     exact_c0: int = 0  # c = 0 inputs the one-shot test left to the exact evaluation

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from compact_proofs.core import maxplus
 from compact_proofs.core.rigorous import Approx, Ops
 
 
@@ -107,7 +108,8 @@ class LeftoverTables:
     stops at the first entry). So for every leftover triple, ``first_not_excluded`` with k
     excluded gives the max over x not in {m, k}.
     ``ev_nk`` ``[mk]``: max_{x not in {m, k}} EVOU[k, x] - EVOU[k, m] + PVnq[m, x], for the
-    (m, k) pair ``mk_of[t]`` of triple t.
+    (m, k) pair ``mk_of[t]`` of triple t (full rows: the sorted rows of EVOU and PVnq settle
+    only about half of these from their 8 largest entries, on Max-of-4 seed 123).
     """
 
     top: Approx
@@ -117,6 +119,8 @@ class LeftoverTables:
     pair_of: Int[Tensor, " triples"]
     ev_nk: Approx
     mk_of: Int[Tensor, " triples"]
+    sorted_rows: int  # rows of EUPU and own sorted for the pairs' maxima
+    tries: list[int]  # the maxima tried at each depth, then in full (``maxplus.max_of_sums``)
 
 
 def leftover_tables(
@@ -127,42 +131,50 @@ def leftover_tables(
     ops: Ops,
     chunk: int,
 ) -> LeftoverTables:
-    """Cost: ``leftover_tables_flops`` (per distinct (q, m): 2V - 2, and 2V - 1 more for the
-    second maximum; per distinct (m, k): 2V); independent of ``chunk`` (rows per working
-    tensor)."""
+    """Cost: ``leftover_tables_flops`` with the recorded ``sorted_rows`` and ``tries``. The
+    pairs' maxima of EUPU[q, x] + own[m, x] come from the sorted rows of EUPU (per q) and own
+    (per m) (``maxplus.max_of_sums``; the same floats as the full rows); per distinct (m, k),
+    2V; independent of ``chunk`` (rows per working tensor)."""
     V = st.EUPU.shape[0]
     pairs, pair_of = torch.unique(q * V + m, return_inverse=True)
     mks, mk_of = torch.unique(m * V + k, return_inverse=True)
+    pq, pm = pairs // V, pairs % V
+    qs, q_row = torch.unique(pq, return_inverse=True)
+    ms, m_row = torch.unique(pm, return_inverse=True)
+    eu, own = st.EUPU[qs], st.own[ms]
+    s_eu = maxplus.sort_rows(eu, ops, label="cubic:ov")
+    s_own = maxplus.sort_rows(own, ops, label="cubic:ov")
 
-    def sums(sel: Tensor) -> Approx:  # EUPU[q, x] + own[m, x] for the pairs ``sel``, [P, x]
-        return ops.add(st.EUPU[pairs[sel] // V], st.own[pairs[sel] % V], label="cubic:ov")
+    def maxima(sel: Tensor, exclude: Tensor) -> tuple[Approx, Tensor, list[int]]:
+        return maxplus.max_of_sums(
+            eu, s_eu, q_row[sel], own, s_own, m_row[sel], exclude, ops, label="cubic:ov"
+        )
 
-    tops, idxs, evs = [], [], []
-    for s in range(0, max(pairs.numel(), 1), chunk):  # at least once: empty tables
-        sel = torch.arange(s, min(s + chunk, pairs.numel()))
-        top, idx = ops.top_k(sums(sel), 1, exclude=pairs[sel] % V, label="cubic:ov")
-        tops.append(top)
-        idxs.append(idx)
-    first, first_idx = Ops.cat(tops, dim=0), torch.cat(idxs)  # [pairs, 1]
+    every = torch.arange(pairs.numel())
+    first, first_idx, tries = maxima(every, pm[:, None])
     second = torch.full_like(first.mid, -torch.inf)
-    need = torch.unique(pair_of[k == first_idx[pair_of, 0]])  # pairs whose first is some k
-    for s in range(0, need.numel(), chunk):
-        sel = need[s : s + chunk]
-        excl = torch.stack([pairs[sel] % V, first_idx[sel, 0]], -1)
-        second[sel, 0] = ops.amax_excluding(sums(sel), 1, excl, label="cubic:ov").mid
-    for s in range(0, max(mks.numel(), 1), chunk):
+    need = torch.unique(pair_of[k == first_idx[pair_of]])  # pairs whose first is some k
+    if need.numel():
+        runner, _, more = maxima(need, torch.stack([pm[need], first_idx[need]], -1))
+        second[need] = runner.mid
+        tries = [t + u for t, u in zip(tries, more, strict=True)]
+        first = Approx(first.mid, max(first.rad, runner.rad), max(first.mag, runner.mag))
+    evs = []
+    for s in range(0, max(mks.numel(), 1), chunk):  # at least once: empty tables
         mm, kk = mks[s : s + chunk] // V, mks[s : s + chunk] % V
         r = ops.add(st.pv[mm], st.EVOU[kk], label="cubic:ov")  # [Q, x]
         best = ops.amax_excluding(r, dim=1, exclude=torch.stack([mm, kk], -1), label="cubic:ov")
         evs.append(ops.sub(best, st.EVOU[kk, mm], label="cubic:ov"))
     return LeftoverTables(
-        top=Approx(torch.cat([first.mid, second], 1), first.rad, first.mag),
-        idx=torch.cat([first_idx, torch.full_like(first_idx, -1)], 1),
+        top=Approx(torch.stack([first.mid, second], 1), first.rad, first.mag),
+        idx=torch.stack([first_idx, torch.full_like(first_idx, -1)], 1),
         pairs=pairs,
         has_second=torch.zeros(pairs.numel(), dtype=torch.bool).index_fill_(0, need, True),
         pair_of=pair_of,
         ev_nk=Ops.cat(evs, dim=0),
         mk_of=mk_of,
+        sorted_rows=qs.numel() + ms.numel(),
+        tries=tries,
     )
 
 
@@ -181,10 +193,10 @@ def leftover_rows(
     return row, usable
 
 
-def leftover_tables_flops(V: int, pairs: int, seconds: int, mks: int) -> int:
-    """``pairs`` distinct (q, m), ``seconds`` of them needing the second maximum, ``mks``
-    distinct (m, k)."""
-    return pairs * (V + (V - 2)) + seconds * (V + (V - 1)) + mks * (V + (V - 1) + 1)
+def leftover_tables_flops(V: int, sorted_rows: int, tries: list[int], mks: int) -> int:
+    """``sorted_rows`` rows sorted (V - 1 each), the pairs' maxima tried ``tries`` times per
+    depth and in full (``maxplus.max_of_sums_flops``), ``mks`` distinct (m, k) (2V each)."""
+    return sorted_rows * (V - 1) + maxplus.max_of_sums_flops(V, tries) + mks * (V + (V - 1) + 1)
 
 
 def triple_values(
