@@ -12,7 +12,8 @@ model, ``--forgeries`` certificates of each kind:
 
   adaptive-mutate   the adaptive search's own certificate, well-formed but with the claims and
                     witnesses of half the leaves, the split masks, the c = 0 keys, extra level-1
-                    and count keys, the solo outputs and the choice of E per max token redrawn
+                    and count keys, the solo outputs, the choice of E per max token and (half
+                    the time) stage 1's screen thresholds redrawn
   adaptive-random   random count keys, then random roots that the checker's own proven sets
                     make valid, random refinement trees, random claims and witnesses
   subcubic-extreme  a random subcubic variant's certificate (``--subcubic`` variants per model)
@@ -118,6 +119,11 @@ def _redraw_common(cert: dict, V: int, n: int, rng: random.Random, g: torch.Gene
     cert["l1_class_keys"] = torch.cat([cert["l1_class_keys"], _int_rows(l1[half:], 4)])
     cert["count_keys"] = torch.cat([cert["count_keys"], _int_rows(cnt, 4)]).contiguous()
     cert["own_E"] = torch.nonzero(torch.rand(V, generator=g) < 0.5, as_tuple=True)[0]
+    if rng.random() < 0.5:  # stage 1's screen thresholds: any valid j per pair (0 <= j <= m)
+        m = torch.arange(V)
+        j = (torch.rand(V, V, generator=g) * (m + 1)).floor().to(torch.int64)
+        j[m[:, None] > m[None, :]] = 0
+        cert["screen_j"] = j
 
 
 def forge_adaptive_mutate(w: Weights, count: int, rng: random.Random, g: torch.Generator):
@@ -150,7 +156,9 @@ def _checker_istar(w: Weights, cert: dict) -> torch.Tensor:
         seen["istar"] = istar
         return build(roots, proven, istar, *rest)
 
-    bare = {k: v for k, v in cert.items() if k in ("l1_keys", "l1_class_keys", "count_keys")}
+    bare = {
+        k: v for k, v in cert.items() if k in ("l1_keys", "l1_class_keys", "count_keys", "screen_j")
+    }
     tree.build = spy
     try:
         checker.run(w, bare, Ops())

@@ -114,7 +114,7 @@ def test_refines_beyond_the_cubic_proof(soundness_model):
 @pytest.mark.parametrize("frac", [0.0, 0.2, 0.6, 1.0])
 def test_budget_never_overclaims_and_fits(model_name, frac, soundness_model):
     w, truth = soundness_model(model_name)
-    base = keys.cubic_keys(w, Ops()).flops
+    base = searcher.stage1(w).flops
     full = adaptive.search(w)["predicted"]
     budget = base + int(frac * (full - base))
     cert = searcher.search(w, budget=budget)
@@ -208,10 +208,41 @@ def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
     assert out.correct == cub == out.details["cubic_correct"]
 
 
+@pytest.mark.parametrize("model_name", SMALL)
+def test_stage1_with_its_own_thresholds_decides_the_same(model_name, soundness_model):
+    """Given the screen thresholds its own search finds (certificate field ``screen_j``), stage 1
+    runs one screen test per pair and decides every key as without them, at the FLOPs
+    ``keys.with_own_thresholds`` predicts; other thresholds (valid, but not the search's) only
+    move keys between the screen and the per-triple tests, which prove the screen's keys too
+    (cubic docstring; up to rounding, and exactly on these models), and nothing beyond the
+    truth is counted."""
+    w, truth = soundness_model(model_name)
+    free_ops, hinted_ops = Ops(), Ops()
+    free = keys.cubic_keys(w, free_ops)
+    hinted = keys.cubic_keys(w, hinted_ops, free.thresholds)
+    assert torch.equal(hinted.proven, free.proven) and torch.equal(hinted.proven0, free.proven0)
+    assert torch.equal(hinted.thresholds, free.thresholds)
+    predicted = keys.with_own_thresholds(free, w.config)
+    assert hinted_ops.ledger.flop == hinted.flops == predicted.flops
+    assert hinted.tiers == predicted.tiers
+    assert hinted.flops < free.flops or free.tiers.mid_tests + free.tiers.last_tests == 0
+    V = w.config.d_vocab
+    m = torch.arange(V)[None, :].expand(V, V)
+    q = torch.arange(V)[:, None].expand(V, V)
+    for j in (m.clone(), torch.zeros(V, V, dtype=torch.int64), (m + 1) // 2):
+        j[q > m] = 0
+        other = keys.cubic_keys(w, Ops(), j)
+        assert torch.equal(other.proven0, free.proven0)
+        assert torch.equal(other.proven, free.proven)
+        out = checker.run(w, {"screen_j": j}, Ops())
+        assert not bool((out.covered() & ~truth).any())
+
+
 def test_budget_at_the_cubic_cost_skips_the_exploration(soundness_model, monkeypatch):
     w, _ = soundness_model("planted-V8-K4-noisy")
     cfg = w.config
-    base = keys.cubic_keys(w, Ops()).flops
+    base = searcher.stage1(w).flops  # stage 1 with its own screen thresholds
+    assert base < keys.cubic_keys(w, Ops()).flops  # (which save screen tests)
     explored = searcher.for_budget(cfg, searcher.explore(w), base)
     monkeypatch.setattr(searcher, "explore", lambda _: pytest.fail("explored"))
     cert = searcher.search(w, budget=base)
@@ -995,6 +1026,10 @@ def test_class_keys_need_three_tokens():
         (lambda c: c["split_slot"].__setitem__(0, 7), "slot is out of range"),
         (lambda c: c.update(own_E=torch.tensor([8])), "own_E entry is not a token"),
         (lambda c: c.update(own_E=torch.tensor([-1])), "own_E entry is not a token"),
+        (lambda c: c.update(screen_j=torch.zeros(7, 8, dtype=torch.int64)), r"\[8, 8\] table"),
+        (lambda c: c["screen_j"].__setitem__((2, 5), 6), "0 <= j <= m"),  # j > m
+        (lambda c: c["screen_j"].__setitem__((2, 5), -1), "0 <= j <= m"),
+        (lambda c: c["screen_j"].__setitem__((5, 2), 1), "0 for q > m"),
     ],
 )
 def test_malformed_certificates_are_rejected(mutate, message, soundness_model):

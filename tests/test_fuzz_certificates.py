@@ -38,7 +38,7 @@ def test_real_checkers_pass(capsys):
 def test_an_overclaiming_checker_is_caught(capsys, monkeypatch):
     """A box check that accepts every prove claim counts incorrect inputs as correct."""
 
-    def accept_all(t, rows, masks, ops):
+    def accept_all(t, rows, masks, ops, groups=None):
         return torch.ones(rows.numel(), dtype=torch.bool)
 
     monkeypatch.setattr(boxes, "prove", accept_all)

@@ -48,8 +48,10 @@ def certificate(
     c0: Tensor,
     roots: Tensor,
     keep: Tensor,
+    screen_j: Tensor,
 ) -> Certificate:
-    """The certificate of the trees under the roots ``keep`` (bool per root), renumbered."""
+    """The certificate of the trees under the roots ``keep`` (bool per root), renumbered, with
+    stage 1's screen thresholds ``screen_j``."""
     R = roots.shape[0]
     V = tr.masks.shape[2]
     parent = torch.cat(tr.parent) if tr.parent else torch.zeros(0, dtype=torch.int64)
@@ -82,6 +84,7 @@ def certificate(
         "claim": claim,
         "witness": witness,
         "own_E": tr.own_E.contiguous(),
+        "screen_j": screen_j.clone(),
     }
 
 
@@ -213,6 +216,7 @@ def _assemble(st: State, items: dict, picked: list) -> Certificate:
         torch.zeros(0, 2, dtype=torch.int64),
         st.roots,
         keep,
+        st.ck.thresholds,
     )
     cert["claim"] = torch.where(
         cert["claim"] == plan.PROVE, cert["claim"], torch.zeros_like(cert["claim"])

@@ -47,6 +47,7 @@ Cost: ``level1_flops``; per key about 11 d_vocab per output (4 d_vocab plus 11 p
 the mixed form), 2 d_vocab in the class form, and 2 - 5 d_vocab per pair (q, m).
 """
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
@@ -55,9 +56,10 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
-from compact_proofs.proofs.cubic import count, pessimize
+from compact_proofs.proofs.cubic import count, pessimize, screen
 from compact_proofs.weights import Weights
 
 LABEL = "adaptive:level1"
@@ -78,9 +80,10 @@ class CubicKeys(cubic.Stage):
     flops: int
 
 
-def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
+def cubic_keys(weights: Weights, ops: Ops, thresholds: Tensor | None = None) -> CubicKeys:
     """Stage 1: the cubic checker's steps (1)-(6) (``cubic.decide_keys``), keeping every key's
-    verdict.
+    verdict; the screen tests only the ``thresholds`` if given (certificate field
+    ``screen_j``).
 
     Cost: exactly ``cubic.cubic_flops`` with the stage's ``tiers``, plus the cubic's integer
     tally (the same operations as ``cubic.check``).
@@ -88,13 +91,25 @@ def cubic_keys(weights: Weights, ops: Ops) -> CubicKeys:
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     covered = count.Covered(V, n)  # dense [q, m, k, c] verdicts
-    stage = cubic.decide_keys(weights, ops, covered.add)
+    stage = cubic.decide_keys(weights, ops, covered.add, thresholds)
     count.tally_int_ops(ops.ledger, V, n)
     return CubicKeys(
         **vars(stage),
         proven=covered.proven,
         flops=cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, stage.tiers),
     )
+
+
+def with_own_thresholds(ck: CubicKeys, cfg: ModelConfig) -> CubicKeys:
+    """Stage 1 as the checker finds it when the certificate gives the stage's own screen
+    thresholds (``ck.thresholds``): the same tests decide, so the same verdicts, at one screen
+    test per tested pair (the FLOPs and tiers change)."""
+    V, n = cfg.d_vocab, cfg.n_ctx
+    q, m = torch.triu_indices(V, V)
+    mid, last = screen.hinted_tests(q, m, ck.thresholds[q, m], n)
+    tiers = dataclasses.replace(ck.tiers, mid_tests=mid, last_tests=last)
+    flops = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, tiers)
+    return dataclasses.replace(ck, tiers=tiers, flops=flops)
 
 
 def valid_keys(keys: Int[Tensor, "keys 4"], V: int, n: int) -> Bool[Tensor, " keys"]:

@@ -19,6 +19,9 @@ key                tensor            meaning
 ``claim``          int8 [R + 2T]     per node: 0 none, 1 prove, 2 refute, 3 decide exactly
 ``witness``        int64 [R + 2T]    per node: the output x of a refute claim (else ignored)
 ``own_E``          int64 [M]         max tokens whose keys' box tables take their own E
+``screen_j``       int64 [V, V]      stage 1's screen threshold per pair (q, m), q <= m: the
+                                     screen tests only j (0: none; 0 <= j <= m, 0 for q > m);
+                                     absent: the cubic's own search (``cubic.screen``)
 ``budget``         int               the FLOP budget the search aimed at (-1: none); informative
 ``predicted``      int               the search's prediction of the check's FLOPs; informative
 =================  ================  =========================================================
@@ -50,6 +53,7 @@ TENSORS = {
     "claim": (torch.int8, 1, None),
     "witness": (torch.int64, 1, None),
     "own_E": (torch.int64, 1, None),
+    "screen_j": (torch.int64, 2, "V"),
 }
 SCALARS = ("budget", "predicted")
 
@@ -70,6 +74,12 @@ class Plan:
     claim: Tensor
     witness: Tensor
     own_E: Tensor
+    screen_j: Tensor  # [V, V], or [0, V]: absent
+
+    @property
+    def thresholds(self) -> Tensor | None:
+        """The stage-1 screen thresholds, or None (the cubic's own search)."""
+        return self.screen_j if self.screen_j.shape[0] else None
 
     @property
     def n_nodes(self) -> int:
@@ -107,6 +117,13 @@ def parse(cert: Certificate, V: int) -> Plan:
     elif out["l1_outputs"].shape[0] != L:
         raise ProofPreconditionError("l1_outputs needs one row per l1_keys row")
     plan = Plan(**out)
+    if plan.screen_j.shape[0] not in (0, V):
+        raise ProofPreconditionError(f"screen_j must be a [{V}, {V}] table")
+    if plan.screen_j.shape[0]:
+        q, m = torch.meshgrid(torch.arange(V), torch.arange(V), indexing="ij")
+        j = plan.screen_j
+        if bool(((j < 0) | (j > m) | ((q > m) & (j != 0))).any()):
+            raise ProofPreconditionError("screen_j needs 0 <= j <= m for q <= m, and 0 for q > m")
     T = plan.split_parent.shape[0]
     if plan.split_slot.shape[0] != T or plan.split_mask.shape[0] != T:
         raise ProofPreconditionError("split_parent, split_slot and split_mask differ in length")

@@ -101,9 +101,10 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     shared = _SHARED.get()
     key = weights.sha256() if shared is not None else ""
     found = shared.get(key) if shared is not None else None
-    ck = found.state.ck if found is not None else keys.cubic_keys(weights, Ops())  # scratch Ops
+    ck = found.state.ck if found is not None else stage1(weights)
     if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
+        cert["screen_j"] = ck.thresholds.clone()
         return {**cert, "budget": int(budget), "predicted": ck.flops}
     if found is None:
         t0 = time.perf_counter()
@@ -157,6 +158,12 @@ def shared_exploration() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+def stage1(weights: Weights) -> keys.CubicKeys:
+    """Stage 1 as the check will run it: the certificate gives it the screen thresholds the
+    cubic's own search finds here (``screen_j``), so the check tests one per pair."""
+    return keys.with_own_thresholds(keys.cubic_keys(weights, Ops()), weights.config)
+
+
 def explore(
     weights: Weights, ck: keys.CubicKeys | None = None, level1_in_box_pairs: bool = False
 ) -> budget_mod.State:
@@ -167,7 +174,7 @@ def explore(
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     ops = Ops()  # scratch: nothing here is counted
-    ck = ck if ck is not None else keys.cubic_keys(weights, ops)
+    ck = ck if ck is not None else stage1(weights)
     proven = ck.proven.clone()
     cand = _candidate_keys(proven, V, n)
     # Both forms on every candidate: the class form where it succeeds (cheaper), else per output.
@@ -215,7 +222,9 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     """The certificate of ``state`` for a FLOP budget (None: everything found)."""
     keep = torch.ones(state.roots.shape[0], dtype=torch.bool)
     st = state
-    cert = budget_mod.certificate(st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep)
+    cert = budget_mod.certificate(
+        st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep, st.ck.thresholds
+    )
     cert["budget"] = -1 if budget is None else int(budget)
     nodes = st.tr.nodes()  # the certificate's, as the checker will rebuild them
     cert["predicted"] = cost.predict(cfg, cert, st.ck, st.proven, st.istar, st.tr.live, nodes)

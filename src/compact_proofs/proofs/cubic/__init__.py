@@ -137,10 +137,17 @@ class Stage:
     slots: pessimize.SlotTables  # step (2)'s per-slot tables
     row_tops: pessimize.RowTops  # ... their row maxima
     leftover: pessimize.LeftoverTables | None  # ... and those of the leftover triples
+    thresholds: Tensor  # [d_vocab_q, d_vocab_max] the screen's threshold j per pair (q <= m)
 
 
-def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], None]) -> Stage:
-    """Steps (1)-(6): decide every key, handing each chunk of homogeneous keys to ``on_chunk``.
+def decide_keys(
+    weights: Weights,
+    ops: Ops,
+    on_chunk: Callable[[cases.Chunk], None],
+    thresholds: Tensor | None = None,
+) -> Stage:
+    """Steps (1)-(6): decide every key, handing each chunk of homogeneous keys to ``on_chunk``;
+    the screen tests only the ``thresholds[q, m]`` if given (``screen.thresholds``).
     Cost: ``cubic_flops(..., tiers)`` minus the integer tally of step (7)."""
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
@@ -158,7 +165,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
     lse_all = ops.logsumexp(eqkp[:, : n - 1], dim=1, label="cubic:attn")  # (5), (6)
     q0, m0 = _pairs(V)
     pb = screen.pair_bounds(st, rows, eqke, q0, m0, ops)  # (5) the screen
-    sc = screen.thresholds(pb, eqke, z, every_c, lse_all, ops)
+    sc = screen.thresholds(pb, eqke, z, every_c, lse_all, ops, thresholds)
     pair_chunk = max(1, CHUNK_ELEMENTS // (V * max(n - 2, 1)))
     for p0 in range(0, q0.numel(), pair_chunk):
         on_chunk(_screened_chunk(*screen.screened_triples(pb, sc.j, p0, p0 + pair_chunk), n))
@@ -221,6 +228,7 @@ def decide_keys(weights: Weights, ops: Ops, on_chunk: Callable[[cases.Chunk], No
         slots=st,
         row_tops=rows,
         leftover=lt,
+        thresholds=torch.zeros(V, V, dtype=torch.int64).index_put_((q0, m0), sc.j),
     )
 
 

@@ -45,6 +45,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.core.rigorous import Approx, Ops
+from compact_proofs.errors import ProofPreconditionError
 from compact_proofs.proofs.cubic.pessimize import RowTops, SlotTables, row_top_count
 
 LABEL = "cubic:screen"
@@ -134,8 +135,11 @@ def thresholds(
     ranges: Approx | None,
     lse_all: Approx,
     ops: Ops,
+    given: Int[Tensor, "d_vocab_q d_vocab_max"] | None = None,
 ) -> ScreenResult:
-    """Test j = m, m-1, m-2, m-4, ... per pair until one passes (see the module docstring).
+    """Test j = m, m-1, m-2, m-4, ... per pair until one passes (see the module docstring), or
+    only ``given[q, m]`` where given (a hint: 0 tests nothing; a j that fails gives 0, so a
+    wrong hint costs only the per-triple tests of more keys).
 
     ``ranges[q, lo/hi, group]`` are the log-weight ranges over every c and placement (None when
     n_ctx = 2: then only diagonal pairs have keys with c >= 1). Cost: ``screen_flops``."""
@@ -143,6 +147,12 @@ def thresholds(
     P = q.numel()
     has_mid = ranges is not None
     active = (m >= 1) & ((q == m) | has_mid)
+    if given is not None:
+        V = pb.A.shape[0]
+        jq = given[q, m]
+        if given.shape != (V, V) or bool(((jq < 0) | (jq > m)).any()):
+            raise ProofPreconditionError("screen thresholds need 0 <= j <= m for every q <= m")
+        active &= jq >= 1
     j = torch.zeros(P, dtype=torch.int64)
     lmax = None
     if has_mid:  # the max group's log-weight end, fixed per pair
@@ -153,7 +163,7 @@ def thresholds(
     mid_tests = last_tests = 0
     gap = 0
     while todo.numel():
-        jj = m[todo] - gap
+        jj = m[todo] - gap if given is None else given[q[todo], m[todo]]
         todo, jj = todo[jj >= 1], jj[jj >= 1]
         if not todo.numel():
             break
@@ -169,9 +179,17 @@ def thresholds(
                 pb, todo[on_diag], u_k[on_diag], e_k[on_diag], lse_all, z, ops
             )
         j[todo[ok]] = jj[ok]
-        todo = todo[~ok]
+        todo = todo[~ok] if given is None else todo[:0]
         gap = 1 if gap == 0 else 2 * gap
     return ScreenResult(j=j, mid_tests=mid_tests, last_tests=last_tests)
+
+
+def hinted_tests(q: Tensor, m: Tensor, j: Tensor, n: int) -> tuple[int, int]:
+    """The (mid, last) tests ``thresholds`` runs when given each pair's (q[i], m[i]) own
+    threshold j[i] (one test per active pair with j >= 1)."""
+    has_mid = n >= 3
+    tested = (m >= 1) & ((q == m) | has_mid) & (j >= 1)
+    return (int(tested.sum()) if has_mid else 0), int((tested & (q == m)).sum())
 
 
 def _key_group(pb: PairBounds, p: Tensor, jm1: Tensor, ops: Ops) -> tuple[Approx, Approx]:
