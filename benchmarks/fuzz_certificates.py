@@ -13,7 +13,7 @@ model, ``--forgeries`` certificates of each kind:
   adaptive-mutate   the adaptive search's own certificate, well-formed but with the claims and
                     witnesses of half the leaves, the split masks, the c = 0 keys, extra level-1
                     and count keys, the solo outputs, the choice of E per max token and (half
-                    the time) stage 1's screen thresholds redrawn
+                    the time each) stage 1's screen thresholds and key routes redrawn
   adaptive-random   random count keys, then random roots that the checker's own proven sets
                     make valid, random refinement trees, random claims and witnesses
   subcubic-extreme  a random subcubic variant's certificate (``--subcubic`` variants per model)
@@ -124,6 +124,14 @@ def _redraw_common(cert: dict, V: int, n: int, rng: random.Random, g: torch.Gene
         j = (torch.rand(V, V, generator=g) * (m + 1)).floor().to(torch.int64)
         j[m[:, None] > m[None, :]] = 0
         cert["screen_j"] = j
+    own = cert.get("cubic_routes")
+    if own is not None and own.shape[0] and rng.random() < 0.5:  # the own keys, other routes
+        cert["cubic_routes"] = own.clone()
+        cert["cubic_routes"][:, 4] = torch.randint(1, 4, (own.shape[0],), generator=g)
+    elif rng.random() < 0.5:  # stage 1's key routes: valid keys, each with a random route
+        keys, _ = _random_keys(V, n, rng.randint(0, 60), rng)
+        keys = sorted({tuple(k) for k in keys})
+        cert["cubic_routes"] = _int_rows([[*k, rng.randint(1, 3)] for k in keys], 5)
 
 
 def forge_adaptive_mutate(w: Weights, count: int, rng: random.Random, g: torch.Generator):
@@ -156,8 +164,9 @@ def _checker_istar(w: Weights, cert: dict) -> torch.Tensor:
         seen["istar"] = istar
         return build(roots, proven, istar, *rest)
 
+    hints = ("screen_j", "cubic_routes")
     bare = {
-        k: v for k, v in cert.items() if k in ("l1_keys", "l1_class_keys", "count_keys", "screen_j")
+        k: v for k, v in cert.items() if k in ("l1_keys", "l1_class_keys", "count_keys", *hints)
     }
     tree.build = spy
     try:

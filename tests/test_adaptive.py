@@ -212,17 +212,17 @@ def test_budget_below_the_cubic_cost_gives_the_cubic_bound(soundness_model):
 def test_stage1_with_its_own_thresholds_decides_the_same(model_name, soundness_model):
     """Given the screen thresholds its own search finds (certificate field ``screen_j``), stage 1
     runs one screen test per pair and decides every key as without them, at the FLOPs
-    ``keys.with_own_thresholds`` predicts; other thresholds (valid, but not the search's) only
+    ``keys.with_own_hints`` predicts; other thresholds (valid, but not the search's) only
     move keys between the screen and the per-triple tests, which prove the screen's keys too
     (cubic docstring; up to rounding, and exactly on these models), and nothing beyond the
     truth is counted."""
     w, truth = soundness_model(model_name)
     free_ops, hinted_ops = Ops(), Ops()
     free = keys.cubic_keys(w, free_ops)
-    hinted = keys.cubic_keys(w, hinted_ops, free.thresholds)
+    hinted = keys.cubic_keys(w, hinted_ops, free.thresholds, free.routes)
     assert torch.equal(hinted.proven, free.proven) and torch.equal(hinted.proven0, free.proven0)
     assert torch.equal(hinted.thresholds, free.thresholds)
-    predicted = keys.with_own_thresholds(free, w.config)
+    predicted = keys.with_own_hints(free, w.config)
     assert hinted_ops.ledger.flop == hinted.flops == predicted.flops
     assert hinted.tiers == predicted.tiers
     assert hinted.flops < free.flops or free.tiers.mid_tests + free.tiers.last_tests == 0
@@ -235,6 +235,29 @@ def test_stage1_with_its_own_thresholds_decides_the_same(model_name, soundness_m
         assert torch.equal(other.proven0, free.proven0)
         assert torch.equal(other.proven, free.proven)
         out = checker.run(w, {"screen_j": j}, Ops())
+        assert not bool((out.covered() & ~truth).any())
+    # Other routes for every key the screen leaves: each test alone, or none.
+    n = w.config.n_ctx
+    g = torch.Generator().manual_seed(V)
+    for route in (1, 2, 3, None):
+        leftover = torch.nonzero(
+            (torch.arange(V)[None, None, :] >= free.thresholds[:, :, None])
+            & (torch.arange(V)[None, None, :] < torch.arange(V)[None, :, None])
+            & (torch.arange(V)[:, None, None] <= torch.arange(V)[None, :, None])
+        )  # (q, m, k) with j <= k < m
+        rows = [
+            [qq, mm, kk, c, route or int(torch.randint(1, 4, (1,), generator=g))]
+            for qq, mm, kk in leftover.tolist()
+            for c in range(1, n)
+            if c <= n - 2 or qq == mm
+        ]
+        routes = torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
+        other = keys.cubic_keys(w, Ops(), free.thresholds, routes)
+        assert not bool((other.proven & ~free.proven).any())  # no test proves more
+        if route == 3:  # only the screen's keys k < j are proven
+            by_screen = torch.arange(V)[None, None, :, None] < free.thresholds[:, :, None, None]
+            assert torch.equal(other.proven, free.proven & by_screen)
+        out = checker.run(w, {"screen_j": free.thresholds, "cubic_routes": routes}, Ops())
         assert not bool((out.covered() & ~truth).any())
 
 
@@ -1030,6 +1053,11 @@ def test_class_keys_need_three_tokens():
         (lambda c: c["screen_j"].__setitem__((2, 5), 6), "0 <= j <= m"),  # j > m
         (lambda c: c["screen_j"].__setitem__((2, 5), -1), "0 <= j <= m"),
         (lambda c: c["screen_j"].__setitem__((5, 2), 1), "0 for q > m"),
+        (lambda c: c.update(cubic_routes=torch.tensor([[0, 3, 1, 1, 4]])), "route 1 - 3"),
+        (lambda c: c.update(cubic_routes=torch.tensor([[0, 3, 3, 1, 1]])), "valid key"),
+        (lambda c: c.update(cubic_routes=torch.tensor([[0, 3, 1, 3, 1]])), "valid key"),  # c
+        (lambda c: c.update(cubic_routes=torch.tensor([[2, 3, 1, 1, 1]] * 2)), "two routes"),
+        (lambda c: c.update(cubic_routes=torch.zeros(1, 4, dtype=torch.int64)), "5 columns"),
     ],
 )
 def test_malformed_certificates_are_rejected(mutate, message, soundness_model):

@@ -202,8 +202,11 @@ def test_paper_shape_flops_are_below_the_papers():
         maxima_shallow=2 * pairs,  # every maximum tried at both depths, then in full
         maxima_deep=2 * pairs,
         maxima_full=2 * pairs,
-        per_c=T,
+        valued=T,
+        all_c_tests=T,
+        per_c=2 * T,  # every key: its one-shot test, then its per-placement test
         rechecked=2 * T,
+        diag_tests=64 * 63 // 2,
         exact_c0=pairs,
     )
     assert cubic.cubic_flops(64, 4, 32, 32, worst) < 35_181_664  # reference-algorithms §12

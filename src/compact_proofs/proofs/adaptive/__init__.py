@@ -44,8 +44,9 @@ NAME = "adaptive"
 # 4: a second key screen (``boxes`` claim (e)) leaves fewer outputs live; a revision-3
 # certificate's prove claims then cover fewer outputs, but the keys that take the exact key
 # bound (a cost rule on the live count) can change, so this is marked as a new revision.
-# 5: stage 1 reads the screen thresholds (certificate field ``screen_j``); a revision-4
-# certificate checks as before, a revision-5 one is refused by an older checker (unknown field).
+# 5: stage 1 reads the screen thresholds and key routes (certificate fields ``screen_j``,
+# ``cubic_routes``); a revision-4 certificate checks as before, a revision-5 one is refused by an
+# older checker (unknown field).
 REVISION = 5
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).

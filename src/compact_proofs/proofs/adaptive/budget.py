@@ -48,10 +48,10 @@ def certificate(
     c0: Tensor,
     roots: Tensor,
     keep: Tensor,
-    screen_j: Tensor,
+    ck: keys.CubicKeys,
 ) -> Certificate:
     """The certificate of the trees under the roots ``keep`` (bool per root), renumbered, with
-    stage 1's screen thresholds ``screen_j``."""
+    the screen thresholds and key routes of stage 1 ``ck``."""
     R = roots.shape[0]
     V = tr.masks.shape[2]
     parent = torch.cat(tr.parent) if tr.parent else torch.zeros(0, dtype=torch.int64)
@@ -84,7 +84,8 @@ def certificate(
         "claim": claim,
         "witness": witness,
         "own_E": tr.own_E.contiguous(),
-        "screen_j": screen_j.clone(),
+        "screen_j": ck.thresholds.clone(),
+        "cubic_routes": ck.routes.clone(),
     }
 
 
@@ -216,7 +217,7 @@ def _assemble(st: State, items: dict, picked: list) -> Certificate:
         torch.zeros(0, 2, dtype=torch.int64),
         st.roots,
         keep,
-        st.ck.thresholds,
+        st.ck,
     )
     cert["claim"] = torch.where(
         cert["claim"] == plan.PROVE, cert["claim"], torch.zeros_like(cert["claim"])

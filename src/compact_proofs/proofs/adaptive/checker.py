@@ -71,7 +71,7 @@ def run(weights: Weights, certificate: Certificate, ops: Ops) -> Outcome:
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(certificate, V)
-    ck = keys.cubic_keys(weights, ops, pl.thresholds)  # (1) stage 1
+    ck = keys.cubic_keys(weights, ops, pl.thresholds, pl.routes)  # (1) stage 1
     proven = ck.proven.clone()
     cubic_correct = keys.count_covered(keys.key_counts(proven), ck.proven0)
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys

@@ -31,9 +31,10 @@ def predict(
     search knows them), and so are the certificate's tree ``nodes`` if given (else rebuilt)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
-    if pl.thresholds is None or not torch.equal(pl.thresholds, ck.thresholds):
-        raise ValueError("predict needs a certificate with stage 1's own screen thresholds")
-    total = ck.flops  # stage 1 with those thresholds (``keys.with_own_thresholds``)
+    own = pl.thresholds is not None and torch.equal(pl.thresholds, ck.thresholds)
+    if not own or not torch.equal(pl.cubic_routes, ck.routes):
+        raise ValueError("predict needs a certificate with stage 1's own hints")
+    total = ck.flops  # stage 1 with those hints (``keys.with_own_hints``)
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
     todo, todo_c = keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven)
     total += keys.level1_flops(V, n, l1[todo], l1c[todo_c], pl.l1_outputs[todo])

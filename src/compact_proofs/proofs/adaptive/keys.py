@@ -59,7 +59,7 @@ from torch import Tensor
 from compact_proofs.config import ModelConfig
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
-from compact_proofs.proofs.cubic import count, pessimize, screen
+from compact_proofs.proofs.cubic import cases, count, pessimize, screen
 from compact_proofs.weights import Weights
 
 LABEL = "adaptive:level1"
@@ -80,10 +80,16 @@ class CubicKeys(cubic.Stage):
     flops: int
 
 
-def cubic_keys(weights: Weights, ops: Ops, thresholds: Tensor | None = None) -> CubicKeys:
+def cubic_keys(
+    weights: Weights,
+    ops: Ops,
+    thresholds: Tensor | None = None,
+    routes: Tensor | None = None,
+) -> CubicKeys:
     """Stage 1: the cubic checker's steps (1)-(6) (``cubic.decide_keys``), keeping every key's
-    verdict; the screen tests only the ``thresholds`` if given (certificate field
-    ``screen_j``).
+    verdict; the screen tests only the ``thresholds`` and the keys take the ``routes`` if
+    given (certificate fields ``screen_j`` and ``cubic_routes``: hints, sound whatever they
+    say).
 
     Cost: exactly ``cubic.cubic_flops`` with the stage's ``tiers``, plus the cubic's integer
     tally (the same operations as ``cubic.check``).
@@ -91,7 +97,7 @@ def cubic_keys(weights: Weights, ops: Ops, thresholds: Tensor | None = None) -> 
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
     covered = count.Covered(V, n)  # dense [q, m, k, c] verdicts
-    stage = cubic.decide_keys(weights, ops, covered.add, thresholds)
+    stage = cubic.decide_keys(weights, ops, covered.add, thresholds, routes)
     count.tally_int_ops(ops.ledger, V, n)
     return CubicKeys(
         **vars(stage),
@@ -100,14 +106,33 @@ def cubic_keys(weights: Weights, ops: Ops, thresholds: Tensor | None = None) -> 
     )
 
 
-def with_own_thresholds(ck: CubicKeys, cfg: ModelConfig) -> CubicKeys:
+def with_own_hints(ck: CubicKeys, cfg: ModelConfig) -> CubicKeys:
     """Stage 1 as the checker finds it when the certificate gives the stage's own screen
-    thresholds (``ck.thresholds``): the same tests decide, so the same verdicts, at one screen
-    test per tested pair (the FLOPs and tiers change)."""
+    thresholds (``ck.thresholds``) and key routes (``ck.routes``): every key is decided by the
+    same test as here, so with the same verdict, but each pair runs one screen test and each
+    key at most one test (the FLOPs and tiers change, by this closed form)."""
     V, n = cfg.d_vocab, cfg.n_ctx
     q, m = torch.triu_indices(V, V)
     mid, last = screen.hinted_tests(q, m, ck.thresholds[q, m], n)
-    tiers = dataclasses.replace(ck.tiers, mid_tests=mid, last_tests=last)
+    rq, rm, rk, rc, rr = ck.routes.unbind(1)
+    lower = rc <= n - 2
+    skip = rr == cases.ROUTE_SKIP
+    triple = (rq * V + rm) * V + rk
+    # a triple is not evaluated when every one of its keys (c = 1 .. n-2, and n-1 if q = m)
+    # is routed to no test
+    codes, skips = torch.unique(triple[skip], return_counts=True)
+    keys_of = (n - 2) + (codes // (V * V) == (codes // V) % V).to(torch.int64)
+    t = ck.tiers
+    tiers = dataclasses.replace(
+        t,
+        mid_tests=mid,
+        last_tests=last,
+        valued=t.left_triples - int((skips == keys_of).sum()),
+        all_c_tests=(t.left_triples - torch.unique(triple[lower]).numel()) if n >= 4 else 0,
+        per_c=int((lower & (rr == cases.ROUTE_ONE_SHOT)).sum()),
+        rechecked=int((lower & (rr == cases.ROUTE_PLACEMENT)).sum()),
+        diag_tests=t.left_diag - int((~lower & skip).sum()),
+    )
     flops = cubic.cubic_flops(V, n, cfg.d_model, cfg.d_head, tiers)
     return dataclasses.replace(ck, tiers=tiers, flops=flops)
 

@@ -22,6 +22,10 @@ key                tensor            meaning
 ``screen_j``       int64 [V, V]      stage 1's screen threshold per pair (q, m), q <= m: the
                                      screen tests only j (0: none; 0 <= j <= m, 0 for q > m);
                                      absent: the cubic's own search (``cubic.screen``)
+``cubic_routes``   int64 [R, 5]      stage 1's keys (q, m, k, c, route): each listed key takes
+                                     only the one-shot test (1), only the per-placement test
+                                     (2) or no test (3) (``cubic.cases``); the others, the
+                                     cubic's cascade
 ``budget``         int               the FLOP budget the search aimed at (-1: none); informative
 ``predicted``      int               the search's prediction of the check's FLOPs; informative
 =================  ================  =========================================================
@@ -54,6 +58,7 @@ TENSORS = {
     "witness": (torch.int64, 1, None),
     "own_E": (torch.int64, 1, None),
     "screen_j": (torch.int64, 2, "V"),
+    "cubic_routes": (torch.int64, 2, 5),
 }
 SCALARS = ("budget", "predicted")
 
@@ -75,11 +80,17 @@ class Plan:
     witness: Tensor
     own_E: Tensor
     screen_j: Tensor  # [V, V], or [0, V]: absent
+    cubic_routes: Tensor  # [R, 5]
 
     @property
     def thresholds(self) -> Tensor | None:
         """The stage-1 screen thresholds, or None (the cubic's own search)."""
         return self.screen_j if self.screen_j.shape[0] else None
+
+    @property
+    def routes(self) -> Tensor | None:
+        """Stage 1's key routes, or None (none listed: the cubic's cascade)."""
+        return self.cubic_routes if self.cubic_routes.shape[0] else None
 
     @property
     def n_nodes(self) -> int:

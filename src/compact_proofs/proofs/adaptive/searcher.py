@@ -104,7 +104,7 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     ck = found.state.ck if found is not None else stage1(weights)
     if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
-        cert["screen_j"] = ck.thresholds.clone()
+        cert["screen_j"], cert["cubic_routes"] = ck.thresholds.clone(), ck.routes.clone()
         return {**cert, "budget": int(budget), "predicted": ck.flops}
     if found is None:
         t0 = time.perf_counter()
@@ -159,9 +159,10 @@ def shared_exploration() -> Iterator[None]:
 
 
 def stage1(weights: Weights) -> keys.CubicKeys:
-    """Stage 1 as the check will run it: the certificate gives it the screen thresholds the
-    cubic's own search finds here (``screen_j``), so the check tests one per pair."""
-    return keys.with_own_thresholds(keys.cubic_keys(weights, Ops()), weights.config)
+    """Stage 1 as the check will run it: the certificate gives it the screen thresholds and
+    the key routes the cubic's own cascade finds here (``screen_j``, ``cubic_routes``), so the
+    check runs one screen test per pair and at most one test per key."""
+    return keys.with_own_hints(keys.cubic_keys(weights, Ops()), weights.config)
 
 
 def explore(
@@ -223,7 +224,7 @@ def for_budget(cfg: ModelConfig, state: budget_mod.State, budget: int | None) ->
     keep = torch.ones(state.roots.shape[0], dtype=torch.bool)
     st = state
     cert = budget_mod.certificate(
-        st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep, st.ck.thresholds
+        st.tr, st.l1, st.l1_out, st.l1c, st.cnt, st.c0, st.roots, keep, st.ck
     )
     cert["budget"] = -1 if budget is None else int(budget)
     nodes = st.tr.nodes()  # the certificate's, as the checker will rebuild them

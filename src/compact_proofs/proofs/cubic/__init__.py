@@ -138,6 +138,8 @@ class Stage:
     row_tops: pessimize.RowTops  # ... their row maxima
     leftover: pessimize.LeftoverTables | None  # ... and those of the leftover triples
     thresholds: Tensor  # [d_vocab_q, d_vocab_max] the screen's threshold j per pair (q <= m)
+    routes: Tensor  # [R, 5] (q, m, k, c, route): the cheapest route of the keys the test over
+    # every c did not prove (``cases.ROUTE_*``), and of the keys c = n-1 nothing proves
 
 
 def decide_keys(
@@ -145,9 +147,13 @@ def decide_keys(
     ops: Ops,
     on_chunk: Callable[[cases.Chunk], None],
     thresholds: Tensor | None = None,
+    routes: Tensor | None = None,
 ) -> Stage:
     """Steps (1)-(6): decide every key, handing each chunk of homogeneous keys to ``on_chunk``;
-    the screen tests only the ``thresholds[q, m]`` if given (``screen.thresholds``).
+    the screen tests only the ``thresholds[q, m]`` if given (``screen.thresholds``), and the
+    keys listed in ``routes`` [R, 5] (q, m, k, c, route) take those routes
+    (``cases.homogeneous_chunk``; a triple whose keys all have ``ROUTE_SKIP`` is not
+    evaluated at all). Both are hints: any valid ones are sound.
     Cost: ``cubic_flops(..., tiers)`` minus the integer tally of step (7)."""
     cfg = weights.config
     V, n = cfg.d_vocab, cfg.n_ctx
@@ -170,6 +176,8 @@ def decide_keys(
     for p0 in range(0, q0.numel(), pair_chunk):
         on_chunk(_screened_chunk(*screen.screened_triples(pb, sc.j, p0, p0 + pair_chunk), n))
     q, m, k = screen.leftover_triples(pb, sc.j)  # (5) per triple
+    if n == 2:  # only q = m has keys (c = 1)
+        q, m, k = (t[q == m] for t in (q, m, k))
     lt = None
     if V >= 3:
         lt = pessimize.leftover_tables(st, q, m, k, ops, chunk=max(1, CHUNK_ELEMENTS // V))
@@ -187,15 +195,33 @@ def decide_keys(
         maxima_deep=deep,
         maxima_full=full,
     )
+    given = None if routes is None else _route_table(routes, q, m, k, V, n)  # [T, n-1]
+    tested = torch.arange(q.numel())
+    if given is not None:  # a triple is evaluated if one of its keys is tested
+        skip = given == cases.ROUTE_SKIP
+        skip[:, n - 2] |= q != m  # (no key c = n-1 unless q = m)
+        tested = torch.nonzero(~skip.all(dim=1), as_tuple=True)[0]
+    found = []
     max_triples = max(1, CHUNK_ELEMENTS // (12 * max(n - 2, 1)))
-    for t0 in range(0, q.numel(), max_triples):
-        sel = torch.arange(t0, min(q.numel(), t0 + max_triples))
+    for t0 in range(0, tested.numel(), max_triples):
+        sel = tested[t0 : t0 + max_triples]
         vals = pessimize.triple_values(st, rows, lt, sel, q[sel], m[sel], k[sel], ops)  # (2)
         chunk = cases.homogeneous_chunk(
-            q[sel], m[sel], k[sel], vals, eqke, z, groups, every_c, lse_all, ops
+            q[sel],
+            m[sel],
+            k[sel],
+            vals,
+            eqke,
+            z,
+            groups,
+            every_c,
+            lse_all,
+            ops,
+            None if given is None else given[sel],
         )
         tiers += chunk.tiers
         on_chunk(chunk)
+        found.append(_route_list(chunk, n))
     ok = cases.single_one_shot(q0, m0, pb.u_max, pb.u_z, eqke, lse_all, z, ops)  # (6)
     left = ~ok
     ok[left], margin = cases.single_inputs(  # (6) exactly
@@ -229,7 +255,43 @@ def decide_keys(
         row_tops=rows,
         leftover=lt,
         thresholds=torch.zeros(V, V, dtype=torch.int64).index_put_((q0, m0), sc.j),
+        routes=torch.cat(found) if found else torch.zeros(0, 5, dtype=torch.int64),
     )
+
+
+def _route_list(chunk: cases.Chunk, n: int) -> Tensor:
+    """The keys (q, m, k, c, route) of ``chunk``'s triples that the test over every c did not
+    prove (each with its cheapest route), and the keys c = n-1 no test proves."""
+    r = chunk.routes.to(torch.int64)  # [T, n-1], columns c = 1 .. n-1
+    listed = (r[:, : n - 2] != 0).any(dim=1)[:, None] & (torch.arange(n - 1) < n - 2)
+    listed = listed | (r == cases.ROUTE_SKIP)
+    t, c = torch.nonzero(listed, as_tuple=True)
+    return torch.stack([chunk.q[t], chunk.m[t], chunk.k[t], c + 1, r[t, c]], dim=1)
+
+
+def _route_table(routes: Tensor, q: Tensor, m: Tensor, k: Tensor, V: int, n: int) -> Tensor:
+    """Per leftover triple (q, m, k), the route of each key c = 1 .. n-1 in the list ``routes``
+    (q, m, k, c, route) (0: not listed). Raises ``ProofPreconditionError`` on an entry that is
+    not a valid key with a route, or on a key listed twice."""
+    if routes.ndim != 2 or routes.shape[1] != 5:
+        raise ProofPreconditionError("routes must be rows (q, m, k, c, route)")
+    rq, rm, rk, rc, rr = routes.unbind(1)
+    ok = (rq >= 0) & (rq <= rm) & (rm < V) & (rk >= 0) & (rk < rm) & (rc >= 1) & (rc <= n - 1)
+    ok &= ((rc <= n - 2) | (rq == rm)) & (rr >= cases.ROUTE_ONE_SHOT) & (rr <= cases.ROUTE_SKIP)
+    if not bool(ok.all()):
+        raise ProofPreconditionError("a route is not a valid key (q, m, k, c) with a route 1 - 3")
+    code = ((rq * V + rm) * V + rk) * n + rc
+    order = code.argsort()
+    code = code[order]
+    if bool((code[1:] == code[:-1]).any()):
+        raise ProofPreconditionError("a key has two routes")
+    table = torch.zeros(q.numel(), n - 1, dtype=torch.int8)
+    for c in range(1, n):
+        want = ((q * V + m) * V + k) * n + c
+        at = torch.searchsorted(code, want).clamp(max=max(code.numel() - 1, 0))
+        hit = (code[at] == want) if code.numel() else torch.zeros_like(want, dtype=torch.bool)
+        table[hit, c - 1] = rr[order][at[hit]].to(torch.int8)
+    return table
 
 
 def _pairs(V: int) -> tuple[Tensor, Tensor]:
@@ -307,9 +369,7 @@ def cubic_flops(V: int, n: int, d: int, dh: int, tiers: cases.Tiers) -> int:
             else 0
         )
         + cases.single_inputs_flops(V, n, tiers.exact_c0)
-        + cases.homogeneous_flops(
-            V, n, tiers.left_triples, tiers.left_diag, tiers.per_c, tiers.rechecked
-        )
+        + cases.homogeneous_flops(V, n, tiers)
     )
 
 
@@ -319,7 +379,7 @@ def cubic_int_ops(V: int, n: int, tiers: cases.Tiers) -> int:
     pairs = V * (V + 1) // 2
     selections = screen.screen_int_ops(V, pairs)
     if V >= 3:
-        selections += pessimize.TRIPLE_INT_OPS * tiers.left_triples
+        selections += pessimize.TRIPLE_INT_OPS * tiers.valued
     return count.cubic_int_ops(V, n) + selections
 
 

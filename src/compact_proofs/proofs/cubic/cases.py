@@ -31,8 +31,11 @@ class Tiers:
     maxima_shallow: int = 0  # those maxima tried at the first depth of ``maxplus.DEPTHS``
     maxima_deep: int = 0  # ... at the second
     maxima_full: int = 0  # ... over the full row
-    per_c: int = 0  # triples the all-c one-shot test left to the per-c one
-    rechecked: int = 0  # (triple, c) pairs the one-shot tests left to the per-placement test
+    valued: int = 0  # leftover triples with a key tested (their step-(2) values computed)
+    all_c_tests: int = 0  # one-shot tests over every c (one per triple, n_ctx >= 4)
+    per_c: int = 0  # one-shot tests of one key (triple, c)
+    rechecked: int = 0  # per-placement tests of one key (triple, c)
+    diag_tests: int = 0  # tests of keys with c = n-1 (q = m)
     exact_c0: int = 0  # c = 0 inputs the one-shot test left to the exact evaluation
 
     @classmethod
@@ -44,6 +47,13 @@ class Tiers:
         return Tiers(
             **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)}
         )
+
+
+# Routes of a key (q, m, k, c) through the per-triple tests (``homogeneous_chunk``), given by
+# a certificate (``adaptive``'s ``cubic_routes``) or found by the cascade: 0 the default cascade
+# (or, found: proven by the test over every c), then only the one-shot test of the key, only
+# its per-placement test, or no test (the key stays unproven).
+ROUTE_ONE_SHOT, ROUTE_PLACEMENT, ROUTE_SKIP = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,9 @@ class Chunk:
     last_idx: Int[Tensor, " diag"]
     proven_last: Bool[Tensor, " diag"]
     tiers: Tiers
+    # per key (c = 1 .. n-1), the cheapest route that decides it as this run did (``ROUTE_*``;
+    # 0: proven by the test over every c, or c = n-1 proven, or no such key); None if not kept
+    routes: Int[Tensor, "triples n_c_all"] | None = None
 
 
 def single_one_shot(
@@ -184,45 +197,64 @@ def homogeneous_chunk(
     every_c: Approx | None,
     lse_all: Approx,
     ops: Ops,
+    routes: Tensor | None = None,
 ) -> Chunk:
     """Step (5): decide the homogeneous keys (q, m, k, c) of one chunk of triples.
 
-    ``vals[t, cls, group]`` are the step-(2) bounds (``pessimize.triple_values``). Keys with
-    c = 1 .. n-2 are decided by ``one_shot`` for every c at once (log-weight ranges
-    ``every_c``, when there are two or more such c), then per c for the triples that fail,
-    then ``per_placement`` for the keys still unproven. Keys with c = n-1 (q = m only) have no
-    max slot outside the query: groups (EQKE_s[m, k] + lse_all[m], z[m]) with the non-max and
-    query values.
+    ``vals[t, cls, group]`` are the step-(2) bounds (``pessimize.triple_values``). By default
+    (the cascade) keys with c = 1 .. n-2 are decided by ``one_shot`` for every c at once
+    (log-weight ranges ``every_c``, when there are two or more such c), then per c for the
+    triples that fail, then ``per_placement`` for the keys still unproven. ``routes`` [T, n-1]
+    (``ROUTE_*`` per key c = 1 .. n-1, 0: not given) can send a key straight to one of these
+    tests or to none: a triple with a route for some c <= n-2 skips the test over every c, and
+    its keys without a route take the cascade's per-c tests. Every test is sound on its own,
+    so any routes are: a key decided by another test, or by none, is only proven less often.
+    Keys with c = n-1 (q = m only; tested unless routed to ``ROUTE_SKIP``) have no max slot
+    outside the query: groups (EQKE_s[m, k] + lse_all[m], z[m]) with the non-max and query
+    values.
     Cost: ``homogeneous_flops``.
     """
     T = qi.numel()
-    diag = torch.nonzero(qi == mi, as_tuple=True)[0]
-    per_c, rechecked = 0, 0
-    if groups is not None and T:
-        n_c = groups.shape[1]
+    n_c = 0 if groups is None else groups.shape[1]
+    given = torch.zeros(T, n_c + 1, dtype=torch.int8) if routes is None else routes
+    found = torch.zeros(T, n_c + 1, dtype=torch.int8)
+    all_c_tests = per_c = rechecked = 0
+    if n_c and T:
         v = ops.maximum(vals[:, 0], vals[:, 1], label="cubic:lw")  # [T, group]
         u = ops.upper_exact(v, label="cubic:lw")  # float upper bounds, exact as reals
         eq_m, eq_k, zq = EQKE_s[qi, mi], EQKE_s[qi, ki], z[qi]
         proven = torch.zeros(n_c, T, dtype=torch.bool)
-        todo = torch.arange(T)
+        code = given[:, :n_c].T.to(torch.int64)  # [n_c, T]; -1 below: proven for every c
         if n_c >= 2:
-            rng = every_c.map_layout(lambda t: t[qi].permute(1, 2, 0)[:, :, None])  # [2, 2, 1, T]
-            all_c = one_shot(eq_m, eq_k, zq, u, rng, ops)[0]
-            proven[:, all_c] = True
-            todo = torch.nonzero(~all_c, as_tuple=True)[0]
-        per_c = todo.numel()
+            idx = torch.nonzero((code == 0).all(dim=0), as_tuple=True)[0]
+            all_c_tests = idx.numel()
+            rng = every_c.map_layout(lambda t: t[qi[idx]].permute(1, 2, 0)[:, :, None])
+            all_c = one_shot(eq_m[idx], eq_k[idx], zq[idx], u[idx], rng, ops)[0]
+            proven[:, idx[all_c]] = True
+            code[:, idx[all_c]] = -1
+        ci, ti = torch.nonzero((code == 0) | (code == ROUTE_ONE_SHOT), as_tuple=True)
+        per_c = ti.numel()
+        by_one = torch.zeros(n_c, T, dtype=torch.bool)
         if per_c:
-            rng = groups.map_layout(lambda t: _ranges_per_c(t[qi[todo]]))  # [2, 2, n_c, T']
-            proven[:, todo] = one_shot(eq_m[todo], eq_k[todo], zq[todo], u[todo], rng, ops)
-        ci, ti = torch.nonzero(~proven, as_tuple=True)
+            rng = groups.map_layout(
+                lambda t: _ranges_per_c(t[qi[ti]])[:, :, ci, torch.arange(per_c)][:, :, None]
+            )  # [2, 2, 1, P]
+            by_one[ci, ti] = one_shot(eq_m[ti], eq_k[ti], zq[ti], u[ti], rng, ops)[0]
+        ci, ti = torch.nonzero(((code == 0) & ~by_one) | (code == ROUTE_PLACEMENT), as_tuple=True)
         rechecked = ti.numel()
+        by_placement = torch.zeros(n_c, T, dtype=torch.bool)
         if rechecked:
-            proven[ci, ti] = per_placement(
+            by_placement[ci, ti] = per_placement(
                 qi[ti], mi[ti], ki[ti], ci, vals[ti], EQKE_s, z, groups, ops
             )
+        proven |= by_one | by_placement
+        cheapest = torch.where(by_one, ROUTE_ONE_SHOT, ROUTE_PLACEMENT)
+        cheapest = torch.where(by_one | by_placement, cheapest, ROUTE_SKIP)
+        found[:, :n_c] = torch.where(code == -1, 0, cheapest).T.to(torch.int8)
         proven = proven.T  # [T, n_c]
     else:
         proven = torch.zeros(T, 0, dtype=torch.bool)
+    diag = torch.nonzero((qi == mi) & (given[:, n_c] != ROUTE_SKIP), as_tuple=True)[0]
     proven_last = torch.zeros(0, dtype=torch.bool)
     if diag.numel():
         m, k = mi[diag], ki[diag]
@@ -238,6 +270,8 @@ def homogeneous_chunk(
         bound = ops.sum(weighted, dim=-1, label="cubic:lw")  # [D, cls]
         worst = ops.amax(bound, dim=-1, label="cubic:lw")
         proven_last = ops.proven_negative(worst, label="cubic:decide")
+    found[(qi == mi) & (given[:, n_c] == ROUTE_SKIP), n_c] = ROUTE_SKIP
+    found[diag[~proven_last], n_c] = ROUTE_SKIP
     return Chunk(
         q=qi,
         m=mi,
@@ -245,7 +279,14 @@ def homogeneous_chunk(
         proven=proven,
         last_idx=diag,
         proven_last=proven_last,
-        tiers=Tiers(per_c=per_c, rechecked=rechecked),
+        tiers=Tiers(
+            valued=T,
+            all_c_tests=all_c_tests,
+            per_c=per_c,
+            rechecked=rechecked,
+            diag_tests=diag.numel(),
+        ),
+        routes=found,
     )
 
 
@@ -339,14 +380,19 @@ def per_placement(
 UPPER_PER_TRIPLE = 6  # class max and upper bound of the values
 ONE_SHOT = 19
 PER_PLACEMENT = 45
+LAST_TEST = 15
 
 
-def homogeneous_flops(V: int, n: int, triples: int, diag: int, per_c: int, rechecked: int) -> int:
-    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over ``triples`` triples
-    (``diag`` of them with q = m), when ``per_c`` triples go to the per-c one-shot test (all of
-    them if n = 3) and ``rechecked`` (triple, c) pairs to the per-placement test."""
+def homogeneous_flops(V: int, n: int, tiers: Tiers) -> int:
+    """Ledger total of ``triple_values`` and ``homogeneous_chunk`` over ``tiers.valued`` triples
+    when they run ``all_c_tests`` one-shot tests over every c, ``per_c`` one-shot tests of one
+    key, ``rechecked`` per-placement tests and ``diag_tests`` tests of keys with c = n-1."""
     per_triple = 5 if V < 3 else 12
-    n_c = max(n - 2, 0)
-    if n_c:
-        per_triple += UPPER_PER_TRIPLE + (ONE_SHOT if n_c >= 2 else 0)
-    return triples * per_triple + per_c * ONE_SHOT * n_c + rechecked * PER_PLACEMENT + diag * 15
+    if n >= 3:
+        per_triple += UPPER_PER_TRIPLE
+    return (
+        tiers.valued * per_triple
+        + (tiers.all_c_tests + tiers.per_c) * ONE_SHOT
+        + tiers.rechecked * PER_PLACEMENT
+        + tiers.diag_tests * LAST_TEST
+    )
