@@ -437,6 +437,62 @@ def test_distinct_groups_equal_sets_only(K):
     assert torch.equal(part.set_id[at[:, 0], at[:, 1]], torch.arange(at.shape[0]))
 
 
+def test_refine_sorts_once_for_the_exact_bound_and_the_proofs(soundness_model):
+    """Keys that take the exact key bound and prefer sorted orders sort their columns in
+    ``refine``: the bound keeps the same columns, ``prove`` the same verdicts, and its charge
+    drops by the sets' extremes of those keys (they are read off the orders)."""
+    w = models.planted_weights(9, 4, noise=0.08, pos_noise=0.3, seed=5)
+    ck = keys.cubic_keys(w, Ops())
+    V, n = w.config.d_vocab, w.config.n_ctx
+    qm = torch.triu_indices(V, V)
+    qs, ms = qm[0][qm[1] > 1], qm[1][qm[1] > 1]
+    t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
+    g = torch.Generator().manual_seed(3)
+    B, s1, K = 400, n - 1, t.H.shape[1]
+    rows = torch.randint(0, qs.numel(), (B,), generator=g)
+    m = ms[rows]
+    pool = torch.rand(qs.numel(), 4, K, generator=g) < torch.rand(qs.numel(), 4, 1, generator=g)
+    pool &= torch.arange(K) < ms[:, None, None]
+    pool[:, :, 0] = True  # non-empty (token 0 < m)
+    pick = torch.randint(0, 5, (B, s1), generator=g)  # 4: the max slot {m}
+    masks = pool[rows[:, None], pick.clamp(max=3)]
+    is_max = pick == 4
+    masks[is_max] = False
+    masks[is_max, m[:, None].expand(B, s1)[is_max]] = True
+    groups = boxes.distinct(rows, masks)
+    use = torch.ones(qs.numel(), dtype=torch.bool)
+    sort = boxes.prefers_orders(rows, masks, ms, groups)
+    assert bool(sort.any()) and not bool(sort.all())
+    plain_ops, sorted_ops = Ops(), Ops()
+    plain, presorted = boxes.refine(t, use, plain_ops), boxes.refine(t, use, sorted_ops, sort)
+    assert plain_ops.ledger.flop == sorted_ops.ledger.flop > 0
+    assert torch.equal(plain.pair, presorted.pair) and torch.equal(plain.x, presorted.x)
+    a, b = Ops(), Ops()
+    got = boxes.prove(presorted, rows, masks, a, groups)
+    assert torch.equal(got, boxes.prove(plain, rows, masks, b, groups))
+    assert bool(got.any()) and not bool(got.all())
+    L = presorted.n_live
+    saved = boxes.prove_key_flops(rows, masks, L, ms, groups)
+    saved -= boxes.prove_key_flops(rows, masks, L, ms, groups, sort)
+    assert b.ledger.flop - a.ledger.flop == int(saved.sum()) > 0
+
+
+@pytest.mark.parametrize("descending", [True, False])
+def test_set_extremes_from_sorted_orders_are_the_reductions(descending):
+    """``boxes._first_or_reduce``: the first token of a set in its row's sorted order is the
+    set's max (min), the same float as the reduction, with ties and rows shared by sets."""
+    g = torch.Generator().manual_seed(int(descending))
+    table = (torch.randn(7, 40, generator=g, dtype=torch.float64) * 2).round() / 2  # ties
+    row = torch.randint(0, 7, (500,), generator=g)
+    sets = torch.rand(500, 40, generator=g) < torch.rand(500, 1, generator=g)
+    sets[torch.arange(500), torch.randint(0, 40, (500,), generator=g)] = True  # non-empty
+    masked = table[row].masked_fill(~sets, -torch.inf if descending else torch.inf)
+    want = masked.amax(dim=1) if descending else masked.amin(dim=1)
+    for by_order in (torch.ones(500, dtype=torch.bool), torch.rand(500, generator=g) < 0.5):
+        got = boxes._first_or_reduce(table, row, sets, by_order, descending)
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize(
     "seed,w",
     [
@@ -478,22 +534,27 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
     ub = Ops().add(t.Fq[cols.masked_fill(pad, 0)], Ops().sum(U, dim=2))
     naive = (Ops().upper(ub).masked_fill(pad, -torch.inf) < 0).all(dim=1)
     assert torch.equal(got, naive) and bool(got.any()) and not bool(got.all())
-    # The charge, from Python sets.
-    want, sets, slot_sets = 0, set(), set()
+    # The charge, from Python sets: per key the reductions over its distinct sets, or sorting
+    # its columns and b (m comparisons each) where that is cheaper.
+    want, sets, slot_sets, reduce = 0, set(), set(), {}
     for b in range(B):
-        L = int(t.n_live[rows[b]])
+        key, L = int(rows[b]), int(t.n_live[rows[b]])
         if L == 0:
             continue
         want += s1 * L + L + 1  # slot sum, query slot, max over outputs, decision
         for p in range(s1):
             toks = frozenset(torch.nonzero(masks[b, p]).flatten().tolist())
-            if (int(rows[b]), toks) not in sets:
-                sets.add((int(rows[b]), toks))
-                want += (len(toks) - 1) * (L + 1)
-            if (int(rows[b]), p, toks) not in slot_sets:
-                slot_sets.add((int(rows[b]), p, toks))
+            if (key, toks) not in sets:
+                sets.add((key, toks))
+                reduce[key] = reduce.get(key, 0) + len(toks) - 1
+            if (key, p, toks) not in slot_sets:
+                slot_sets.add((key, p, toks))
                 want += 3 * L
+    for key, r in reduce.items():
+        want += min(r, int(ms[key])) * (int(t.n_live[key]) + 1)
     assert ops.ledger.flop == want
+    by_order = [key for key, r in reduce.items() if r > int(ms[key])]
+    assert len(by_order) < len(reduce) and (len(by_order) > 0 or seed != 0)  # both ways
     assert len(sets) < (B * s1) // 2  # the sharing is real here
     monkeypatch.setattr(boxes, "CHUNK_ELEMENTS", 8)
     small = Ops()

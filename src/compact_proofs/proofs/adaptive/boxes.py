@@ -83,7 +83,9 @@ for every input of the key.
 Cost: ``table_flops`` per max-token group (weights, live outputs, tables at the live outputs)
 and ``high_flops`` per key (claim (e));
 the reductions over a set S count (|S| - 1) per live output for H and (|S| - 1) for b (paper
-rule), once per distinct set of a key, then 3 per live output for a slot's bound (d), once per
+rule), once per distinct set of a key (or, for a key whose distinct sets' sizes sum past m,
+m per live output and for b: each column of H and b sorted once, sort-verification, and every
+set's max and min read off the orders), then 3 per live output for a slot's bound (d), once per
 distinct (slot, set) of a key, and the sums and decision per box: ``prove_flops`` /
 ``refute_flops``.
 """
@@ -132,15 +134,20 @@ class Tables:
     # search's cost predictions; None where not screened)
     n_screen: Int[Tensor, " pairs"] | None = None
     n_high: Int[Tensor, " pairs"] | None = None
+    # the keys whose columns of H (descending) and b (ascending, k <= m first) are sorted
+    # (``refine``), and those orders (rows of the other keys unset)
+    presorted: Bool[Tensor, " pairs"] | None = None
+    order: Int[Tensor, "columns K"] | None = None
+    b_order: Int[Tensor, "pairs K"] | None = None
 
     @property
     def live(self) -> Bool[Tensor, "pairs d_vocab_out"]:
         return self.col >= 0
 
     def keep(self, keep: Bool[Tensor, " columns"]) -> "Tables":
-        """The same keys with only the columns ``keep``."""
+        """The same keys with only the columns ``keep`` (and their sorted orders, if any)."""
         V = self.col.shape[1]
-        return _columns(
+        t = _columns(
             self.qs,
             self.ms,
             self.pair[keep],
@@ -151,6 +158,11 @@ class Tables:
             self.Fq[keep],
             self.a,
             self.b,
+        )
+        if self.presorted is None:
+            return t
+        return dataclasses.replace(
+            t, presorted=self.presorted, order=self.order[keep], b_order=self.b_order
         )
 
 
@@ -545,6 +557,19 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     return E + Q * weights + rows + query + bound + slots
 
 
+def _sorted_orders(t: Tables, keys: Bool[Tensor, " pairs"]) -> Tables:
+    """``t`` with the columns of H of the ``keys`` sorted (descending; rows of the other keys
+    -1) and b (ascending, tokens k > m last): index work; the charge is the callers'
+    (``exact_live_flops``)."""
+    P, K = t.b.shape
+    order = torch.full((t.pair.numel(), K), -1, dtype=torch.int64)  # -1: not sorted
+    cols = torch.nonzero(keys[t.pair], as_tuple=True)[0]
+    order[cols] = t.H.mid[cols].sort(dim=1, descending=True, stable=True).indices
+    beyond = torch.arange(K)[None, :] > t.ms[:, None]
+    b_order = t.b.mid.masked_fill(beyond, torch.inf).sort(dim=1, stable=True).indices
+    return dataclasses.replace(t, presorted=keys, order=order, b_order=b_order)
+
+
 def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
     """Claim (c) in its exact form at the tables' columns. Claim (d) over the set of all
     k <= m gives M[p, x] = a_p max_{k <= m} H[k, x] - min_{k <= m} b_k D[p, x] >= F[p, k, x]
@@ -559,10 +584,14 @@ def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
     m = t.ms[t.pair]
     beyond = torch.arange(K)[None, :] > t.ms[:, None]  # [pairs, K]
     b_lo = scratch.amin(t.b.map_layout(lambda v: v.masked_fill(beyond, torch.inf)), dim=1)
+    h_hi = scratch.amax(t.H, dim=1)
+    if t.presorted is not None:  # the first entries of the sorted orders: the same floats
+        keys = torch.nonzero(t.presorted, as_tuple=True)[0]
+        cols = torch.nonzero(t.presorted[t.pair], as_tuple=True)[0]
+        b_lo.mid[keys] = t.b.mid[keys, t.b_order[keys, 0]]
+        h_hi.mid[cols] = t.H.mid[cols, t.order[cols, 0]]
     a = t.a[t.pair]  # [R, slots]
-    M = slot_bounds(
-        a, scratch.amax(t.H, dim=1)[:, None], b_lo[t.pair][:, None], t.D, scratch
-    )  # [R, slots] (entries k > m of H are -inf)
+    M = slot_bounds(a, h_hi[:, None], b_lo[t.pair][:, None], t.D, scratch)  # [R, slots]
     kb = scratch.add(t.Fq, scratch.sum(M, dim=1))
     H_m = t.H.map_layout(lambda v: v.gather(1, m[:, None]))  # [R, 1]
     b_m = t.b.map_layout(lambda v: v[t.pair, m][:, None])
@@ -661,7 +690,7 @@ def use_exact_bound(
     one max token for all): its prove claims (boxes ``rows`` with slot sets ``masks``, grouped
     by ``distinct`` in ``groups``) at every live output cost more than the bound itself (a rule
     the search can predict). ``t_live``: live outputs per key."""
-    full = prove_key_flops(rows, masks, t_live, groups)
+    full = prove_key_flops(rows, masks, t_live, torch.as_tensor(ms).expand_as(qs), groups)
     return full > _exact_cost(n - 1, ms + 1, t_live, qs < ms)
 
 
@@ -680,16 +709,22 @@ def prove_claims_key_flops(
 ) -> Int[Tensor, " keys"]:
     """``prove_claims_flops`` per key."""
     ms = torch.as_tensor(ms).expand_as(qs)
-    flops = _prove_shape(rows, masks, qs.numel(), distinct(rows, masks))
+    flops = _prove_shape(rows, masks, ms, distinct(rows, masks))
     exact = _exact_cost(n - 1, ms + 1, t_live, qs < ms)
     use = flops(t_live) > exact  # ``use_exact_bound``
-    return torch.where(use, exact, 0) + flops(torch.where(use, t_exact, t_live))
+    after = flops(torch.where(use, t_exact, t_live), use & flops.sort)  # ``refine``'s orders
+    return torch.where(use, exact, 0) + after
 
 
-def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:
+def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops, sort: Tensor | None = None) -> Tables:
     """``t`` with the keys ``use`` restricted to the columns their exact key bound leaves live
-    (``exact_key_live``); the other keys unchanged. Cost: the bound's, on ``use``."""
+    (``exact_key_live``); the other keys unchanged. The keys ``use & sort`` sort their columns
+    of H and their b first and take the bound's max and min from the orders (the same floats,
+    and the same charge: sort-verification instead of the reductions), which ``prove`` then
+    reuses. Cost: the bound's, on ``use``."""
     keep = torch.ones(t.pair.numel(), dtype=torch.bool)
+    if sort is not None:
+        t = _sorted_orders(t, use & sort)
     if bool(use.any()):
         on = use[t.pair]
         sub = torch.nonzero(use, as_tuple=True)[0]
@@ -705,6 +740,10 @@ def refine(t: Tables, use: Bool[Tensor, " pairs"], ops: Ops) -> Tables:
             t.a[sub],
             t.b[sub],
         )
+        if t.presorted is not None:
+            part = dataclasses.replace(
+                part, presorted=t.presorted[sub], order=t.order[on], b_order=t.b_order[sub]
+            )
         keep[on] = exact_key_live(part, ops)
     return t.keep(keep)
 
@@ -746,7 +785,7 @@ def prove(
     n_live = t.n_live[rows]
     out[n_live == 0] = True  # every output is below m on the whole key
     groups = distinct(rows, masks) if groups is None else groups
-    ops.ledger.add(prove_flops(rows, masks, t.n_live, groups), label=LABEL)
+    ops.ledger.add(prove_flops(rows, masks, t.n_live, t.ms, groups, t.presorted), label=LABEL)
     todo = torch.nonzero(n_live > 0, as_tuple=True)[0]
     todo = todo[rows[todo].argsort(stable=True)]  # by key: a chunk holds whole keys
     scratch = Ops()  # not charged: the real entries are charged above
@@ -776,7 +815,11 @@ def _prove_keys(t: Tables, rows: Tensor, masks: Tensor, groups: SetGroups, ops: 
     scratch)."""
     set_id, set_at, slot_id, slot_at = groups.set_id, groups.set_at, groups.slot_id, groups.slot_at
     W = int(t.n_live[rows].max())
-    h, b_lo = _set_extremes(t, rows[set_at[:, 0]], masks[set_at[:, 0], set_at[:, 1]], W)
+    sets = masks[set_at[:, 0], set_at[:, 1]]
+    by_order = _sorted_keys(sets, rows[set_at[:, 0]], t.ms)
+    if t.presorted is not None:
+        by_order |= t.presorted
+    h, b_lo = _set_extremes(t, rows[set_at[:, 0]], sets, W, by_order[rows[set_at[:, 0]]])
     key, slot = rows[slot_at[:, 0]], slot_at[:, 1]  # each distinct (key, slot, set)
     which = set_id[slot_at[:, 0], slot_at[:, 1]]  # ... and its (key, set)
     U = slot_bounds(
@@ -805,10 +848,16 @@ def _key_columns(t: Tables, keys: Tensor, W: int) -> Tensor:
     return cols.masked_fill(_past_live(t, keys, W), 0)
 
 
-def _set_extremes(t: Tables, keys: Tensor, sets: Tensor, W: int) -> tuple[Tensor, Tensor]:
+def _set_extremes(
+    t: Tables, keys: Tensor, sets: Tensor, W: int, by_order: Tensor
+) -> tuple[Tensor, Tensor]:
     """Per (key, set): max_{k in S} H at the key's columns [J, W] (-inf past its live
     outputs) and min_{k in S} b_k [J] (floats; ``prove`` wraps them with the tables' bounds).
-    One entry per (set, live column), in chunks of at most ``CHUNK_ELEMENTS`` gathered values."""
+    Where ``by_order`` (per set: its key's choice, ``_sorted_keys``), they are read from the
+    key's sorted orders: the first token of S in its column's order by H (descending), and in
+    the key's order by b (ascending), is the max, the min (the same floats); elsewhere they are
+    reductions over S. One entry per (set, live column), in chunks of at most
+    ``CHUNK_ELEMENTS`` gathered values."""
     J, K = sets.shape
     L = t.n_live[keys]
     which = torch.repeat_interleave(torch.arange(J), L)  # the set of each (set, column) entry
@@ -817,10 +866,51 @@ def _set_extremes(t: Tables, keys: Tensor, sets: Tensor, W: int) -> tuple[Tensor
     step = max(1, CHUNK_ELEMENTS // K)
     for lo in range(0, which.numel(), step):
         j, o = which[lo : lo + step], offset[lo : lo + step]
-        vals = t.H.mid[t.start[keys[j]] + o]  # [entries, K], a copy
-        h[j, o] = vals.masked_fill_(~sets[j], -torch.inf).amax(dim=1)
-    b_lo = t.b.mid[keys].masked_fill(~sets, torch.inf).amin(dim=1)
+        col = t.start[keys[j]] + o
+        h[j, o] = _first_or_reduce(
+            t.H.mid[:, :K], col, sets[j], by_order[j], True, None if t.order is None else t.order
+        )
+    b_lo = _first_or_reduce(t.b.mid[:, :K], keys, sets, by_order, False, t.b_order)
     return h, b_lo
+
+
+def _first_or_reduce(
+    table: Tensor,
+    row: Tensor,
+    sets: Tensor,
+    by_order: Tensor,
+    descending: bool,
+    orders: Tensor | None = None,
+) -> Tensor:
+    """Per entry i, the max (``descending``) or min of ``table[row[i]]`` over the tokens
+    ``sets[i]`` (non-empty): where ``by_order``, the first of them in the row's sorted order
+    (each row sorted once, or ``orders[row]`` where already sorted: rows of ``orders`` with a
+    negative entry are not), else a reduction over them (the same float either way)."""
+    fill = -torch.inf if descending else torch.inf
+    out = torch.empty(row.numel(), dtype=torch.float64)
+    red = torch.nonzero(~by_order, as_tuple=True)[0]
+    masked = table[row[red]].masked_fill(~sets[red], fill)
+    out[red] = masked.amax(dim=1) if descending else masked.amin(dim=1)
+    srt = torch.nonzero(by_order, as_tuple=True)[0]
+    rows, of = torch.unique(row[srt], return_inverse=True)
+    order = table[rows].sort(dim=1, descending=descending, stable=True).indices[of]  # [S, K]
+    if orders is not None:  # rows sorted already (``refine``): the same orders
+        have = orders[row[srt], 0] >= 0
+        order[have] = orders[row[srt][have]]
+    first = sets[srt].gather(1, order).to(torch.int8).argmax(dim=1, keepdim=True)
+    out[srt] = table[row[srt]].gather(1, order.gather(1, first))[:, 0]
+    return out
+
+
+def _sorted_keys(sets: Tensor, set_keys: Tensor, ms: Tensor) -> Tensor:
+    """Per key (``ms`` its max tokens), whether ``prove`` reads the maxima and minima over its
+    distinct sets (``sets`` [J, K] of the keys ``set_keys``, every set of each key) from
+    sorted orders: when that costs less, K - 1 comparisons per sorted column and for b
+    (sort-verification, reference-algorithms §10.2) against sum_S (|S| - 1) per column and for
+    b (the reductions), i.e. when the sets' sizes sum_S (|S| - 1) exceed m = K - 1."""
+    reduce = torch.zeros(ms.numel(), dtype=torch.int64)
+    reduce.index_add_(0, set_keys, (sets.sum(dim=1) - 1).clamp(min=0))
+    return reduce > ms
 
 
 def set_slot_bounds(
@@ -864,40 +954,82 @@ def set_slot_bounds(
 
 
 def prove_flops(
-    rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor, groups: SetGroups
+    rows: Tensor,
+    masks: Bool[Tensor, "boxes slots k"],
+    n_live: Tensor,
+    ms: Tensor,
+    groups: SetGroups,
+    presorted: Tensor | None = None,
 ) -> int:
     """Ledger total of ``prove`` for boxes with keys ``rows`` and slot sets ``masks`` (grouped
-    by ``distinct`` in ``groups``), the keys having ``n_live`` live outputs each."""
-    return int(prove_key_flops(rows, masks, n_live, groups).sum())
+    by ``distinct`` in ``groups``), the keys having ``n_live`` live outputs and max tokens
+    ``ms`` each, and ``presorted`` (if given) their sorted orders already."""
+    return int(prove_key_flops(rows, masks, n_live, ms, groups, presorted).sum())
 
 
 def prove_key_flops(
-    rows: Tensor, masks: Bool[Tensor, "boxes slots k"], n_live: Tensor, groups: SetGroups
+    rows: Tensor,
+    masks: Bool[Tensor, "boxes slots k"],
+    n_live: Tensor,
+    ms: Tensor,
+    groups: SetGroups,
+    presorted: Tensor | None = None,
 ) -> Tensor:
-    """``prove_flops`` per key (L = its live outputs; nothing for boxes of keys with L = 0): per
-    distinct (key, set) of more than one token, (|S| - 1) (L + 1) (the max of H at each live
-    output, the min of b); per distinct (key, slot, set), 3 L (its bound U); per box,
-    (s1 - 1) L (slot sum), L (query slot), L - 1 (max) and 2 (decision)."""
-    return _prove_shape(rows, masks, n_live.numel(), groups)(n_live)
+    """``prove_flops`` per key (L = its live outputs; nothing for boxes of keys with L = 0):
+    min(R, m) (L + 1) for the maxima of H at each live output and the minima of b over its
+    distinct sets, with R = sum over its distinct (key, set)s of |S| - 1 (reductions) and
+    m = K - 1 (sorting each column and b instead: ``_sorted_keys``), or nothing for a key
+    ``presorted`` (its orders sorted and charged by ``refine``); per distinct (key, slot,
+    set), 3 L (its bound U); per box, (s1 - 1) L (slot sum), L (query slot), L - 1 (max) and
+    2 (decision)."""
+    return _prove_shape(rows, masks, ms, groups)(n_live, presorted)
 
 
-def _prove_shape(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], P: int, groups: SetGroups):
-    """``prove_key_flops`` as a function of the keys' live counts (it is linear in each)."""
+def _prove_shape(rows: Tensor, masks: Bool[Tensor, "boxes slots k"], ms: Tensor, groups):
+    """``prove_key_flops`` as a function of the keys' live counts (it is linear in each) and
+    of which keys are presorted; ``ms``: the keys' max tokens."""
+    P = ms.numel()
     reduce, slot_sets, n_boxes = (torch.zeros(P, dtype=torch.int64) for _ in range(3))
-    s1 = masks.shape[1]
     if rows.numel():
         set_at, slot_at = groups.set_at, groups.slot_at
         size = masks[set_at[:, 0], set_at[:, 1]].sum(dim=1)
         reduce.index_add_(0, rows[set_at[:, 0]], (size - 1).clamp(min=0))
         slot_sets.index_add_(0, rows[slot_at[:, 0]], torch.ones_like(slot_at[:, 0]))
         n_boxes.index_add_(0, rows, torch.ones_like(rows))
+    return _ProveShape(reduce, ms.to(torch.int64), slot_sets, n_boxes, masks.shape[1])
 
-    def flops(n_live: Tensor) -> Tensor:
+
+@dataclass(frozen=True)
+class _ProveShape:
+    """Per key: the reductions R over its distinct sets, m, its distinct (slot, set)s and
+    boxes; called with the live counts (and the presorted keys), ``prove``'s charge."""
+
+    reduce: Tensor
+    m: Tensor
+    slot_sets: Tensor
+    n_boxes: Tensor
+    s1: int
+
+    @property
+    def sort(self) -> Tensor:
+        """The keys whose set extremes cost less from sorted orders (``_sorted_keys``)."""
+        return self.reduce > self.m
+
+    def __call__(self, n_live: Tensor, presorted: Tensor | None = None) -> Tensor:
         L = n_live.to(torch.int64)
-        per_key = reduce * (L + 1) + 3 * L * slot_sets + n_boxes * ((s1 + 1) * L + 1)
-        return torch.where(L > 0, per_key, 0)
+        ext = torch.minimum(self.reduce, self.m)
+        if presorted is not None:
+            ext = torch.where(presorted, 0, ext)
+        boxes = self.n_boxes * ((self.s1 + 1) * L + 1)
+        return torch.where(L > 0, ext * (L + 1) + 3 * L * self.slot_sets + boxes, 0)
 
-    return flops
+
+def prefers_orders(
+    rows: Tensor, masks: Bool[Tensor, "boxes slots k"], ms: Tensor, groups: SetGroups
+) -> Bool[Tensor, " keys"]:
+    """The keys (max tokens ``ms``) whose prove boxes ``rows``, ``masks`` (grouped in
+    ``groups``) take their sets' extremes from sorted orders (``_sorted_keys``)."""
+    return _prove_shape(rows, masks, ms, groups).sort
 
 
 def refute(

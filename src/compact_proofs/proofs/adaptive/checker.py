@@ -201,9 +201,10 @@ def _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx) -> N
         masks = nodes.masks[sel, :, : t.H.shape[1]]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
-            groups = boxes.distinct(rows[pr], masks[pr])  # shared by the next two
+            groups = boxes.distinct(rows[pr], masks[pr])  # shared by the next three
             use = boxes.use_exact_bound(t.n_live, t.ms, n, rows[pr], masks[pr], t.qs, groups)
-            t = boxes.refine(t, use, ops)
+            sort = boxes.prefers_orders(rows[pr], masks[pr], t.ms, groups)
+            t = boxes.refine(t, use, ops, sort)
             verdict[sel[pr]] = boxes.prove(t, rows[pr], masks[pr], ops, groups).to(torch.int64)
         if bool((~pr).any()):
             rf = boxes.refute(t, rows[~pr], masks[~pr], witness[sel[~pr]], ops)
