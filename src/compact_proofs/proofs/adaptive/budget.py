@@ -142,7 +142,8 @@ def _items(cfg: ModelConfig, st: State) -> dict:
         n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
         rows, class_rows = it["rows"], it["class_rows"]
-        pair_terms = 2 * V + (V + (2 * V if c < n - 1 else 0) if rows else 0)
+        # its pair's rows (and its query's sorted row of W, if per output)
+        pair_terms = 2 * V + ((V - 1) + (2 * V if c < n - 1 else 0) if rows else 0)
         it["cost"] = (
             pair_terms + sum(per_key[i] for i in rows) + sum(per_class_key[i] for i in class_rows)
         )

@@ -178,7 +178,9 @@ def level1(
     def pairs_with(sel: Tensor) -> Tensor:
         return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
 
-    rows = _pair_rows(ck, pairs, pairs_with(~is_class), pairs_with(~is_class & ~last), ops)
+    none = torch.zeros(pairs.shape[0], dtype=torch.bool)
+    rows = _pair_rows(ck, pairs, none, pairs_with(~is_class & ~last), ops)
+    w_order = _sorted_w(ck, both[~is_class, 0], ops)
     out = torch.zeros(both.shape[0], dtype=torch.bool)
     for s in range(0, both.shape[0], KEY_CHUNK):
         chunk = slice(s, s + KEY_CHUNK)
@@ -188,8 +190,22 @@ def level1(
             if idx.numel() and cls:
                 out[idx] = _class_chunk(ck, rows, pair_of[idx], both[idx], is_last, ops)
             elif idx.numel():
-                out[idx] = _level1_chunk(ck, rows, pair_of[idx], both[idx], is_last, solo[idx], ops)
+                out[idx] = _level1_chunk(
+                    ck, rows, w_order, pair_of[idx], both[idx], is_last, solo[idx], ops
+                )
     return out[: keys.shape[0]], out[keys.shape[0] :]
+
+
+def _sorted_w(ck: CubicKeys, q: Int[Tensor, " keys"], ops: Ops) -> Tensor:
+    """The rows W[q, :] of the queries ``q`` sorted (descending order per row; rows of other
+    queries -1), for the maxima of Dz over a class (``_level1_chunk``). Cost: d_vocab - 1 per
+    distinct query (sort-verification)."""
+    V = ck.slots.W.shape[0]
+    order = torch.full((V, V), -1, dtype=torch.int64)
+    qs = torch.unique(q)
+    if qs.numel():
+        order[qs] = ops.sort_indices(ck.slots.W[qs], dim=1, descending=True, label=LABEL)[1]
+    return order
 
 
 @dataclass(frozen=True)
@@ -262,6 +278,7 @@ def _log_weights(ck: CubicKeys, keys: Tensor, last: bool, ops: Ops) -> Approx:
 def _level1_chunk(
     ck: CubicKeys,
     rows: _PairRows,
+    w_order: Tensor,
     pair_of: Tensor,
     keys: Int[Tensor, "keys 4"],
     last: bool,
@@ -270,17 +287,21 @@ def _level1_chunk(
 ) -> Bool[Tensor, " keys"]:
     """Per-output test (mixed form: the outputs ``solo`` one by one, the others x != m as one
     class) of keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m); key i
-    belongs to the pair ``pair_of[i]`` of ``rows``. The solo outputs are gathered and padded to
-    the chunk's most (padding never decides); the arithmetic is rigorous ``Ops`` on the padded
-    tensors, and the ledger is charged ``_level1_key_flops`` for the real entries only."""
+    belongs to the pair ``pair_of[i]`` of ``rows``. Dz = W[q, x] - W[q, m] is taken at the solo
+    outputs, and over the class from W[q]'s sorted order (``w_order``: its first output in the
+    class is the max, the same float as a reduction). The solo outputs are gathered and padded
+    to the chunk's most (padding never decides); the arithmetic is rigorous ``Ops`` on the
+    padded tensors, and the ledger is charged ``_level1_key_flops`` for the real entries only."""
     q, m, k, c = keys.unbind(1)
     L, V = q.numel(), solo.shape[1]
     ar = torch.arange(L)
+    S = ck.slots
     u, shift = _u_k(ck, rows, pair_of, m, k, ops)  # Dk = u - shift, taken where needed
-    D = [u, rows.d_z[rows.z_row[pair_of]]]  # [L, x] each
+    w_qm = S.W[q, m].map_layout(lambda t: t[:, None])  # [L, 1]
+    D = [u, S.W[q]]  # [L, x] each; the query slot's row is W (Dz = W - W[q, m])
     if not last:
         D.insert(0, rows.d_max[rows.max_row[pair_of]])
-    g_k = 0 if last else 1
+    g_k, g_z = (0, 1) if last else (1, 2)
     logw = _log_weights(ck, keys, last, ops)
     s = Ops()  # scratch: charged per key below
     top, others, ratio = _ratios(logw, s)
@@ -294,6 +315,7 @@ def _level1_chunk(
     if J:
         at, pad = _gather(D, solo, J)  # [L, J] each
         at[g_k] = s.sub(at[g_k], shift.map_layout(lambda t: t[:, None]), label=LABEL)
+        at[g_z] = s.sub(at[g_z], w_qm, label=LABEL)
         bound = _combine(top, others, ratio, at, s)  # [L, r, J]
         bound = bound.map_layout(lambda t: t.masked_fill(pad[:, None, :], -torch.inf))
         worst = s.amax(bound, dim=2)  # [L, r]
@@ -301,8 +323,14 @@ def _level1_chunk(
     sel = torch.nonzero(n_rest > 0, as_tuple=True)[0]
     if sel.numel():
         # The class of the other outputs: each group's max over them (module docstring).
-        at, pad = _gather([d[sel] for d in D], rest[sel], int(n_rest.max()))
+        reduced = [d[sel] for g, d in enumerate(D) if g != g_z]
+        at, pad = _gather(reduced, rest[sel], int(n_rest.max()))
         cls = [s.amax(a.map_layout(lambda t: t.masked_fill(pad, -torch.inf)), 1) for a in at]
+        order = w_order[q[sel]]  # [S, x], descending W[q, x]
+        first = rest[sel].gather(1, order).to(torch.int8).argmax(dim=1, keepdim=True)
+        w_top = S.W[q[sel]].map_layout(lambda t: t.gather(1, order.gather(1, first))[:, 0])
+        s.ledger.add(sel.numel(), label=LABEL)  # one selection per key (``first_not_excluded``)
+        cls.insert(g_z, s.sub(w_top, w_qm[sel][:, 0], label=LABEL))
         cls[g_k] = s.sub(cls[g_k], shift[sel], label=LABEL)
         cls = [x.map_layout(lambda t: t[:, None]) for x in cls]  # [S, 1] each
         bound = _combine(top[sel], others[sel], ratio[sel], cls, s)  # [S, r, 1]
@@ -441,8 +469,10 @@ def level1_flops(
     def pairs(sel: Tensor) -> int:
         return torch.unique(both[sel, 0] * V + both[sel, 1]).numel()
 
-    # per pair: eu, PVnq add; Dz, Dmax (2) for per-output keys
-    total = pairs(last | ~last) * 2 * V + pairs(~is_class) * V + pairs(~is_class & ~last) * 2 * V
+    # per pair: eu, PVnq add; Dmax (2) for per-output keys c <= n-2; per query of the
+    # per-output keys, its row of W sorted (d_vocab - 1)
+    total = pairs(last | ~last) * 2 * V + pairs(~is_class & ~last) * 2 * V
+    total += torch.unique(keys[:, 0]).numel() * (V - 1)
     per_key, per_class_key = level1_key_flops(V, n, keys, class_keys, solo)
     return total + int(per_key.sum()) + int(per_class_key.sum())
 
@@ -477,14 +507,15 @@ def level1_key_flops(
 def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Tensor:
     """Per key of ``_level1_chunk`` after u and the log-weights, with G groups at r placements
     (3 at 2, or 2 at 1 for c = n-1): the top (r (G-1)) and ratios (2 r (G-1)); per solo output
-    Dk (1), the products and sums (2 r (G-1)), their max (r (J-1)) and the decisions (2 r);
-    with other outputs, each group's max over them (G (R-1)), Dk's shift (1), their products
-    and sums (2 r (G-1)) and the decisions (2 r)."""
+    Dk and Dz (1 each), the products and sums (2 r (G-1)), their max (r (J-1)) and the
+    decisions (2 r); with other outputs, the max over them of each group but the query's
+    ((G-1) (R-1)), Dk's shift (1), Dz's from W's sorted order (a selection and a shift: 2),
+    their products and sums (2 r (G-1)) and the decisions (2 r)."""
     G, r = (2, 1) if last else (3, 2)
     J, R = n_solo.to(torch.int64), n_rest.to(torch.int64)
-    out = 3 * r * (G - 1) + (2 * r * (G - 1) + 1) * J
+    out = 3 * r * (G - 1) + (2 * r * (G - 1) + 2) * J
     out = out + torch.where(J > 0, r * (J - 1) + 2 * r, 0)
-    return out + torch.where(R > 0, G * (R - 1) + 1 + 2 * r * (G - 1) + 2 * r, 0)
+    return out + torch.where(R > 0, (G - 1) * (R - 1) + 1 + 2 + 2 * r * (G - 1) + 2 * r, 0)
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:
