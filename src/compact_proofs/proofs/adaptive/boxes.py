@@ -673,8 +673,8 @@ def _firsts(ids: Int[Tensor, " n"], s1: int) -> Int[Tensor, "ids 2"]:
 def _row_ids(rows: Int[Tensor, "n cols"]) -> Int[Tensor, " n"]:
     """Ids 0, 1, ... of the distinct rows, in lexicographic order (``torch.unique(dim=0)``'s
     inverse, from one ``torch.unique`` per column: several times faster here). After column c,
-    ``ids`` numbers the distinct prefixes (columns 0 .. c) in order, and
-    ids * n + (rank of column c + 1) orders the longer prefixes likewise (ranks are below n)."""
+    ``ids`` numbers the distinct prefixes (columns 0 .. c) in order, and ids * n + (the rank of
+    column c + 1's value) orders the longer prefixes likewise (ranks are below n)."""
     n, cols = rows.shape
     ids = torch.unique(rows[:, 0], return_inverse=True)[1]
     for c in range(1, cols):
