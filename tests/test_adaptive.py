@@ -437,6 +437,24 @@ def test_distinct_groups_equal_sets_only(K):
     assert torch.equal(part.set_id[at[:, 0], at[:, 1]], torch.arange(at.shape[0]))
 
 
+def _random_boxes(ms, B: int, s1: int, K: int, density, g) -> tuple[torch.Tensor, torch.Tensor]:
+    """B boxes of random keys (rows into ``ms``), each slot either the max slot {m} or one of a
+    few candidate sets per key (``density`` [keys, sets, 1]: each token's chance), as the
+    splits of a tree make them: sets that repeat across boxes."""
+    rows = torch.randint(0, ms.numel(), (B,), generator=g)
+    m = ms[rows]
+    S = density.shape[1]
+    pool = torch.rand(ms.numel(), S, K, generator=g) < density
+    pool &= torch.arange(K) < ms[:, None, None]
+    pool[:, :, 0] = True  # non-empty (token 0 < m)
+    pick = torch.randint(0, S + 1, (B, s1), generator=g)  # S: the max slot {m}
+    masks = pool[rows[:, None], pick.clamp(max=S - 1)]
+    is_max = pick == S
+    masks[is_max] = False
+    masks[is_max, m[:, None].expand(B, s1)[is_max]] = True
+    return rows, masks
+
+
 def test_refine_sorts_once_for_the_exact_bound_and_the_proofs(soundness_model):
     """Keys that take the exact key bound and prefer sorted orders sort their columns in
     ``refine``: the bound keeps the same columns, ``prove`` the same verdicts, and its charge
@@ -448,17 +466,8 @@ def test_refine_sorts_once_for_the_exact_bound_and_the_proofs(soundness_model):
     qs, ms = qm[0][qm[1] > 1], qm[1][qm[1] > 1]
     t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
     g = torch.Generator().manual_seed(3)
-    B, s1, K = 400, n - 1, t.H.shape[1]
-    rows = torch.randint(0, qs.numel(), (B,), generator=g)
-    m = ms[rows]
-    pool = torch.rand(qs.numel(), 4, K, generator=g) < torch.rand(qs.numel(), 4, 1, generator=g)
-    pool &= torch.arange(K) < ms[:, None, None]
-    pool[:, :, 0] = True  # non-empty (token 0 < m)
-    pick = torch.randint(0, 5, (B, s1), generator=g)  # 4: the max slot {m}
-    masks = pool[rows[:, None], pick.clamp(max=3)]
-    is_max = pick == 4
-    masks[is_max] = False
-    masks[is_max, m[:, None].expand(B, s1)[is_max]] = True
+    density = torch.rand(qs.numel(), 4, 1, generator=g)  # four candidate sets per key
+    rows, masks = _random_boxes(ms, 400, n - 1, t.H.shape[1], density, g)
     groups = boxes.distinct(rows, masks)
     use = torch.ones(qs.numel(), dtype=torch.bool)
     sort = boxes.prefers_orders(rows, masks, ms, groups)
@@ -513,17 +522,9 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
     qs, ms = qm[0][qm[1] > 0], qm[1][qm[1] > 0]
     t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
     g = torch.Generator().manual_seed(seed)
-    B, s1, K = 300, n - 1, t.H.shape[1]
-    rows = torch.randint(0, qs.numel(), (B,), generator=g)
-    m = ms[rows]
-    pool = torch.rand(qs.numel(), 3, K, generator=g) < 0.5  # three candidate sets per key
-    pool &= torch.arange(K) < ms[:, None, None]
-    pool[:, :, 0] = True  # non-empty (token 0 < m)
-    pick = torch.randint(0, 4, (B, s1), generator=g)  # 3: the max slot {m}
-    masks = pool[rows[:, None], pick.clamp(max=2)]
-    is_max = pick == 3
-    masks[is_max] = False
-    masks[is_max, m[:, None].expand(B, s1)[is_max]] = True
+    B, s1 = 300, n - 1
+    density = torch.full((qs.numel(), 3, 1), 0.5)  # three candidate sets per key
+    rows, masks = _random_boxes(ms, B, s1, t.H.shape[1], density, g)
     ops = Ops()
     got = boxes.prove(t, rows, masks, ops)
     # Box by box, as the search evaluates them.
