@@ -55,3 +55,21 @@ def test_threshold_max_is_the_full_rows_float_max(kind, V, e):
 def test_depths_are_used_only_where_cheaper():
     assert not maxplus.useful(4, 9) and maxplus.useful(4, 10)
     assert not maxplus.useful(8, 17) and maxplus.useful(8, 18)
+
+
+def test_candidates_all_excluded_fall_through():
+    """When the exclusions cover every candidate of a depth (rows ordered alike, their 4 largest
+    excluded), that depth decides nothing and the next one (or the full row) gives the max."""
+    g = torch.Generator().manual_seed(7)
+    V, P = 40, 50
+    a_mid = torch.randn(P, V, generator=g, dtype=torch.float64)
+    b_mid = a_mid * 0.5  # the same order
+    exclude = a_mid.argsort(dim=1, descending=True)[:, :4]
+    a, b = Approx(a_mid, 0.0, 10.0), Approx(b_mid, 0.0, 10.0)
+    ops = Ops()
+    sa, sb = maxplus.sort_rows(a, ops, "t"), maxplus.sort_rows(b, ops, "t")
+    rows = torch.arange(P)
+    got, arg, tries = maxplus.max_of_sums(a, sa, rows, b, sb, rows, exclude, Ops(), "t")
+    full = (a_mid + b_mid).scatter(1, exclude, -torch.inf)
+    assert torch.equal(got.mid, full.amax(dim=1))
+    assert tries[1] == P  # none decided at depth 4

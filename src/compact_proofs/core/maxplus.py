@@ -6,9 +6,9 @@ entries of each usually contain the maximum, and one comparison shows when they 
 
 Claim: let C be the indices of the d largest entries of a and of b (from their sorted orders),
 a' and b' their (d+1)-th largest values, and s* the float max of fl(a[x] + b[x]) over
-x in C minus X (non-empty: C holds at least d > |X| indices). If s* >= fl(a' + b'), then s* is the
-float max of fl(a[x] + b[x]) over every x not in X, the value the full row computes, and so within
-the sums' radius of the exact maximum (as for ``Ops.amax``).
+x in C minus X (taken only if that set is non-empty). If s* >= fl(a' + b'), then s* is the float
+max of fl(a[x] + b[x]) over every x not in X, the value the full row computes, and so within the
+sums' radius of the exact maximum (as for ``Ops.amax``).
 Proof: an x outside C is not among the d largest entries of a, nor of b, so a[x] <= a' and
 b[x] <= b' (as floats), and rounding is monotone: fl(a[x] + b[x]) <= fl(a' + b') <= s*.      QED
 Otherwise the next depth is tried, and at last the full row. The candidates' sums are the same
@@ -82,7 +82,7 @@ def max_of_sums(
         threshold = ops.add(sa.values[i, d], sb.values[j, d], label=label)
         ops.ledger.add(todo.numel() * (2 * d - 1 + 1), label=label)  # the max, the test
         rad, mag = max(rad, sums.rad), max(mag, sums.mag)
-        done = best.values >= threshold.mid
+        done = (best.values >= threshold.mid) & ~out.all(dim=1)
         val[todo[done]] = best.values[done]
         arg[todo[done]] = cand.gather(1, best.indices[:, None])[done, 0]
         todo = todo[~done]
