@@ -130,7 +130,8 @@ def _redraw_common(cert: dict, V: int, n: int, rng: random.Random, g: torch.Gene
         cert["cubic_routes"][:, 4] = torch.randint(1, 4, (own.shape[0],), generator=g)
     elif rng.random() < 0.5:  # stage 1's key routes: valid keys, each with a random route
         keys, _ = _random_keys(V, n, rng.randint(0, 60), rng)
-        keys = sorted({tuple(k) for k in keys})
+        # some rows for a whole triple (c = 0: its keys without a row of their own)
+        keys = sorted({(q, m, k, 0 if rng.random() < 0.2 else c) for q, m, k, c in keys})
         cert["cubic_routes"] = _int_rows([[*k, rng.randint(1, 3)] for k in keys], 5)
 
 

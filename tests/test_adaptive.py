@@ -226,6 +226,12 @@ def test_stage1_with_its_own_thresholds_decides_the_same(model_name, soundness_m
     assert hinted_ops.ledger.flop == hinted.flops == predicted.flops
     assert hinted.tiers == predicted.tiers
     assert hinted.flops < free.flops or free.tiers.mid_tests + free.tiers.last_tests == 0
+    # The certificate's shorter form (one row for a triple's skipped keys) reads back the same.
+    short = keys.certificate_routes(free)
+    assert short.shape[0] <= free.routes.shape[0]
+    short_ops = Ops()
+    again = keys.cubic_keys(w, short_ops, free.thresholds, short)
+    assert torch.equal(again.proven, free.proven) and short_ops.ledger.flop == hinted.flops
     V = w.config.d_vocab
     m = torch.arange(V)[None, :].expand(V, V)
     q = torch.arange(V)[:, None].expand(V, V)
@@ -1119,6 +1125,8 @@ def test_class_keys_need_three_tokens():
         (lambda c: c.update(cubic_routes=torch.tensor([[0, 3, 3, 1, 1]])), "valid key"),
         (lambda c: c.update(cubic_routes=torch.tensor([[0, 3, 1, 3, 1]])), "valid key"),  # c
         (lambda c: c.update(cubic_routes=torch.tensor([[2, 3, 1, 1, 1]] * 2)), "two routes"),
+        (lambda c: c.update(cubic_routes=torch.tensor([[2, 3, 1, 0, 3]] * 2)), "two routes"),
+        (lambda c: c.update(cubic_routes=torch.tensor([[2, 3, 1, -1, 3]])), "valid key"),
         (lambda c: c.update(cubic_routes=torch.zeros(1, 4, dtype=torch.int64)), "5 columns"),
     ],
 )

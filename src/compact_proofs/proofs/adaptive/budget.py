@@ -85,7 +85,7 @@ def certificate(
         "witness": witness,
         "own_E": tr.own_E.contiguous(),
         "screen_j": ck.thresholds.clone(),
-        "cubic_routes": ck.routes.clone(),
+        "cubic_routes": keys.certificate_routes(ck),
     }
 
 

@@ -32,7 +32,7 @@ def predict(
     V, n = cfg.d_vocab, cfg.n_ctx
     pl = plan.parse(cert, V)
     own = pl.thresholds is not None and torch.equal(pl.thresholds, ck.thresholds)
-    if not own or not torch.equal(pl.cubic_routes, ck.routes):
+    if not own or not torch.equal(pl.cubic_routes, keys.certificate_routes(ck)):
         raise ValueError("predict needs a certificate with stage 1's own hints")
     total = ck.flops  # stage 1 with those hints (``keys.with_own_hints``)
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys

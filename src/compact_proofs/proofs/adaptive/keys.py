@@ -137,6 +137,11 @@ def with_own_hints(ck: CubicKeys, cfg: ModelConfig) -> CubicKeys:
     return dataclasses.replace(ck, tiers=tiers, flops=flops)
 
 
+def certificate_routes(ck: CubicKeys) -> Tensor:
+    """Stage 1's key routes as the certificate states them (``cubic.compact_routes``)."""
+    return cubic.compact_routes(ck.routes, ck.circ.EVOU.shape[0], ck.circ.PVOU.shape[0])
+
+
 def valid_keys(keys: Int[Tensor, "keys 4"], V: int, n: int) -> Bool[Tensor, " keys"]:
     """Homogeneous keys (q, m, k, c) that exist: q <= m < V, 0 <= k < m, 1 <= c <= n-1, and
     c <= n-2 unless q = m (the max must appear outside the query)."""

@@ -24,7 +24,8 @@ key                tensor            meaning
                                      absent: the cubic's own search (``cubic.screen``)
 ``cubic_routes``   int64 [R, 5]      stage 1's keys (q, m, k, c, route): each listed key takes
                                      only the one-shot test (1), only the per-placement test
-                                     (2) or no test (3) (``cubic.cases``); the others, the
+                                     (2) or no test (3) (``cubic.cases``); c = 0: the route of
+                                     the triple's keys c <= n-2 without a row; the others, the
                                      cubic's cascade
 ``budget``         int               the FLOP budget the search aimed at (-1: none); informative
 ``predicted``      int               the search's prediction of the check's FLOPs; informative

@@ -104,7 +104,7 @@ def search(weights: Weights, budget: int | None = None) -> Certificate:
     ck = found.state.ck if found is not None else stage1(weights)
     if budget is not None and budget <= ck.flops:
         cert = {name: plan.empty_tensor(name, cfg.d_vocab) for name in plan.TENSORS}
-        cert["screen_j"], cert["cubic_routes"] = ck.thresholds.clone(), ck.routes.clone()
+        cert["screen_j"], cert["cubic_routes"] = ck.thresholds.clone(), keys.certificate_routes(ck)
         return {**cert, "budget": int(budget), "predicted": ck.flops}
     if found is None:
         t0 = time.perf_counter()

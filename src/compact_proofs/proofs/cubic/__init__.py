@@ -259,6 +259,26 @@ def decide_keys(
     )
 
 
+def compact_routes(routes: Tensor, V: int, n: int) -> Tensor:
+    """``routes`` (the keys of ``Stage.routes``) for a certificate, shorter: a triple with keys
+    c <= n-2 that no test proves gets one row (q, m, k, 0, ``ROUTE_SKIP``) for them, and rows
+    only for its keys with a test; ``_route_table`` reads back the same routes."""
+    rq, rm, rk, rc, rr = routes.unbind(1)
+    lower_skip = (rc <= n - 2) & (rr == cases.ROUTE_SKIP)
+    triples = torch.unique(((rq * V + rm) * V + rk)[lower_skip])
+    default = torch.stack(
+        [
+            triples // (V * V),
+            (triples // V) % V,
+            triples % V,
+            torch.zeros_like(triples),
+            torch.full_like(triples, cases.ROUTE_SKIP),
+        ],
+        dim=1,
+    )
+    return torch.cat([default, routes[~lower_skip]])
+
+
 def _route_list(chunk: cases.Chunk, n: int) -> Tensor:
     """The keys (q, m, k, c, route) of ``chunk``'s triples that the test over every c did not
     prove (each with its cheapest route), and the keys c = n-1 no test proves."""
@@ -271,12 +291,13 @@ def _route_list(chunk: cases.Chunk, n: int) -> Tensor:
 
 def _route_table(routes: Tensor, q: Tensor, m: Tensor, k: Tensor, V: int, n: int) -> Tensor:
     """Per leftover triple (q, m, k), the route of each key c = 1 .. n-1 in the list ``routes``
-    (q, m, k, c, route) (0: not listed). Raises ``ProofPreconditionError`` on an entry that is
-    not a valid key with a route, or on a key listed twice."""
+    (q, m, k, c, route) (0: not listed); a row with c = 0 gives its triple's keys c <= n-2 that
+    have no row of their own that route. Raises ``ProofPreconditionError`` on an entry that is
+    not a valid key (or triple, c = 0) with a route, or on a key listed twice."""
     if routes.ndim != 2 or routes.shape[1] != 5:
         raise ProofPreconditionError("routes must be rows (q, m, k, c, route)")
     rq, rm, rk, rc, rr = routes.unbind(1)
-    ok = (rq >= 0) & (rq <= rm) & (rm < V) & (rk >= 0) & (rk < rm) & (rc >= 1) & (rc <= n - 1)
+    ok = (rq >= 0) & (rq <= rm) & (rm < V) & (rk >= 0) & (rk < rm) & (rc >= 0) & (rc <= n - 1)
     ok &= ((rc <= n - 2) | (rq == rm)) & (rr >= cases.ROUTE_ONE_SHOT) & (rr <= cases.ROUTE_SKIP)
     if not bool(ok.all()):
         raise ProofPreconditionError("a route is not a valid key (q, m, k, c) with a route 1 - 3")
@@ -285,13 +306,15 @@ def _route_table(routes: Tensor, q: Tensor, m: Tensor, k: Tensor, V: int, n: int
     code = code[order]
     if bool((code[1:] == code[:-1]).any()):
         raise ProofPreconditionError("a key has two routes")
-    table = torch.zeros(q.numel(), n - 1, dtype=torch.int8)
-    for c in range(1, n):
+    table = torch.zeros(q.numel(), n, dtype=torch.int8)  # column c: key c; column 0: default
+    for c in range(n):
         want = ((q * V + m) * V + k) * n + c
         at = torch.searchsorted(code, want).clamp(max=max(code.numel() - 1, 0))
         hit = (code[at] == want) if code.numel() else torch.zeros_like(want, dtype=torch.bool)
-        table[hit, c - 1] = rr[order][at[hit]].to(torch.int8)
-    return table
+        table[hit, c] = rr[order][at[hit]].to(torch.int8)
+    lower = table[:, 1 : n - 1]
+    lower.copy_(torch.where(lower == 0, table[:, :1], lower))  # the default, where no row
+    return table[:, 1:]
 
 
 def _pairs(V: int) -> tuple[Tensor, Tensor]:
