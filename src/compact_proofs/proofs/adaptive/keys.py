@@ -183,8 +183,7 @@ def level1(
     def pairs_with(sel: Tensor) -> Tensor:
         return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
 
-    none = torch.zeros(pairs.shape[0], dtype=torch.bool)
-    rows = _pair_rows(ck, pairs, none, pairs_with(~is_class & ~last), ops)
+    rows = _pair_rows(ck, pairs, pairs_with(~is_class & ~last), ops)
     w_order = _sorted_w(ck, both[~is_class, 0], ops)
     out = torch.zeros(both.shape[0], dtype=torch.bool)
     for s in range(0, both.shape[0], KEY_CHUNK):
@@ -216,13 +215,11 @@ def _sorted_w(ck: CubicKeys, q: Int[Tensor, " keys"], ops: Ops) -> Tensor:
 @dataclass(frozen=True)
 class _PairRows:
     """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x]
-    (every pair), and for the per-output keys ``d_z`` = Dz[q, m, x] and ``d_max`` =
-    Dmax[q, m, x], held for the pairs that need them (row ``*_row[pair]``, -1: none)."""
+    (every pair), and for the per-output keys c <= n-2 ``d_max`` = Dmax[q, m, x], held for the
+    pairs that need it (row ``max_row[pair]``, -1: none)."""
 
     pvm: Approx  # [pairs, x]
-    d_z: Approx  # [pairs with per-output keys, x]
     d_max: Approx  # [pairs with per-output keys c <= n-2, x]
-    z_row: Tensor  # [pairs]
     max_row: Tensor  # [pairs]
 
 
@@ -234,11 +231,10 @@ def _row_map(sel: Tensor) -> Tensor:
 
 
 def _pair_rows(
-    ck: CubicKeys, pairs: Int[Tensor, "pairs 2"], with_z: Tensor, with_max: Tensor, ops: Ops
+    ck: CubicKeys, pairs: Int[Tensor, "pairs 2"], with_max: Tensor, ops: Ops
 ) -> _PairRows:
-    """From the cubic's slot tables (``pessimize.SlotTables``: PVnq, own, base, W). Cost per
-    pair: 2 d_vocab; + d_vocab (Dz) with per-output keys; + 2 d_vocab (Dmax) with per-output
-    keys c <= n-2."""
+    """From the cubic's slot tables (``pessimize.SlotTables``: PVnq, own, base). Cost per pair:
+    2 d_vocab; + 2 d_vocab (Dmax) with per-output keys c <= n-2."""
     S = ck.slots
     q, m = pairs.unbind(1)
 
@@ -247,14 +243,10 @@ def _pair_rows(
 
     eu = ops.sub(S.EUPU[q], col(S.EUPU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
     pvm = ops.add(eu, S.pv[m], label=LABEL)  # + PVnq[m, x]
-    qz, mz = q[with_z], m[with_z]
-    d_z = ops.sub(S.W[qz], col(S.W[qz, mz]), label=LABEL)  # Dz = W[q, x] - W[q, m]
     qs, ms = q[with_max], m[with_max]
     # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
     d_max = ops.sub(ops.add(S.EUPU[qs], S.own[ms], label=LABEL), col(S.base[qs, ms]), label=LABEL)
-    return _PairRows(
-        pvm=pvm, d_z=d_z, d_max=d_max, z_row=_row_map(with_z), max_row=_row_map(with_max)
-    )
+    return _PairRows(pvm=pvm, d_max=d_max, max_row=_row_map(with_max))
 
 
 def _log_weights(ck: CubicKeys, keys: Tensor, last: bool, ops: Ops) -> Approx:
@@ -361,10 +353,13 @@ def level1_terms(
     codes, pair_of = torch.unique(keys[:, 0] * V + keys[:, 1], return_inverse=True)
     pairs = torch.stack([codes // V, codes % V], 1)
     every = torch.ones(pairs.shape[0], dtype=torch.bool)
-    rows = _pair_rows(ck, pairs, every, every if not last else ~every, ops)
+    rows = _pair_rows(ck, pairs, every if not last else ~every, ops)
     u, shift = _u_k(ck, rows, pair_of, keys[:, 1], keys[:, 2], ops)
     d_k = ops.sub(u, shift.map_layout(lambda t: t[:, None]), label=LABEL)
-    D = [d_k, rows.d_z[rows.z_row[pair_of]]]
+    q, m = keys[:, 0], keys[:, 1]
+    W = ck.slots.W
+    d_z = ops.sub(W[q], W[q, m].map_layout(lambda t: t[:, None]), label=LABEL)  # Dz
+    D = [d_k, d_z]
     if not last:
         D.insert(0, rows.d_max[rows.max_row[pair_of]])
     return _log_weights(ck, keys, last, ops), D
