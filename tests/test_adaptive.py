@@ -539,7 +539,7 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
     pad = torch.arange(W) >= t.n_live[rows][:, None]
     U, _ = boxes.set_slot_bounds(t, rows, cols.masked_fill(pad, 0), masks, Ops())
     ub = Ops().add(t.Fq[cols.masked_fill(pad, 0)], Ops().sum(U, dim=2))
-    naive = (Ops().upper(ub).masked_fill(pad, -torch.inf) < 0).all(dim=1)
+    naive = (ub.mid.masked_fill(pad, -torch.inf) < -ub.rad).all(dim=1)
     assert torch.equal(got, naive) and bool(got.any()) and not bool(got.all())
     # The charge, from Python sets: per key the reductions over its distinct sets, or sorting
     # its columns and b (m comparisons each) where that is cheaper.
@@ -548,7 +548,7 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
         key, L = int(rows[b]), int(t.n_live[rows[b]])
         if L == 0:
             continue
-        want += s1 * L + L + 1  # slot sum, query slot, max over outputs, decision
+        want += (s1 - 1) * L + L + (L - 1) + 1  # slot sum, query slot, max over outputs, sign
         for p in range(s1):
             toks = frozenset(torch.nonzero(masks[b, p]).flatten().tolist())
             if (key, toks) not in sets:

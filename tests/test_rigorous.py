@@ -364,7 +364,14 @@ def test_decisions_and_leaves():
     a = Approx(x, 1e-16, 3.0)
     neg = ops.proven_negative(a)
     assert neg.tolist() == [False, False, True, False, True, False]
-    assert ops.ledger.flop == 2 * 6
+    assert ops.ledger.flop == 6  # one comparison per entry
+    pos = ops.proven_positive(Approx(-x, 1e-16, 3.0))
+    assert pos.tolist() == neg.tolist() and ops.ledger.flop == 12
+    # the comparison mid < -rad is exact: one ulp below -rad is proven, -rad itself is not
+    edge = torch.tensor([-1e-16, math.nextafter(-1e-16, -1.0)], dtype=torch.float64)
+    assert Ops().proven_negative(Approx(edge, 1e-16, 1.0)).tolist() == [False, True]
+    assert Ops().proven_positive(Approx(-edge, 1e-16, 1.0)).tolist() == [False, True]
+    assert not bool(Ops().proven_negative(Approx(x[:1], math.inf, math.inf)).any())
     up, lo = Ops().upper(a), Ops().lower(a)
     for m, u, l in zip(x.tolist()[:5], up.tolist()[:5], lo.tolist()[:5], strict=True):
         assert q(u) >= q(m) + q(1e-16) and q(l) <= q(m) - q(1e-16)

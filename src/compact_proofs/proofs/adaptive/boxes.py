@@ -497,12 +497,12 @@ def high_flops(K, n_screen, h, has_max) -> Tensor:
     Hi of h <= ``HIGH_MAX`` tokens and ``n_screen`` outputs left by claim (c), the largest b
     of the others (K - 1, over every token with Hi masked), and per output the max over Hi of
     b_k (top + e[k]) (3 h - 1), the other tokens' bound (4, if any), A N' + Fq (2), the max
-    slot's term (1, q < m) and the decision (2). Ints, or int tensors with one entry per
+    slot's term (1, q < m) and the decision (1). Ints, or int tensors with one entry per
     key."""
     K, n_screen, h, has_max = (torch.as_tensor(v) for v in (K, n_screen, h, has_max))
     n_lo = K - h
     on = (h > 0) & (n_screen > 0)
-    per = 3 * h - 1 + 4 * (n_lo > 0) + 4 + has_max.to(torch.int64)
+    per = 3 * h - 1 + 4 * (n_lo > 0) + 3 + has_max.to(torch.int64)
     lo = torch.where(n_lo > 0, K - 1, 0)
     return K + torch.where(on, lo + n_screen * per, 0)
 
@@ -550,7 +550,7 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
     rows = Q * V + n * V + K * V + (s1 - 1) * V + 2 * Q * V  # eu, pv, e, max of pv, cq, top
     query = 2 * Q * V  # dq, Fq
-    bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + 2 * V)  # b range, A, N, A N + Fq
+    bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + V)  # b range, A, N, A N + Fq, sign
     bound += Q_max_slot * ((s1 - 1) + 2 + 3 * V)  # least a, A - a_lo, a_lo b_m; the T term
     slots = s1 * V + n_live * (2 * K + s1)  # top - c; then H and D at the columns
     E = shared * (b_range + shared_E) + Q_own * own
@@ -609,13 +609,13 @@ def exact_key_live(t: Tables, ops: Ops) -> Bool[Tensor, " columns"]:
 
 def exact_live_flops(s1: int, K, n_live: Tensor, has_max: Tensor) -> int:
     """Per key with columns: min of b (K - 1). Per real column: max of H over k (K - 1), M
-    (3 s1), sum over slots (s1 - 1), add (1), decision (2); with a max slot (q < m) also T
+    (3 s1), sum over slots (s1 - 1), add (1), decision (1); with a max slot (q < m) also T
     (3 s1), T - M (s1), their max (s1 - 1) and an add (1). ``K``: an int, or one per key."""
     return int(_exact_cost(s1, K, n_live, has_max).sum())
 
 
 def _exact_cost(s1: int, K, n_live: Tensor, has_max: Tensor) -> Tensor:
-    per = (K - 1) + 3 * s1 + (s1 - 1) + 1 + 2
+    per = (K - 1) + 3 * s1 + (s1 - 1) + 1 + 1
     extra = 3 * s1 + s1 + (s1 - 1) + 1
     L = n_live.to(torch.int64)
     return L * (per + extra * has_max.to(torch.int64)) + (K - 1) * (L > 0)
@@ -981,7 +981,7 @@ def prove_key_flops(
     m = K - 1 (sorting each column and b instead: ``_sorted_keys``), or nothing for a key
     ``presorted`` (its orders sorted and charged by ``refine``); per distinct (key, slot,
     set), 3 L (its bound U); per box, (s1 - 1) L (slot sum), L (query slot), L - 1 (max) and
-    2 (decision)."""
+    1 (decision)."""
     return _prove_shape(rows, masks, ms, groups)(n_live, presorted)
 
 
@@ -1020,7 +1020,7 @@ class _ProveShape:
         ext = torch.minimum(self.reduce, self.m)
         if presorted is not None:
             ext = torch.where(presorted, 0, ext)
-        boxes = self.n_boxes * ((self.s1 + 1) * L + 1)
+        boxes = self.n_boxes * (self.s1 + 1) * L
         return torch.where(L > 0, ext * (L + 1) + 3 * L * self.slot_sets + boxes, 0)
 
 
@@ -1053,15 +1053,12 @@ def refute(
     b_hi = _set_extreme(t.b[r], mk, True, ops)  # max of b_k over S_p
     L = slot_bounds(t.a[r], h, b_hi, t.D[c], ops)
     lb = ops.add(t.Fq[c], ops.sum(L, dim=1, label=LABEL), label=LABEL)
-    low = ops.lower(lb, label=LABEL)
-    ops.ledger.add(ok.numel(), label=LABEL)  # the comparison with 0
-    out[ok] = low > 0
+    out[ok] = ops.proven_positive(lb, label=LABEL)
     return out
 
 
 def refute_flops(sizes: Int[Tensor, "boxes slots"]) -> int:
     """Ledger total of ``refute``: per box 2 (|S_p| - 1) per slot (the min of H, the max of
-    b), 3 per slot (its bound L), the slot sum, the query slot, the lower bound and the
-    comparison."""
+    b), 3 per slot (its bound L), the slot sum, the query slot and the decision."""
     B, s1 = sizes.shape
-    return 2 * int((sizes - 1).clamp(min=0).sum()) + B * (3 * s1 + (s1 - 1) + 1 + 2)
+    return 2 * int((sizes - 1).clamp(min=0).sum()) + B * (3 * s1 + (s1 - 1) + 1 + 1)

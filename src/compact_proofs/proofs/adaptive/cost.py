@@ -53,7 +53,7 @@ def predict(
     c0 = pl.c0
     if c0.shape[0]:
         c0 = c0[~ck.proven0[c0[:, 0], c0[:, 1]]]
-        refuted = int((Ops().lower(ck.margin0[c0[:, 0], c0[:, 1]]) > 0).sum())
+        refuted = int(Ops().proven_positive(ck.margin0[c0[:, 0], c0[:, 1]]).sum())
         total += singles.c0_flops(refuted, c0.shape[0] - refuted, n, V)
     if nodes is None:
         nodes = tree.build(pl.roots, proven, istar, pl.split_parent, pl.split_slot, pl.split_mask)

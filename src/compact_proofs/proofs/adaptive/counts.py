@@ -225,7 +225,7 @@ def count_flops(V: int, n: int, m: int, Q: int, sizes: Int[Tensor, "keys 3"]) ->
         + 2 * V  # query term: product, sum
         + (0 if last else 2 * V)  # max-slot term: product, sum
         + (V - 1)
-        + 2  # max over x != m, decision
+        + 1  # decision
     )
     reduce = int((N - 1).clamp(min=0).sum()) * 2 + int((m - N - 1).clamp(min=0).sum())
     return fixed + Q * per_q + L * R * per_key_r + R * V * reduce

@@ -498,8 +498,8 @@ def level1_key_flops(
             per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel])
             per_key[sel] = per + (V + (1 if is_last else 4))
     c_last = class_keys[:, 3] == n - 1
-    mid = V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 8
-    end = V + 1 + (V - 1) + 2 + 3 + 1 + 2 + 4 + 4
+    mid = V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 4
+    end = V + 1 + (V - 1) + 2 + 3 + 1 + 2 + 4 + 2
     per_class_key = torch.where(c_last, end, mid).to(torch.int64)
     return per_key, per_class_key
 
@@ -508,14 +508,14 @@ def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Ten
     """Per key of ``_level1_chunk`` after u and the log-weights, with G groups at r placements
     (3 at 2, or 2 at 1 for c = n-1): the top (r (G-1)) and ratios (2 r (G-1)); per solo output
     Dk and Dz (1 each), the products and sums (2 r (G-1)), their max (r (J-1)) and the
-    decisions (2 r); with other outputs, the max over them of each group but the query's
+    decisions (r); with other outputs, the max over them of each group but the query's
     ((G-1) (R-1)), Dk's shift (1), Dz's from W's sorted order (a selection and a shift: 2),
-    their products and sums (2 r (G-1)) and the decisions (2 r)."""
+    their products and sums (2 r (G-1)) and the decisions (r)."""
     G, r = (2, 1) if last else (3, 2)
     J, R = n_solo.to(torch.int64), n_rest.to(torch.int64)
     out = 3 * r * (G - 1) + (2 * r * (G - 1) + 2) * J
-    out = out + torch.where(J > 0, r * (J - 1) + 2 * r, 0)
-    return out + torch.where(R > 0, (G - 1) * (R - 1) + 1 + 2 + 2 * r * (G - 1) + 2 * r, 0)
+    out = out + torch.where(J > 0, r * (J - 1) + r, 0)
+    return out + torch.where(R > 0, (G - 1) * (R - 1) + 1 + 2 + 2 * r * (G - 1) + r, 0)
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:

@@ -553,11 +553,11 @@ def _prune_outputs(blk: _Block, local: Tensor, st: _Stack, ops: Ops) -> None:
         Approx(t.D.mid[cols], t.D.rad, t.D.mag),
         ops,
     )
-    ub = ops.upper(ops.add(t.Fq[cols], ops.sum(U, dim=2)))
+    ub = ops.add(t.Fq[cols], ops.sum(U, dim=2))
     c = t.col[rows]  # [b, x]
     real = c < none
     j = (c - t.start[rows][:, None]).clamp(min=0, max=W - 1)
-    blk.live[local] &= real & (ub.gather(1, j) >= 0)
+    blk.live[local] &= real & ~ops.proven_negative(ub).gather(1, j)
 
 
 def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Tensor) -> _Tree:
@@ -586,10 +586,11 @@ def _flatten(blocks: list[_Block], splits: list, V: int, live: Tensor, own_E: Te
 
 def _bounds(
     t: boxes.Tables, masks: Tensor, rows: Tensor, cols: Tensor, ops: Ops
-) -> tuple[Tensor, Tensor]:
-    """Rigorous upper / lower bounds of the box sums at the table columns ``cols`` [B, A] of
-    the boxes' keys ``rows``, with the checker's values and radii (``boxes.set_slot_bounds``,
-    then the checker's sums).
+) -> tuple[Approx, Approx]:
+    """The upper and lower box sums at the table columns ``cols`` [B, A] of the boxes' keys
+    ``rows``, with the checker's values and radii (``boxes.set_slot_bounds``, then the
+    checker's sums), to be decided as the checker does (``Ops.proven_negative``,
+    ``Ops.proven_positive``).
 
     Outputs whose bound was already below 0 at an ancestor stay below 0 (over subsets the max
     of H is smaller and the min of b larger, float operations are monotone, D >= 0, the
@@ -597,9 +598,7 @@ def _bounds(
     the checker's over all outputs."""
     U, L = boxes.set_slot_bounds(t, rows, cols, masks, ops, lower=True)  # [B, A, slots]
     fq = t.Fq[cols]
-    ub = ops.upper(ops.add(fq, ops.sum(U, dim=2)))
-    lb = ops.lower(ops.add(fq, ops.sum(L, dim=2)))
-    return ub, lb
+    return ops.add(fq, ops.sum(U, dim=2)), ops.add(fq, ops.sum(L, dim=2))
 
 
 def _step(
@@ -633,11 +632,12 @@ def _step(
         xs = live.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :A]
         valid = live.gather(1, xs)  # [b, A]
         cols = st.t.col[blk.row[nodes][:, None], xs]  # live outputs have a column
-        ub, lb = _bounds(st.t, masks, blk.row[nodes], cols, ops)
-        ub, lb = ub.masked_fill(~valid, -torch.inf), lb.masked_fill(~valid, -torch.inf)
-        proven = ub.amax(dim=1) < 0
+        upper, lower = _bounds(st.t, masks, blk.row[nodes], cols, ops)
+        ub = upper.mid.masked_fill(~valid, -torch.inf)
+        lb = lower.mid.masked_fill(~valid, -torch.inf)
+        proven = ub.amax(dim=1) < -upper.rad  # ``Ops.proven_negative`` of the max
         best_lb, wit = lb.max(dim=1)
-        refuted = (best_lb > 0) & ~proven
+        refuted = (best_lb > lower.rad) & ~proven  # ``Ops.proven_positive``
         single = (size == 1).all(dim=1)
         blk.claim[nodes[proven]] = plan.PROVE
         blk.claim[nodes[refuted]] = plan.REFUTE
@@ -647,7 +647,7 @@ def _step(
         split = und & ~single
         to_split.append(nodes[split])
         worst.append(cols.gather(1, ub.argmax(dim=1, keepdim=True))[split, 0])
-        still = torch.zeros_like(live).scatter_(1, xs, valid & (ub >= 0))
+        still = torch.zeros_like(live).scatter_(1, xs, valid & (ub >= -upper.rad))
         lives.append(still[split])
     nodes = torch.cat(to_split)
     if nodes.numel() == 0:

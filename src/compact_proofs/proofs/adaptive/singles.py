@@ -64,17 +64,15 @@ def float_stage(
         diff = ops.sub(
             logits, logits[torch.arange(B), m].map_layout(lambda a: a[:, None]), label=LABEL
         )
-        up, low = ops.upper(diff, label=LABEL), ops.lower(diff, label=LABEL)
-        ops.ledger.add(2 * diff.mid.numel(), label=LABEL)  # the two comparisons with 0
         is_m = torch.arange(V)[None, :] == m[:, None]
-        below[s0 : s0 + B] = (up < 0) | is_m
-        above[s0 : s0 + B] = (low > 0) & ~is_m
+        below[s0 : s0 + B] = ops.proven_negative(diff, label=LABEL) | is_m
+        above[s0 : s0 + B] = ops.proven_positive(diff, label=LABEL) & ~is_m
     return below, above
 
 
 def float_flops(S: int, n: int, V: int) -> int:
     """Ledger total of ``float_stage`` for S inputs."""
-    per = n + (2 * (n - 1) + 3 * n) + V * (2 * n - 1) + (n * V + (n - 1) * V) + 2 * V + V + 4 * V
+    per = n + (2 * (n - 1) + 3 * n) + V * (2 * n - 1) + (n * V + (n - 1) * V) + 2 * V + V + 2 * V
     return S * per
 
 
@@ -164,9 +162,8 @@ def decide_c0(
     Claim: -1 only for incorrect inputs, +1 only for correct ones.
     Proof: a rigorous lower bound of the margin > 0 means some x != m has logit(x) > logit(m)
     (NaN is never > 0); the other inputs go to ``decide`` (module docstring).        QED
-    Cost: 2 per input (lower bound, comparison), then ``decide`` on those not refuted."""
-    refuted = ops.lower(margin0[q, m], label=LABEL) > 0
-    ops.ledger.add(q.numel(), label=LABEL)  # the comparisons with 0
+    Cost: 1 per input (the comparison), then ``decide`` on those not refuted."""
+    refuted = ops.proven_positive(margin0[q, m], label=LABEL)
     out = torch.full((q.numel(),), -1, dtype=torch.int64)
     rest = ~refuted
     if bool(rest.any()):
@@ -177,7 +174,7 @@ def decide_c0(
 def c0_flops(refuted: int, rest: int, n: int, V: int) -> int:
     """Ledger total of ``decide_c0`` for ``refuted`` inputs refuted by their margin and ``rest``
     others (the float stage; exact decisions are charged as they happen)."""
-    return 2 * (refuted + rest) + float_flops(rest, n, V)
+    return (refuted + rest) + float_flops(rest, n, V)
 
 
 def c0_tokens(q: Int[Tensor, " inputs"], m: Int[Tensor, " inputs"], n: int) -> Tensor:

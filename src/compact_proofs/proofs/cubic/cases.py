@@ -95,7 +95,7 @@ def single_one_shot(
     non-query slots hold m, with D_p(x) <= Dmax[q, m, x] <= u_max and weights summing to
     e^{EQKE_s[q, m] + lse_nq[q]}; the query slot has D = Dz[q, m, x] <= u_z and weight e^{z[q]}.
     So the sum is <= e^{L_0} u_max + e^{z} u_z, whose sign is that of the exp-shifted sum.  QED
-    Cost per pair: 1 (L_0) + 5 (exp_shifted) + 3 + 2 (decision).
+    Cost per pair: 1 (L_0) + 5 (exp_shifted) + 3 + 1 (decision).
     """
     L = Ops.stack([ops.add(EQKE_s[q, m], lse_nq[q], label="cubic:c0"), z[q]], dim=1)
     w = ops.exp_shifted(L, dim=1, label="cubic:c0")
@@ -166,19 +166,19 @@ def single_inputs(
     return out, Ops.cat(diffs, dim=0)
 
 
-SINGLE_ONE_SHOT = 11  # FLOPs per pair
+SINGLE_ONE_SHOT = 10  # FLOPs per pair
 
 
 def single_inputs_flops(V: int, n: int, exact: int) -> int:
     """The one-shot test on every c = 0 pair and the exact evaluation of ``exact`` pairs: per
     query V (softmax over n-1) + V^2 (2(n-1) - 1) (Pbar) + V^2 (R) once,
-    then per pair 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 2 (decision)."""
+    then per pair 1 + 8 (two-group softmax) + 5V + (V - 1) (max) + 1 + 1 (decision)."""
     P = V * (V + 1) // 2
     one_shot = P * SINGLE_ONE_SHOT
     if exact == 0:
         return one_shot
     per_query = V * (2 * (n - 2) + 3 * (n - 1)) + V * V * (2 * (n - 1) - 1) + V * V
-    return one_shot + per_query + exact * (1 + 8 + 5 * V + (V - 1) + 1 + 2)
+    return one_shot + per_query + exact * (1 + 8 + 5 * V + (V - 1) + 1 + 1)
 
 
 def n_triples(V: int) -> int:
@@ -320,7 +320,7 @@ def one_shot(
     F_x(pi) <= sum_g e^{L*_g} u_g, whose sign is that of sum_g exp_shifted(L*)_g u_g. Proven
     iff that is < 0 rigorously. The bound is never below the per-placement bound of the same
     key, so it proves a subset of that test's keys.                                       QED
-    Cost: 19 per (case, triple).
+    Cost: 18 per (case, triple).
     """
     C, T = ranges.shape[2], u.shape[0]
     neg = (u.mid < 0).T[:, None, :].expand(3, C, T)  # [group, case, T]
@@ -360,7 +360,7 @@ def per_placement(
     extreme placement r the log-weights (EQKE_s[q, m] + G[q, c, r, 0], EQKE_s[q, k] +
     G[q, c, r, 1], z[q]), and per class B = sum_g w_g vals[cls, g] with w = exp_shifted of the
     log-weights (a positive multiple of the softmax); proven iff the max over r and cls is < 0
-    rigorously. Cost: 45 per pair."""
+    rigorously. Cost: 44 per pair."""
     P = qi.numel()
     g = groups.map_layout(lambda t: t[qi, ci].permute(2, 1, 0))  # [2 (group), r, P]
     a_max = ops.add(EQKE_s[qi, mi].map_layout(lambda t: t.expand(2, P)), g[0], label="cubic:attn")
@@ -378,9 +378,9 @@ def per_placement(
 
 
 UPPER_PER_TRIPLE = 6  # class max and upper bound of the values
-ONE_SHOT = 19
-PER_PLACEMENT = 45
-LAST_TEST = 15
+ONE_SHOT = 18
+PER_PLACEMENT = 44
+LAST_TEST = 14
 
 
 def homogeneous_flops(V: int, n: int, tiers: Tiers) -> int:

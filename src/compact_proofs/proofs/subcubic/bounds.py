@@ -143,7 +143,7 @@ def logit_tables(EVOU: Approx, PVOU: Approx, dr: Direct, drop: bool, ops: Ops) -
 
 def single_max(pos_s: Approx, EUPU: Approx, EVOU: Approx, PVOU: Approx, ops: Ops) -> Tensor:
     """proven0[m] for the input (m, ..., m). Cost: 2 V (n-1) + 3 V n + V^2 (2n - 1) + 2 V^2
-    + V (V - 1) + V + 2 V."""
+    + V (V - 1) + V + V."""
     V = EVOU.shape[0]
     idx = torch.arange(V)
     alpha = ops.softmax(pos_s, 1, label=L0)  # [m, n]

@@ -120,8 +120,8 @@ def variant_flops(v: Variant, V: int, n: int, d: int, dh: int) -> int:
         logit += V * V  # Ldir added to PV*
     logit += 0 if mean else V * (V - 1) + 2 * V - 1
     logit += 3 * (2 * V * V - 1) + 2 * (2 * V - 1)  # tight magnitudes
-    single = 2 * V * (n - 1) + 3 * V * n + _mm(V, n, V) + 2 * V * V + V * (V - 1) + V + 2 * V
-    evaluate = 22 * N + (8 * N if mean else 2 * N) + 9 * N + 2 * N
+    single = 2 * V * (n - 1) + 3 * V * n + _mm(V, n, V) + 2 * V * V + V * (V - 1) + V + V
+    evaluate = 22 * N + (8 * N if mean else 2 * N) + 9 * N + N
     if mean:
         evaluate += (2 * V * (n - 1) * 2 - 1) + 4 * N + 2 * V * (n - 1) * (V - 1)
     return common_flops(V, n, d, dh) + eq + attn_tables + logit + single + evaluate

@@ -83,8 +83,8 @@ CHUNK = 1 << 16  # claims evaluated at once ([claims, 8, 3] float64 tensors: abo
 # Per claim: the far score range (4) and the near token's (3), the far and near log-weight ends
 # (4), the 8 vertices' exp-shifted weights (64), the empty far group (8), Z (16), the direct and
 # far terms (24), E_k and E2_k (3), U_k (40); per endpoint r: d (16), the R term (24), U (32),
-# the max with U_k (8), T (8), the max over vertices (7) and the decision (2).
-CLAIM_FLOPS = 4 + 3 + 4 + 64 + 8 + 16 + 24 + 3 + 40 + 2 * (16 + 24 + 32 + 8 + 8 + 7 + 2)
+# the max with U_k (8), T (8), the max over vertices (7) and the decision (1).
+CLAIM_FLOPS = 4 + 3 + 4 + 64 + 8 + 16 + 24 + 3 + 40 + 2 * (16 + 24 + 32 + 8 + 8 + 7 + 1)
 
 
 def tier_flops(V: int, n: int, n_claims: int) -> int:
