@@ -341,11 +341,6 @@ def test_budget_names():
 
 
 # ------------------------------------------------------------------ the lemmas, on their own
-def _tabs(ck):
-    """The arguments of ``boxes.tables`` after the keys."""
-    return ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU
-
-
 @pytest.mark.parametrize("high", [True, False])
 def test_box_bound_against_enumeration(high, monkeypatch):
     """Claims (a) and (b) of ``boxes`` on random boxes of a random model: a proven box holds only
@@ -363,7 +358,7 @@ def test_box_bound_against_enumeration(high, monkeypatch):
     powers = V ** torch.arange(n)
     for m in range(1, V):
         qs = torch.arange(m + 1)
-        t = boxes.tables(qs, qs * 0 + m, qs < 0, *_tabs(ck), ops)
+        t = boxes.tables(qs, qs * 0 + m, qs < 0, *boxes.table_inputs(ck), ops)
         B = 40
         rows = torch.randint(0, m + 1, (B,), generator=g)
         masks = torch.rand(B, n - 1, m + 1, generator=g) < 0.4
@@ -470,7 +465,7 @@ def test_refine_sorts_once_for_the_exact_bound_and_the_proofs(soundness_model):
     V, n = w.config.d_vocab, w.config.n_ctx
     qm = torch.triu_indices(V, V)
     qs, ms = qm[0][qm[1] > 1], qm[1][qm[1] > 1]
-    t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
+    t = boxes.tables(qs, ms, qs < 0, *boxes.table_inputs(ck), Ops())
     g = torch.Generator().manual_seed(3)
     density = torch.rand(qs.numel(), 4, 1, generator=g)  # four candidate sets per key
     rows, masks = _random_boxes(ms, 400, n - 1, t.H.shape[1], density, g)
@@ -526,7 +521,7 @@ def test_prove_shares_set_maxima_across_boxes(seed, w, monkeypatch):
     ck = keys.cubic_keys(w, Ops())
     qm = torch.triu_indices(V, V)
     qs, ms = qm[0][qm[1] > 0], qm[1][qm[1] > 0]
-    t = boxes.tables(qs, ms, qs < 0, *_tabs(ck), Ops())
+    t = boxes.tables(qs, ms, qs < 0, *boxes.table_inputs(ck), Ops())
     g = torch.Generator().manual_seed(seed)
     B, s1 = 300, n - 1
     density = torch.full((qs.numel(), 3, 1), 0.5)  # three candidate sets per key
@@ -578,7 +573,7 @@ def _every_output_but_m(m, qs, ck, monkeypatch) -> boxes.Tables:
             return torch.arange(top.shape[1])[None, :] != ms[:, None], none, none
 
         mp.setattr(boxes, "_live", every_live)
-        t = boxes.tables(qs, qs * 0 + m, qs < 0, *_tabs(ck), Ops())
+        t = boxes.tables(qs, qs * 0 + m, qs < 0, *boxes.table_inputs(ck), Ops())
     V = ck.circ.EVOU.shape[1]
     assert bool((t.n_live == V - 1).all())
     return t
@@ -599,7 +594,7 @@ def test_tables_of_many_max_tokens_equal_each_alone(w, monkeypatch):
     alone (nothing padded), the charge is exactly what the rigorous operations counted."""
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
-    tabs = _tabs(ck)
+    tabs = boxes.table_inputs(ck)
     scratch: list[Ops] = []
     Recording = _recording_ops(scratch)
     monkeypatch.setattr(boxes, "Ops", Recording)
@@ -650,7 +645,7 @@ def test_witness_tables_equal_the_full_tables(w, monkeypatch):
     padded), its charge is exactly what the rigorous operations counted."""
     V = w.config.d_vocab
     ck = keys.cubic_keys(w, Ops())
-    tabs = _tabs(ck)
+    tabs = boxes.table_inputs(ck)
     scratch: list[Ops] = []
     Recording = _recording_ops(scratch)
     qm = torch.triu_indices(V, V)
@@ -719,7 +714,11 @@ def test_dead_outputs_never_reach_the_max_logit(w, own):
     for mv in range(V):
         qs = torch.arange(mv + 1)
         t = boxes.tables(
-            qs, qs * 0 + mv, torch.full_like(qs, own, dtype=torch.bool), *_tabs(ck), ops
+            qs,
+            qs * 0 + mv,
+            torch.full_like(qs, own, dtype=torch.bool),
+            *boxes.table_inputs(ck),
+            ops,
         )
         # Both forms of the key bound: the separable one (the tables' live outputs) and the
         # exact one at those.
@@ -750,7 +749,7 @@ def test_high_token_screen_is_exact_without_positions():
         q, m = tokens[:, -1], tokens.max(dim=1).values
         diff = logits - logits.gather(1, m[:, None])  # [inputs, x]
         qs, ms = torch.triu_indices(V, V)
-        t = boxes.tables(qs, ms, qs >= 0, *_tabs(ck), Ops())
+        t = boxes.tables(qs, ms, qs >= 0, *boxes.table_inputs(ck), Ops())
         all_high = t.n_high == ms + 1  # every token k <= m in Hi
         for i in torch.nonzero(all_high, as_tuple=True)[0].tolist():
             sel = (q == qs[i]) & (m == ms[i])
@@ -776,7 +775,7 @@ def test_own_E_is_at_least_as_tight(high, soundness_model, monkeypatch):
         w, _ = soundness_model(name)
         V = w.config.d_vocab
         ck = keys.cubic_keys(w, Ops())
-        tabs = _tabs(ck)
+        tabs = boxes.table_inputs(ck)
         qs, ms = torch.triu_indices(V, V)
         shared = boxes.tables(qs, ms, qs < 0, *tabs, Ops()).live
         own = boxes.tables(qs, ms, qs >= 0, *tabs, Ops()).live

@@ -217,6 +217,12 @@ def witness_batches(n_cols: Int[Tensor, " pairs"], ms: Int[Tensor, " pairs"], n:
     return out
 
 
+def table_inputs(ck) -> tuple[Approx, ...]:
+    """What ``tables`` and ``witness_tables`` read of stage 1 (``keys.CubicKeys`` ``ck``):
+    EQKE_s, EQKP_s, z, EUPU, EVOU, PVOU and the query slot's rows W."""
+    return ck.EQKE_s, ck.EQKP_s, ck.z, ck.circ.EUPU, ck.circ.EVOU, ck.circ.PVOU, ck.slots.W
+
+
 def tables(
     qs: Int[Tensor, " pairs"],
     ms: Int[Tensor, " pairs"],
@@ -227,10 +233,13 @@ def tables(
     EUPU: Approx,
     EVOU: Approx,
     PVOU: Approx,
+    W: Approx,
     ops: Ops,
 ) -> Tables:
     """Live outputs (claim (c)) and H, D, Fq at them for the keys (qs[i], ms[i]) (qs <= ms), all at
-    once; E is the key's own where ``own``, else shared by the max token's keys. The arithmetic
+    once; E is the key's own where ``own``, else shared by the max token's keys. ``W`` is the
+    query slot's row, W[q, x] = EUPU[q, x] + EVOU[q, x] + PVOU[n-1, x] (the cubic stage's), so
+    the query slot's c + e is W[q, x] - W[q, m]. The arithmetic
     is rigorous ``Ops`` on tensors padded to K = max(ms) + 1 key tokens; the radii are those of
     the unpadded operations (they depend on the inputs' bounds only). The ledger is charged
     ``table_flops`` per max token, for the real entries only."""
@@ -269,15 +278,14 @@ def tables(
     zq = s.sub(z[qs], Approx(shift, 0.0, EQKE_s.mag))
     pos = Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1)  # [P, n]
     a = s.exp_shifted(pos, dim=1)  # [P, n]
-    # Centred value rows: c[i, p, x] = eu[i, x] + pv[m, p, x] and e[m, k, x].
+    # Centred value rows: c[i, p, x] = eu[i, x] + pv[m, p, x] (non-query slots) and e[m, k, x].
     eu = s.sub(EUPU[qs], EUPU[qs, ms].map_layout(lambda t: t[:, None]))  # [P, x]
-    pv = s.sub(PVOU[None], PVOU[:, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, n, x]
+    pv = s.sub(PVOU[None, :s1], PVOU[:s1, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, s1, x]
     e = s.sub(EVOU[None, :K], EVOU[:K, mu].map_layout(lambda t: t.T[:, :, None]))  # [U, K, x]
-    cq = s.add(eu, pv[u, s1])  # the query slot's c
-    Fq = s.mul(a[:, s1:], s.add(cq, e[u, qs]))  # [P, x] (query token q <= m)
-    pv_top = s.amax(pv[:, :s1], dim=1)  # [U, x]
+    Fq = s.mul(a[:, s1:], s.sub(W[qs], W[qs, ms].map_layout(lambda t: t[:, None])))  # [P, x]
+    pv_top = s.amax(pv, dim=1)  # [U, x]
     top = s.add(eu, pv_top[u])  # [P, x]: c[p, x] <= top[x], p < n-1
-    gap = s.sub(pv_top.map_layout(lambda t: t[:, None, :]), pv[:, :s1])  # top - c: [U, slots, x]
+    gap = s.sub(pv_top.map_layout(lambda t: t[:, None, :]), pv)  # top - c: [U, slots, x]
     E_sh = _shared_E(b_hi, b_lo, e[su], beyond[su], s)  # [U', x]
     E_own = _own_E(bk[mine], e[u[mine]], beyond[u[mine]], s)  # [S, x]
     E_mid = torch.empty(P, V, dtype=torch.float64)
@@ -322,6 +330,7 @@ def witness_tables(
     EUPU: Approx,
     EVOU: Approx,
     PVOU: Approx,
+    W: Approx,
 ) -> tuple[Tables, int]:
     """H, D and Fq of the keys (qs[i], ms[i]) (qs <= ms) at the columns (pair[j], x[j]) only
     (sorted by key, then output, x != m), for refute claims: claim (b) holds at any output, so
@@ -341,14 +350,13 @@ def witness_tables(
     a = s.exp_shifted(Ops.cat([EQKP_s[qs][:, :s1], zq.map_layout(lambda t: t[:, None])], 1), 1)
     q, m = qs[pair], ms[pair]
     eu = s.sub(EUPU[q, x], EUPU[q, m])  # [R]
-    pv = s.sub(PVOU[:, x].map_layout(lambda t: t.T), PVOU[:, m].map_layout(lambda t: t.T))
+    pv = s.sub(PVOU[:s1, x].map_layout(lambda t: t.T), PVOU[:s1, m].map_layout(lambda t: t.T))
     e = s.sub(EVOU[:K, x].map_layout(lambda t: t.T), EVOU[:K, m].map_layout(lambda t: t.T))
-    pv_top = s.amax(pv[:, :s1], dim=1)  # [R]
+    pv_top = s.amax(pv, dim=1)  # [R]
     top = s.add(eu, pv_top)
-    gap = s.sub(pv_top.map_layout(lambda t: t[:, None]), pv[:, :s1])  # [R, slots]
+    gap = s.sub(pv_top.map_layout(lambda t: t[:, None]), pv)  # [R, slots]
     H, D = _slot_tables(a[pair, :s1], bk[pair], top, e, gap, beyond[pair], s)
-    e_q = e.map_layout(lambda t: t.gather(1, q[:, None])[:, 0])  # e[q, x]
-    Fq = s.mul(a[pair, s1], s.add(s.add(eu, pv[:, s1]), e_q))
+    Fq = s.mul(a[pair, s1], s.sub(W[q, x], W[q, m]))
     n_cols = torch.bincount(pair, minlength=P)
     tabs = _columns(qs, ms, pair, x, V, H, D, Fq, a[:, :s1], bk)
     return tabs, witness_table_flops(ms, n_cols, n)
@@ -357,11 +365,11 @@ def witness_tables(
 def witness_table_flops(ms: Tensor, n_cols: Tensor, n: int) -> int:
     """Ledger total of ``witness_tables`` for keys with max tokens ``ms`` and ``n_cols``
     columns each: per key its shifted scores (K - 1 + K), b_k (K), the query score (1) and the
-    weights a (n - 1 + 2n); per column eu (1), the positional rows (n), their max over the
-    slots (s1 - 1), top (1), e (K), H (2 K), top - c and D (2 s1) and Fq (3)."""
+    weights a (n - 1 + 2n); per column eu (1), the non-query positional rows (s1), their max
+    (s1 - 1), top (1), e (K), H (2 K), top - c and D (2 s1) and Fq from W (2)."""
     s1, K = n - 1, ms.to(torch.int64) + 1
     per_key = (K - 1) + 2 * K + 1 + (n - 1) + 2 * n
-    per_col = 1 + n + (s1 - 1) + 1 + K + 2 * K + 2 * s1 + 3
+    per_col = 1 + s1 + (s1 - 1) + 1 + K + 2 * K + 2 * s1 + 2
     return int((per_key + n_cols.to(torch.int64) * per_col).sum())
 
 
@@ -548,8 +556,8 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     shared_E = 3 * K * V + (K - 1) * V
     own = (K - 1) + K + K * V + (K - 1) * V  # the key's row of shifted scores, its E
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
-    rows = Q * V + n * V + K * V + (s1 - 1) * V + 2 * Q * V  # eu, pv, e, max of pv, cq, top
-    query = 2 * Q * V  # dq, Fq
+    rows = Q * V + s1 * V + K * V + (s1 - 1) * V + Q * V  # eu, pv, e, max of pv, top
+    query = 2 * Q * V  # W[q] - W[q, m], Fq
     bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + V)  # b range, A, N, A N + Fq, sign
     bound += Q_max_slot * ((s1 - 1) + 2 + 3 * V)  # least a, A - a_lo, a_lo b_m; the T term
     slots = s1 * V + n_live * (2 * K + s1)  # top - c; then H and D at the columns

@@ -186,18 +186,7 @@ def _check_with_tables(nodes, claim, witness, own_E, ck, ops, verdict, idx) -> N
     for lo, hi in boxes.batches(ms, n, V):
         inb = (pair >= lo) & (pair < hi)
         sel, rows = idx[inb], pair[inb] - lo
-        t = boxes.tables(
-            qs[lo:hi],
-            ms[lo:hi],
-            own[lo:hi],
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            circ.EUPU,
-            circ.EVOU,
-            circ.PVOU,
-            ops,
-        )
+        t = boxes.tables(qs[lo:hi], ms[lo:hi], own[lo:hi], *boxes.table_inputs(ck), ops)
         masks = nodes.masks[sel, :, : t.H.shape[1]]
         pr = claim[sel] == plan.PROVE
         if bool(pr.any()):
@@ -229,12 +218,7 @@ def _check_refutations(nodes, witness, ck, ops, verdict, idx) -> None:
             codes[lo:hi] // V,
             col_key[on] - lo,
             cols[on] % V,
-            ck.EQKE_s,
-            ck.EQKP_s,
-            ck.z,
-            circ.EUPU,
-            circ.EVOU,
-            circ.PVOU,
+            *boxes.table_inputs(ck),
         )
         ops.ledger.add(flops, label=boxes.LABEL)
         leaves = (leaf_key >= lo) & (leaf_key < hi)

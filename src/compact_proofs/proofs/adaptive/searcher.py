@@ -428,7 +428,7 @@ def _stack_tables(
     P, s1 = pairs.shape[0], n - 1
     qs, ms = pairs[:, 0], pairs[:, 1]
     own = torch.isin(ms, own_E)
-    t = boxes.tables(qs, ms, own, ck.EQKE_s, ck.EQKP_s, ck.z, circ.EUPU, circ.EVOU, circ.PVOU, ops)
+    t = boxes.tables(qs, ms, own, *boxes.table_inputs(ck), ops)
     exact = boxes.exact_key_live(t, ops)
     n_exact = torch.zeros(P, dtype=torch.int64).index_add_(0, t.pair, exact.to(torch.int64))
     live[qs, ms] = torch.stack([t.n_live, n_exact, t.n_screen, t.n_high], dim=1)
