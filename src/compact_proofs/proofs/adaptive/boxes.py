@@ -31,7 +31,9 @@ every x != m; (b) G_x*(t) >= LB > 0.                                            
           N[x] = max(b_hi top[x], b_lo top[x]) + E[x],  E[x] >= max_{k <= m} b_k e[k, x],
       with b_lo, b_hi the min and max of b_k over k <= m, and T[x] = b_m (top[x] + e[m, x]);
       E is either the key's own, max_{k <= m} b_k e[k, x] (``_own_E``), or shared by every
-      query q' <= m (``_shared_E``); the certificate chooses per max token (both are sound).
+      query q' <= m, max(0, max_{k <= m} hi_k e[k, x]) with hi_k the max of b_k over q' <= m
+      (``_shared_E``: b_k e <= hi_k e if e >= 0, and b_k e <= 0 if e < 0, as b_k >= 0); the
+      certificate chooses per max token (both are sound).
       Every input of the key (q, m) (some non-query slot holds m when q < m) has
           G_x(t) <= KB_x := Fq[x] + A N[x] + a_lo (T - N)[x]
       (for q = m without the last term; evaluated as Fq + (A - a_lo) N + a_lo b_m (top + e_m),
@@ -251,8 +253,8 @@ def tables(
     s = Ops()  # scratch: charged per max token below
     # Weights a_p b_k (slots) and a_{n-1} (query), exp-shifted: claim (c). The shifted scores
     # d[q, k] = EQKE_s[q, k] - M_b: of every query q' <= m for the max tokens with a shared E
-    # (their range over q' gives it), else of the key's own query.
-    # exp is increasing, so the range of b_k is that of the shifted scores: 2 exps per k.
+    # (their max over q' gives it), else of the key's own query.
+    # exp is increasing, so the max of b_k over q' is exp of the max shifted score: 1 exp per k.
     shared = torch.zeros(mu.numel(), dtype=torch.bool)
     shared[u[~own]] = True
     su = torch.nonzero(shared, as_tuple=True)[0]
@@ -262,7 +264,6 @@ def tables(
     d_sh, top_sh = s.shift_by_max(scores, dim=2)  # [U', q', K] (k > m: -inf), M_b [U', q', 1]
     above = beyond[su][:, :, None]  # [U', q', 1]: queries q' > m take no part in the range
     b_hi = s.exp_nonpositive(s.amax(d_sh.map_layout(lambda t: t.masked_fill(above, -torch.inf)), 1))
-    b_lo = s.exp_nonpositive(s.amin(d_sh.map_layout(lambda t: t.masked_fill(above, torch.inf)), 1))
     mine = torch.nonzero(own, as_tuple=True)[0]
     rows = EQKE_s[qs[mine], :K].map_layout(lambda t: t.masked_fill(beyond[u[mine]], -torch.inf))
     d_own, top_own = s.shift_by_max(rows, dim=1)  # [S, K], [S, 1]
@@ -286,7 +287,7 @@ def tables(
     pv_top = s.amax(pv, dim=1)  # [U, x]
     top = s.add(eu, pv_top[u])  # [P, x]: c[p, x] <= top[x], p < n-1
     gap = s.sub(pv_top.map_layout(lambda t: t[:, None, :]), pv)  # top - c: [U, slots, x]
-    E_sh = _shared_E(b_hi, b_lo, e[su], beyond[su], s)  # [U', x]
+    E_sh = _shared_E(b_hi, e[su], beyond[su], s)  # [U', x]
     E_own = _own_E(bk[mine], e[u[mine]], beyond[u[mine]], s)  # [S, x]
     E_mid = torch.empty(P, V, dtype=torch.float64)
     E_mid[theirs] = E_sh.mid[at[u[theirs]]]
@@ -373,15 +374,15 @@ def witness_table_flops(ms: Tensor, n_cols: Tensor, n: int) -> int:
     return int((per_key + n_cols.to(torch.int64) * per_col).sum())
 
 
-def _shared_E(b_hi: Approx, b_lo: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:
-    """``E[m, x] >= max_{k <= m} b_k e[m, k, x]`` for every query q' <= m: with b_k in
-    [lo_k, hi_k] (min and max over q'), b_k e <= max(hi_k e, lo_k e). ``beyond``: k > m
-    [U, K]. Cost per max token: 3 K V + (K - 1) V."""
+def _shared_E(b_hi: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:
+    """``E[m, x] = max(0, max_{k <= m} hi_k e[m, k, x]) >= max_{k <= m} b_k e[m, k, x]`` for
+    every query q' <= m, with hi_k >= b_k >= 0 the max of b_k over q' (``b_hi``): b_k e <= hi_k e
+    where e >= 0, and b_k e <= 0 where e < 0. Rounding: the products' radius covers them, and
+    the maxima are 1-Lipschitz. ``beyond``: k > m [U, K]. Cost per max token: K V (products) +
+    (K - 1) V (max over k) + V (with 0)."""
     hi = b_hi.map_layout(lambda t: t[:, :, None])  # [U, K, 1]
-    lo = b_lo.map_layout(lambda t: t[:, :, None])
-    most = ops.maximum(ops.mul(hi, e), ops.mul(lo, e))
-    most = most.map_layout(lambda t: t.masked_fill(beyond[:, :, None], -torch.inf))
-    return ops.amax(most, dim=1)  # [U, x]
+    most = ops.mul(hi, e).map_layout(lambda t: t.masked_fill(beyond[:, :, None], -torch.inf))
+    return ops.maximum(ops.amax(most, dim=1), ops.constant(torch.zeros(1, 1)))  # [U, x]
 
 
 def _own_E(bk: Approx, e: Approx, beyond: Tensor, ops: Ops) -> Approx:
@@ -552,8 +553,8 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     entry per max token)."""
     s1, K = n - 1, m + 1
     shared = (Q_own < Q) * 1  # some key takes the shared E: the range of b_k over q' <= m
-    b_range = K * (K - 1) + K * K + K * (2 * (K - 1) + 2)  # shifted scores, their range, exps
-    shared_E = 3 * K * V + (K - 1) * V
+    b_range = K * (K - 1) + K * K + K * K  # shifted scores, their max over q', exps
+    shared_E = K * V + (K - 1) * V + V
     own = (K - 1) + K + K * V + (K - 1) * V  # the key's row of shifted scores, its E
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
     rows = Q * V + s1 * V + K * V + (s1 - 1) * V + Q * V  # eu, pv, e, max of pv, top

@@ -486,7 +486,7 @@ def level1_key_flops(
     # ``_level1_key_flops``. Class form: max of u over x not in {m, k} (V-1), Dk at k and its
     # class max (2 shifts), Dz at k and its class max (1 + 2), Dmax at k and its class max
     # (2 + 2), top and ratios, products and sums per placement and class (16, or 4 with 2
-    # groups), decisions (8, or 4).
+    # groups), decisions (4, or 2).
     per_key = torch.zeros(keys.shape[0], dtype=torch.int64)
     if keys.shape[0]:
         solo = torch.ones(keys.shape[0], V, dtype=torch.bool) if solo is None else solo.clone()
