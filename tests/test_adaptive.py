@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compact_proofs import exact
-from compact_proofs.core.rigorous import Ops
+from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.errors import ProofPreconditionError, UserError
 from compact_proofs.proofs import adaptive, cubic
 from compact_proofs.proofs.adaptive import boxes, checker, counts, keys, plan, searcher, singles
@@ -782,6 +782,34 @@ def test_own_E_is_at_least_as_tight(high, soundness_model, monkeypatch):
         assert not bool((own & ~shared).any())
         fewer += int(shared.sum()) - int(own.sum())
     assert high or fewer > 0
+
+
+def test_shared_E_bounds_every_query():
+    """The shared E (``boxes._shared_E``): for every query q' <= m, every k <= m and every x,
+    b_k(q') e[k, x] <= E[x] as exact rationals of the floats (b_k(q') = exp of the shifted
+    scores, e of either sign, some outputs with e < 0 for every k); equal to 0 exactly where
+    every e[k, x] < 0; charged K V + (K - 1) V + V."""
+    from fractions import Fraction
+
+    g = torch.Generator().manual_seed(7)
+    K, V, Q = 6, 9, 5
+    d = -torch.rand(Q, K, generator=g, dtype=torch.float64) * 4
+    d[torch.arange(Q), torch.randint(0, K, (Q,), generator=g)] = 0.0  # each query's max
+    b = torch.exp(d)  # [Q, K]: b_k(q') in (0, 1]
+    e = torch.randn(1, K, V, generator=g, dtype=torch.float64)
+    e[0, :, :3] = -e[0, :, :3].abs()  # outputs 0 .. 2: every e < 0
+    ops = Ops()
+    hi = ops.exp_nonpositive(ops.amax(Approx(d, 0.0, 4.0), 0)).map_layout(lambda t: t[None])
+    E = boxes._shared_E(
+        hi, Approx(e, 0.0, float(e.abs().max())), torch.zeros(1, K, dtype=torch.bool), ops
+    )
+    assert ops.ledger.flop == (Q - 1) * K + K + K * V + (K - 1) * V + V  # hi (max, exp), then E
+    upper = [Fraction(v) + Fraction(E.rad) for v in E.mid[0].tolist()]
+    for q in range(Q):
+        for k in range(K):
+            for x in range(V):
+                assert Fraction(float(b[q, k])) * Fraction(float(e[0, k, x])) <= upper[x]
+    assert E.mid[0, :3].tolist() == [0.0] * 3 and bool((E.mid[0, 3:] > 0).all())
 
 
 @pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial"])

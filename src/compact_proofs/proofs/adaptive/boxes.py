@@ -262,7 +262,7 @@ def tables(
     at[su] = torch.arange(su.numel())
     scores = EQKE_s[:K, :K].map_layout(lambda t: torch.where(beyond[su][:, None, :], -torch.inf, t))
     d_sh, top_sh = s.shift_by_max(scores, dim=2)  # [U', q', K] (k > m: -inf), M_b [U', q', 1]
-    above = beyond[su][:, :, None]  # [U', q', 1]: queries q' > m take no part in the range
+    above = beyond[su][:, :, None]  # [U', q', 1]: queries q' > m take no part in the max
     b_hi = s.exp_nonpositive(s.amax(d_sh.map_layout(lambda t: t.masked_fill(above, -torch.inf)), 1))
     mine = torch.nonzero(own, as_tuple=True)[0]
     rows = EQKE_s[qs[mine], :K].map_layout(lambda t: t.masked_fill(beyond[u[mine]], -torch.inf))
@@ -552,8 +552,8 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     ``Q_own`` with their own E) and ``n_live`` live outputs in all (ints, or int64 tensors: one
     entry per max token)."""
     s1, K = n - 1, m + 1
-    shared = (Q_own < Q) * 1  # some key takes the shared E: the range of b_k over q' <= m
-    b_range = K * (K - 1) + K * K + K * K  # shifted scores, their max over q', exps
+    shared = (Q_own < Q) * 1  # some key takes the shared E: the max of b_k over q' <= m
+    b_max = K * (K - 1) + K * K + K * K  # shifted scores, their max over q', exps
     shared_E = K * V + (K - 1) * V + V
     own = (K - 1) + K + K * V + (K - 1) * V  # the key's row of shifted scores, its E
     weights = K + 1 + (n - 1) + 2 * n  # b_k, zq, a
@@ -562,7 +562,7 @@ def table_flops(m, Q, n: int, V: int, n_live, Q_max_slot, Q_own):
     bound = Q * (2 * (K - 1) + (s1 - 1) + 4 * V + 2 * V + V)  # b range, A, N, A N + Fq, sign
     bound += Q_max_slot * ((s1 - 1) + 2 + 3 * V)  # least a, A - a_lo, a_lo b_m; the T term
     slots = s1 * V + n_live * (2 * K + s1)  # top - c; then H and D at the columns
-    E = shared * (b_range + shared_E) + Q_own * own
+    E = shared * (b_max + shared_E) + Q_own * own
     return E + Q * weights + rows + query + bound + slots
 
 
