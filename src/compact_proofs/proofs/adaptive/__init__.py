@@ -47,7 +47,9 @@ NAME = "adaptive"
 # 5: stage 1 reads the screen thresholds and key routes (certificate fields ``screen_j``,
 # ``cubic_routes``); a revision-4 certificate checks as before, a revision-5 one is refused by an
 # older checker (unknown field).
-REVISION = 5
+# 6: the box tables' shared E is max(0, max_k hi_k e) (looser where every e[k, x] < 0) and their
+# query-slot term comes from stage 1's W rows, so a revision-5 certificate may lose box proofs.
+REVISION = 6
 BUDGET_PREFIX = "adaptive-budget-"
 # Budgets of the predefined anytime variants (FLOPs).
 DEFAULT_BUDGETS = (20_000_000, 30_000_000, 100_000_000)
