@@ -153,7 +153,7 @@ def test_budget_items_cost_what_their_rows_alone_cost(model_name, soundness_mode
     for key, it in items.items():
         if key[0] == "l1":
             rows, crows = it["rows"], it["class_rows"]
-            want = keys.level1_flops(V, n, st.l1[rows], st.l1c[crows], st.l1_out[rows])
+            want = keys.level1_flops(st.ck, st.l1[rows], st.l1c[crows], st.l1_out[rows])
         elif key[0] == "box":
             _, q, m = key
             L, L_exact = st.tr.live[q, m, :1], st.tr.live[q, m, 1:2]
@@ -886,8 +886,8 @@ def test_level1_mixed_form(make):
     l1, solo = st.l1, st.l1_out
     assert bool(keys.level1(ck, l1, l1[:0], ops, solo)[0].all())
     assert int(solo.sum()) < solo.numel() // 2  # mostly mixed
-    full = keys.level1_flops(V, n, l1, l1[:0])
-    assert keys.level1_flops(V, n, l1, l1[:0], solo) < full
+    full = keys.level1_flops(ck, l1, l1[:0])
+    assert keys.level1_flops(ck, l1, l1[:0], solo) < full
 
 
 @pytest.mark.parametrize(
@@ -897,14 +897,13 @@ def test_level1_mixed_form(make):
 def test_solo_outputs_never_cost_more(make):
     """Key by key, the search's solo outputs cost at most what every output one by one costs."""
     w = make()
-    V, n = w.config.d_vocab, w.config.n_ctx
     st = searcher.explore(w, level1_in_box_pairs=True)  # every key level 1 proves
     l1, solo = st.l1, st.l1_out
     assert l1.shape[0] > 0
     for i in range(l1.shape[0]):
         one = l1[i : i + 1]
-        mixed = keys.level1_flops(V, n, one, one[:0], solo[i : i + 1])
-        assert mixed <= keys.level1_flops(V, n, one, one[:0])
+        mixed = keys.level1_flops(st.ck, one, one[:0], solo[i : i + 1])
+        assert mixed <= keys.level1_flops(st.ck, one, one[:0])
 
 
 @pytest.mark.parametrize("make", PER_OUTPUT_KEYS[:2])
@@ -930,11 +929,11 @@ def test_level1_charges_what_it_computes(make, n_solo, monkeypatch):
     Recording = _recording_ops(scratch)
     ops = Ops()
     keys.level1(ck, cand, cand[:0], ops, solo)
-    assert ops.ledger.flop == keys.level1_flops(V, n, cand, cand[:0], solo)
+    assert ops.ledger.flop == keys.level1_flops(ck, cand, cand[:0], solo)
     # The per-key part is computed on scratch ops and charged by formula: without that charge,
     # the ledger plus the scratch ops count the same total.
     monkeypatch.setattr(keys, "Ops", Recording)
-    monkeypatch.setattr(keys, "_level1_key_flops", lambda V, last, J, R: torch.zeros_like(J))
+    monkeypatch.setattr(keys, "_level1_key_flops", lambda V, last, J, R, d: torch.zeros_like(J))
     direct = Ops()
     keys.level1(ck, cand, cand[:0], direct, solo)
     computed = direct.ledger.flop + sum(s.ledger.flop for s in scratch)

@@ -38,13 +38,21 @@ def test_threshold_max_is_the_full_rows_float_max(kind, V, e):
     sa, sb = maxplus.sort_rows(a, ops, "t"), maxplus.sort_rows(b, ops, "t")
     assert ops.ledger.flop == 2 * R * (V - 1)
     ops = Ops()
-    got, arg, tries = maxplus.max_of_sums(a, sa, ra, b, sb, rb, exclude, ops, "t")
+    got, arg, stage = maxplus.max_of_sums(a, sa, ra, b, sb, rb, exclude, ops, "t")
+    tries = maxplus.tries(stage, V)
     full = (a_mid[ra] + b_mid[rb]).scatter(1, exclude, -torch.inf)
     assert torch.equal(got.mid, full.amax(dim=1))  # the same float, bit for bit
     assert torch.equal(full.gather(1, arg[:, None])[:, 0], got.mid)  # an x attaining it
     assert not bool((arg[:, None] == exclude).any())
     assert got.rad >= Ops().add(a, b).rad and got.mag >= Ops().add(a, b).mag
     assert ops.ledger.flop == maxplus.max_of_sums_flops(V, tries)
+    assert ops.ledger.flop == int(maxplus.pair_flops(stage, V).sum())  # the same, per pair
+    for i in range(0, P, 37):  # a pair alone is charged its own share
+        alone = Ops()
+        maxplus.max_of_sums(
+            a, sa, ra[i : i + 1], b, sb, rb[i : i + 1], exclude[i : i + 1], alone, "t"
+        )
+        assert alone.ledger.flop == int(maxplus.pair_flops(stage[i : i + 1], V)[0])
     assert tries[0] == (P if maxplus.useful(maxplus.DEPTHS[0], V) else 0)
     if V == 64 and kind == "peaked":
         assert tries[-1] < P // 10 and ops.ledger.flop < P * (2 * V - 1) // 2  # cheap here
@@ -69,7 +77,8 @@ def test_candidates_all_excluded_fall_through():
     ops = Ops()
     sa, sb = maxplus.sort_rows(a, ops, "t"), maxplus.sort_rows(b, ops, "t")
     rows = torch.arange(P)
-    got, arg, tries = maxplus.max_of_sums(a, sa, rows, b, sb, rows, exclude, Ops(), "t")
+    got, arg, stage = maxplus.max_of_sums(a, sa, rows, b, sb, rows, exclude, Ops(), "t")
+    tries = maxplus.tries(stage, V)
     full = (a_mid + b_mid).scatter(1, exclude, -torch.inf)
     assert torch.equal(got.mid, full.amax(dim=1))
     assert tries[1] == P  # none decided at depth 4

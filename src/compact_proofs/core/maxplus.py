@@ -13,7 +13,7 @@ Proof: an x outside C is not among the d largest entries of a, nor of b, so a[x]
 b[x] <= b' (as floats), and rounding is monotone: fl(a[x] + b[x]) <= fl(a' + b') <= s*.      QED
 Otherwise the next depth is tried, and at last the full row. The candidates' sums are the same
 float operations as the full row's at those x, so the result is the same float either way.
-Cost: ``max_of_sums_flops``.
+Cost: ``max_of_sums_flops`` of the ``tries``, or ``pair_flops`` per pair, of the stages reached.
 """
 
 from dataclasses import dataclass
@@ -59,19 +59,18 @@ def max_of_sums(
     exclude: Int[Tensor, "pairs e"],
     ops: Ops,
     label: str,
-) -> tuple[Approx, Tensor, list[int]]:
+) -> tuple[Approx, Tensor, Tensor]:
     """Per pair i, max over x not in ``exclude[i]`` of a[ra[i], x] + b[rb[i], x] (rows ``a``,
-    ``b`` [rows, V], sorted as ``sa``, ``sb``), an x attaining it, and how many pairs each depth
-    of ``DEPTHS`` (0 where not ``useful``) and the full row were tried on (for
-    ``max_of_sums_flops``). Needs V > e."""
+    ``b`` [rows, V], sorted as ``sa``, ``sb``), an x attaining it, and the stage that settled it
+    (t < len(DEPTHS): at depth DEPTHS[t]; len(DEPTHS): the full row; for ``tries`` and
+    ``pair_flops``). Needs V > e."""
     P, V = ra.numel(), a.shape[1]
     val = torch.empty(P, dtype=torch.float64)
     arg = torch.empty(P, dtype=torch.int64)
+    stage = torch.full((P,), len(DEPTHS), dtype=torch.int64)
     rad = mag = 0.0
     todo = torch.arange(P)
-    tries = []
-    for d in DEPTHS:
-        tries.append(todo.numel() if useful(d, V) else 0)
+    for t, d in enumerate(DEPTHS):
         if not useful(d, V):
             continue
         i, j = ra[todo], rb[todo]
@@ -85,15 +84,32 @@ def max_of_sums(
         done = (best.values >= threshold.mid) & ~out.all(dim=1)
         val[todo[done]] = best.values[done]
         arg[todo[done]] = cand.gather(1, best.indices[:, None])[done, 0]
+        stage[todo[done]] = t
         todo = todo[~done]
-    tries.append(todo.numel())
     if todo.numel():
         sums = ops.add(a[ra[todo]], b[rb[todo]], label=label)  # [T, V]
         best = ops.amax_excluding(sums, 1, exclude[todo], label=label)
         val[todo] = best.mid
         arg[todo] = sums.mid.scatter(1, exclude[todo], -torch.inf).argmax(dim=1)
         rad, mag = max(rad, best.rad), max(mag, best.mag)
-    return Approx(val, rad, mag), arg, tries
+    return Approx(val, rad, mag), arg, stage
+
+
+def tries(stage: Int[Tensor, " pairs"], V: int) -> list[int]:
+    """How many pairs each depth of ``DEPTHS`` (0 where not ``useful``) and the full row were
+    tried on, from the stages ``max_of_sums`` reached."""
+    at_depth = [int((stage >= t).sum()) if useful(d, V) else 0 for t, d in enumerate(DEPTHS)]
+    return at_depth + [int((stage == len(DEPTHS)).sum())]
+
+
+def pair_flops(stage: Int[Tensor, " pairs"], V: int) -> Int[Tensor, " pairs"]:
+    """``max_of_sums``'s charge per pair, from the stage it reached: 4 d + 1 per useful depth
+    d tried, 2 V - 1 for the full row."""
+    out = torch.where(stage == len(DEPTHS), 2 * V - 1, 0)
+    for t, d in enumerate(DEPTHS):
+        if useful(d, V):
+            out = out + torch.where(stage >= t, 4 * d + 1, 0)
+    return out
 
 
 def max_of_sums_flops(V: int, tries: list[int]) -> int:

@@ -136,14 +136,14 @@ def _items(cfg: ModelConfig, st: State) -> dict:
             items.setdefault(("l1", q, m, c), new)[kind].append(i)
     # A group's cost is ``keys.level1_flops`` of its rows alone: its pair's terms, then its keys.
     per_key, per_class_key = (
-        t.tolist() for t in keys.level1_key_flops(V, n, st.l1, st.l1c, st.l1_out)
+        t.tolist() for t in keys.level1_key_flops(st.ck, st.l1, st.l1c, st.l1_out)
     )
     for (_, q, m, c), it in items.items():  # only level-1 groups so far
         n0, s_ = int(N0[q, m, c]), len(it["rows"]) + len(it["class_rows"])
         it["gain"] = math.comb(n - 1, c) * ((n0 + s_) ** c - n0**c)
         rows, class_rows = it["rows"], it["class_rows"]
-        # its pair's rows (and its query's sorted row of W, if per output)
-        pair_terms = 2 * V + ((V - 1) + (2 * V if c < n - 1 else 0) if rows else 0)
+        # its pair's row (and its query's sorted row of W, if per output)
+        pair_terms = 2 * V + ((V - 1) if rows else 0)
         it["cost"] = (
             pair_terms + sum(per_key[i] for i in rows) + sum(per_class_key[i] for i in class_rows)
         )

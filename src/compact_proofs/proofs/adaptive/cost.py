@@ -37,7 +37,7 @@ def predict(
     total = ck.flops  # stage 1 with those hints (``keys.with_own_hints``)
     l1, l1c, cnt = pl.l1_keys, pl.l1_class_keys, pl.count_keys
     todo, todo_c = keys.unproven(l1, ck.proven), keys.unproven(l1c, ck.proven)
-    total += keys.level1_flops(V, n, l1[todo], l1c[todo_c], pl.l1_outputs[todo])
+    total += keys.level1_flops(ck, l1[todo], l1c[todo_c], pl.l1_outputs[todo])
     if cnt.shape[0]:
         total += counts.tops_flops(V, n)
         q, m, c, i = cnt.unbind(1)

@@ -41,10 +41,13 @@ Claim: a key whose solo outputs x in X (x != m) pass the per-output test and who
 C (x != m, x not in X) pass it as one class (each group's D_g replaced by max_{x' in C} D_g[x'])
 satisfies the same property. Proof: for x in C, sum_g alpha_g H_g(x) <= sum_g alpha_g
 max_{x' in C} H_g(x') (every alpha_g > 0), and the float maximum of a subset of a row is within
-the row's radius of the exact one (as for ``Ops.amax``). X = every output is the per-output test;
-the search picks a small X, which makes the test cost about 4 d_vocab instead of 11.     QED
-Cost: ``level1_flops``; per key about 11 d_vocab per output (4 d_vocab plus 11 per solo output in
-the mixed form), 2 d_vocab in the class form, and 2 - 5 d_vocab per pair (q, m).
+the row's radius of the exact one (as for ``Ops.amax``); Dz's is read off W[q]'s sorted order
+and Dmax's (EUPU[q, x] + own[m, x] - base[q, m]) found by ``core.maxplus``'s threshold search
+on the sorted rows of EUPU[q] and own[m], both the same float as that maximum (fl(. - base) is
+monotone, so the shift commutes with the max). X = every output is the per-output test; the
+search picks a small X, which makes the test cost about 3 d_vocab instead of 11.          QED
+Cost: ``level1_flops``; per key about 11 d_vocab per output (2 - 3 d_vocab plus 13 per solo output
+in the mixed form), 2 d_vocab in the class form, and 2 d_vocab per pair (q, m).
 """
 
 import dataclasses
@@ -57,6 +60,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from compact_proofs.config import ModelConfig
+from compact_proofs.core import maxplus
 from compact_proofs.core.rigorous import Approx, Ops
 from compact_proofs.proofs import cubic
 from compact_proofs.proofs.cubic import cases, count, pessimize, screen
@@ -183,8 +187,9 @@ def level1(
     def pairs_with(sel: Tensor) -> Tensor:
         return torch.zeros(pairs.shape[0], dtype=torch.bool).index_fill_(0, pair_of[sel], True)
 
-    rows = _pair_rows(ck, pairs, pairs_with(~is_class & ~last), ops)
+    rows = _pair_rows(ck, pairs, ops)
     w_order = _sorted_w(ck, both[~is_class, 0], ops)
+    dmax = _dmax_rows(ck, both[~is_class & ~last], ops)
     out = torch.zeros(both.shape[0], dtype=torch.bool)
     for s in range(0, both.shape[0], KEY_CHUNK):
         chunk = slice(s, s + KEY_CHUNK)
@@ -195,7 +200,7 @@ def level1(
                 out[idx] = _class_chunk(ck, rows, pair_of[idx], both[idx], is_last, ops)
             elif idx.numel():
                 out[idx] = _level1_chunk(
-                    ck, rows, w_order, pair_of[idx], both[idx], is_last, solo[idx], ops
+                    ck, rows, w_order, dmax, pair_of[idx], both[idx], is_last, solo[idx], ops
                 )
     return out[: keys.shape[0]], out[keys.shape[0] :]
 
@@ -214,39 +219,74 @@ def _sorted_w(ck: CubicKeys, q: Int[Tensor, " keys"], ops: Ops) -> Tensor:
 
 @dataclass(frozen=True)
 class _PairRows:
-    """Per pair (q, m), rows over the output x: ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x]
-    (every pair), and for the per-output keys c <= n-2 ``d_max`` = Dmax[q, m, x], held for the
-    pairs that need it (row ``max_row[pair]``, -1: none)."""
+    """Per pair (q, m), the row ``pvm`` = EUPU[q, x] - EUPU[q, m] + PVnq[m, x] over x."""
 
     pvm: Approx  # [pairs, x]
-    d_max: Approx  # [pairs with per-output keys c <= n-2, x]
-    max_row: Tensor  # [pairs]
 
 
-def _row_map(sel: Tensor) -> Tensor:
-    """Row of each selected pair in a table of the selected pairs (-1 elsewhere)."""
-    out = torch.full((sel.numel(),), -1, dtype=torch.int64)
-    out[sel] = torch.arange(int(sel.sum()))
-    return out
-
-
-def _pair_rows(
-    ck: CubicKeys, pairs: Int[Tensor, "pairs 2"], with_max: Tensor, ops: Ops
-) -> _PairRows:
-    """From the cubic's slot tables (``pessimize.SlotTables``: PVnq, own, base). Cost per pair:
-    2 d_vocab; + 2 d_vocab (Dmax) with per-output keys c <= n-2."""
+def _pair_rows(ck: CubicKeys, pairs: Int[Tensor, "pairs 2"], ops: Ops) -> _PairRows:
+    """From the cubic's slot tables (``pessimize.SlotTables``: PVnq). Cost: 2 d_vocab per pair."""
     S = ck.slots
     q, m = pairs.unbind(1)
+    eu = ops.sub(S.EUPU[q], S.EUPU[q, m].map_layout(lambda t: t[:, None]), label=LABEL)
+    return _PairRows(pvm=ops.add(eu, S.pv[m], label=LABEL))  # + PVnq[m, x]
 
-    def col(a: Approx) -> Approx:  # [P] -> [P, 1]
-        return a.map_layout(lambda t: t[:, None])
 
-    eu = ops.sub(S.EUPU[q], col(S.EUPU[q, m]), label=LABEL)  # EUPU[q, x] - EUPU[q, m]
-    pvm = ops.add(eu, S.pv[m], label=LABEL)  # + PVnq[m, x]
-    qs, ms = q[with_max], m[with_max]
-    # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
-    d_max = ops.sub(ops.add(S.EUPU[qs], S.own[ms], label=LABEL), col(S.base[qs, ms]), label=LABEL)
-    return _PairRows(pvm=pvm, d_max=d_max, max_row=_row_map(with_max))
+@dataclass(frozen=True)
+class _DmaxRows:
+    """Dmax[q, m, x] = EUPU[q, x] + own[m, x] - base[q, m] (``pessimize``) is read from the rows
+    EUPU[q] and own[m] with their sorted orders: ``eu`` holds the row of query q at
+    ``eu_of[q]``, ``own`` that of max token m at ``own_of[m]`` (-1: none)."""
+
+    eu: Approx  # [rows, x]
+    eu_sorted: maxplus.SortedRows
+    eu_of: Int[Tensor, " d_vocab"]
+    own: Approx  # [rows', x]
+    own_sorted: maxplus.SortedRows
+    own_of: Int[Tensor, " d_vocab"]
+    new_rows: int  # rows sorted here (the others come sorted from stage 1)
+
+
+def _dmax_rows(ck: CubicKeys, keys: Int[Tensor, "keys 4"], ops: Ops) -> _DmaxRows:
+    """The rows of EUPU and own the per-output ``keys`` (c <= n-2) need, sorted: those the
+    cubic stage sorted for its leftover pairs (``pessimize.LeftoverTables``; every pair with a
+    key the cubic leaves unproven is among them), the others sorted here.
+    Cost: d_vocab - 1 per row sorted here."""
+    S, lt = ck.slots, ck.leftover
+    V = S.EUPU.shape[0]
+
+    def rows(table: Approx, have, have_of, need: Tensor):
+        row_of = torch.full((V,), -1, dtype=torch.int64) if have is None else have_of.clone()
+        tokens = torch.empty(int((row_of >= 0).sum()), dtype=torch.int64)
+        tokens[row_of[row_of >= 0]] = torch.nonzero(row_of >= 0, as_tuple=True)[0]
+        new = torch.unique(need[row_of[need] < 0])
+        row_of[new] = tokens.numel() + torch.arange(new.numel())
+        fresh = maxplus.sort_rows(table[new], ops, label=LABEL)
+        if have is not None:
+            fresh = maxplus.SortedRows(
+                Ops.cat([have.values, fresh.values], 0), torch.cat([have.order, fresh.order])
+            )
+        return table[torch.cat([tokens, new])], fresh, row_of, new.numel()
+
+    eu, s_eu, eu_of, n_eu = rows(S.EUPU, lt and lt.eu, lt and lt.eu_of, keys[:, 0])
+    own, s_own, own_of, n_own = rows(S.own, lt and lt.own, lt and lt.own_of, keys[:, 1])
+    return _DmaxRows(eu, s_eu, eu_of, own, s_own, own_of, n_eu + n_own)
+
+
+def _dmax_class(
+    ck: CubicKeys, dm: _DmaxRows, q: Tensor, m: Tensor, rest: Bool[Tensor, "keys d_vocab_out"]
+) -> tuple[Approx, Tensor]:
+    """Per key, max over the outputs ``rest`` (non-empty) of EUPU[q, x] + own[m, x], by the
+    threshold search on the sorted rows (``core.maxplus``: the same float as the reduction
+    over the class), and the stage that settled it. Scratch arithmetic (the caller charges
+    ``maxplus.pair_flops``)."""
+    width = int((~rest).sum(dim=1).max())
+    out = (~rest).to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]
+    out = torch.where((~rest).gather(1, out), out, m[:, None])  # padded with m (never in rest)
+    val, _, stage = maxplus.max_of_sums(
+        dm.eu, dm.eu_sorted, dm.eu_of[q], dm.own, dm.own_sorted, dm.own_of[m], out, Ops(), LABEL
+    )
+    return val, stage
 
 
 def _log_weights(ck: CubicKeys, keys: Tensor, last: bool, ops: Ops) -> Approx:
@@ -276,6 +316,7 @@ def _level1_chunk(
     ck: CubicKeys,
     rows: _PairRows,
     w_order: Tensor,
+    dmax: _DmaxRows,
     pair_of: Tensor,
     keys: Int[Tensor, "keys 4"],
     last: bool,
@@ -286,9 +327,11 @@ def _level1_chunk(
     class) of keys with 1 <= c <= n-2 (``last`` False) or c = n-1 (``last`` True, q = m); key i
     belongs to the pair ``pair_of[i]`` of ``rows``. Dz = W[q, x] - W[q, m] is taken at the solo
     outputs, and over the class from W[q]'s sorted order (``w_order``: its first output in the
-    class is the max, the same float as a reduction). The solo outputs are gathered and padded
-    to the chunk's most (padding never decides); the arithmetic is rigorous ``Ops`` on the
-    padded tensors, and the ledger is charged ``_level1_key_flops`` for the real entries only."""
+    class is the max, the same float as a reduction); Dmax likewise at the solo outputs, and
+    over the class by the threshold search on the sorted rows of EUPU[q] and own[m] (``dmax``,
+    ``_dmax_class``). The solo outputs are gathered and padded to the chunk's most (padding
+    never decides); the arithmetic is rigorous ``Ops`` on the padded tensors, and the ledger is
+    charged ``_level1_key_flops`` for the real entries only."""
     q, m, k, c = keys.unbind(1)
     L, V = q.numel(), solo.shape[1]
     ar = torch.arange(L)
@@ -297,8 +340,9 @@ def _level1_chunk(
     w_qm = S.W[q, m].map_layout(lambda t: t[:, None])  # [L, 1]
     D = [u, S.W[q]]  # [L, x] each; the query slot's row is W (Dz = W - W[q, m])
     if not last:
-        D.insert(0, rows.d_max[rows.max_row[pair_of]])
-    g_k, g_z = (0, 1) if last else (1, 2)
+        D += [S.EUPU[q], S.own[m]]  # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
+    g_k, g_z = 0, 1
+    base = S.base[q, m].map_layout(lambda t: t[:, None])  # [L, 1]
     logw = _log_weights(ck, keys, last, ops)
     s = Ops()  # scratch: charged per key below
     top, others, ratio = _ratios(logw, s)
@@ -308,11 +352,15 @@ def _level1_chunk(
     rest[ar, m] = False
     n_solo, n_rest = solo.sum(dim=1), rest.sum(dim=1)
     ok = torch.ones(L, dtype=torch.bool)
+    dmax_cost = torch.zeros(L, dtype=torch.int64)
     J = int(n_solo.max())
     if J:
         at, pad = _gather(D, solo, J)  # [L, J] each
         at[g_k] = s.sub(at[g_k], shift.map_layout(lambda t: t[:, None]), label=LABEL)
         at[g_z] = s.sub(at[g_z], w_qm, label=LABEL)
+        if not last:
+            own, eu = at.pop(), at.pop()
+            at.insert(0, s.sub(s.add(eu, own, label=LABEL), base, label=LABEL))  # Dmax
         bound = _combine(top, others, ratio, at, s)  # [L, r, J]
         bound = bound.map_layout(lambda t: t.masked_fill(pad[:, None, :], -torch.inf))
         worst = s.amax(bound, dim=2)  # [L, r]
@@ -320,19 +368,22 @@ def _level1_chunk(
     sel = torch.nonzero(n_rest > 0, as_tuple=True)[0]
     if sel.numel():
         # The class of the other outputs: each group's max over them (module docstring).
-        reduced = [d[sel] for g, d in enumerate(D) if g != g_z]
-        at, pad = _gather(reduced, rest[sel], int(n_rest.max()))
-        cls = [s.amax(a.map_layout(lambda t: t.masked_fill(pad, -torch.inf)), 1) for a in at]
+        (at,), pad = _gather([u[sel]], rest[sel], int(n_rest.max()))
+        cls = [s.amax(at.map_layout(lambda t: t.masked_fill(pad, -torch.inf)), 1)]
+        cls[g_k] = s.sub(cls[g_k], shift[sel], label=LABEL)
         order = w_order[q[sel]]  # [S, x], descending W[q, x]
         first = rest[sel].gather(1, order).to(torch.int8).argmax(dim=1, keepdim=True)
         w_top = S.W[q[sel]].map_layout(lambda t: t.gather(1, order.gather(1, first))[:, 0])
         s.ledger.add(sel.numel(), label=LABEL)  # one selection per key (``first_not_excluded``)
-        cls.insert(g_z, s.sub(w_top, w_qm[sel][:, 0], label=LABEL))
-        cls[g_k] = s.sub(cls[g_k], shift[sel], label=LABEL)
+        cls.append(s.sub(w_top, w_qm[sel][:, 0], label=LABEL))
+        if not last:
+            best, stage = _dmax_class(ck, dmax, q[sel], m[sel], rest[sel])
+            dmax_cost[sel] = maxplus.pair_flops(stage, V)
+            cls.insert(0, s.sub(best, base[sel][:, 0], label=LABEL))
         cls = [x.map_layout(lambda t: t[:, None]) for x in cls]  # [S, 1] each
         bound = _combine(top[sel], others[sel], ratio[sel], cls, s)  # [S, r, 1]
         ok[sel] &= s.proven_negative(bound).flatten(1).all(dim=1)
-    ops.ledger.add(int(_level1_key_flops(V, last, n_solo, n_rest).sum()), label=LABEL)
+    ops.ledger.add(int(_level1_key_flops(V, last, n_solo, n_rest, dmax_cost).sum()), label=LABEL)
     return ok
 
 
@@ -352,16 +403,17 @@ def level1_terms(
     V = ck.circ.EVOU.shape[0]
     codes, pair_of = torch.unique(keys[:, 0] * V + keys[:, 1], return_inverse=True)
     pairs = torch.stack([codes // V, codes % V], 1)
-    every = torch.ones(pairs.shape[0], dtype=torch.bool)
-    rows = _pair_rows(ck, pairs, every if not last else ~every, ops)
+    rows = _pair_rows(ck, pairs, ops)
     u, shift = _u_k(ck, rows, pair_of, keys[:, 1], keys[:, 2], ops)
     d_k = ops.sub(u, shift.map_layout(lambda t: t[:, None]), label=LABEL)
     q, m = keys[:, 0], keys[:, 1]
     W = ck.slots.W
     d_z = ops.sub(W[q], W[q, m].map_layout(lambda t: t[:, None]), label=LABEL)  # Dz
     D = [d_k, d_z]
-    if not last:
-        D.insert(0, rows.d_max[rows.max_row[pair_of]])
+    if not last:  # Dmax = EUPU[q, x] + own[m, x] - base[q, m]
+        S = ck.slots
+        base = S.base[q, m].map_layout(lambda t: t[:, None])
+        D.insert(0, ops.sub(ops.add(S.EUPU[q], S.own[m], label=LABEL), base, label=LABEL))
     return _log_weights(ck, keys, last, ops), D
 
 
@@ -456,46 +508,55 @@ def _combine(top: Tensor, others: Tensor, ratio: Approx, rows: list[Approx], ops
 
 
 def level1_flops(
-    V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
+    ck: CubicKeys, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
 ) -> int:
     """Ledger total of ``level1`` on ``keys`` (per output, mixed with a class where ``solo``, as
-    in ``level1``) and ``class_keys`` (class form)."""
+    in ``level1``) and ``class_keys`` (class form), with stage 1 ``ck`` (the cost of a Dmax
+    class maximum depends on the rows: ``_dmax_class``)."""
+    V, n = ck.circ.EVOU.shape[0], ck.circ.PVOU.shape[0]
     both = torch.cat([keys, class_keys])
     if both.shape[0] == 0:
         return 0
-    last = both[:, 3] == n - 1
-    is_class = torch.arange(both.shape[0]) >= keys.shape[0]
-
-    def pairs(sel: Tensor) -> int:
-        return torch.unique(both[sel, 0] * V + both[sel, 1]).numel()
-
-    # per pair: eu, PVnq add; Dmax (2) for per-output keys c <= n-2; per query of the
-    # per-output keys, its row of W sorted (d_vocab - 1)
-    total = pairs(last | ~last) * 2 * V + pairs(~is_class & ~last) * 2 * V
+    # per pair: eu, PVnq add; per query of the per-output keys, its row of W sorted (d_vocab -
+    # 1); the rows of EUPU and own the per-output keys c <= n-2 need that stage 1 did not sort
+    total = torch.unique(both[:, 0] * V + both[:, 1]).numel() * 2 * V
     total += torch.unique(keys[:, 0]).numel() * (V - 1)
-    per_key, per_class_key = level1_key_flops(V, n, keys, class_keys, solo)
+    total += _dmax_rows(ck, keys[keys[:, 3] <= n - 2], Ops()).new_rows * (V - 1)
+    per_key, per_class_key = level1_key_flops(ck, keys, class_keys, solo)
     return total + int(per_key.sum()) + int(per_class_key.sum())
 
 
 def level1_key_flops(
-    V: int, n: int, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
+    ck: CubicKeys, keys: Int[Tensor, "keys 4"], class_keys: Tensor, solo: Tensor | None = None
 ) -> tuple[Int[Tensor, " keys"], Int[Tensor, " class_keys"]]:
-    """``level1_flops`` per key, without the per-pair terms (each (q, m) pair's rows are
-    charged once, whichever keys share it)."""
+    """``level1_flops`` per key, without the terms shared by a pair or a token (each (q, m)
+    pair's row, each query's sorted row of W and each row of EUPU and own sorted here are
+    charged once, whichever keys share them)."""
     # per key: u (V) and log-weights (4 at 2 placements, 1 at c = n-1), then
     # ``_level1_key_flops``. Class form: max of u over x not in {m, k} (V-1), Dk at k and its
     # class max (2 shifts), Dz at k and its class max (1 + 2), Dmax at k and its class max
     # (2 + 2), top and ratios, products and sums per placement and class (16, or 4 with 2
     # groups), decisions (4, or 2).
+    V, n = ck.circ.EVOU.shape[0], ck.circ.PVOU.shape[0]
     per_key = torch.zeros(keys.shape[0], dtype=torch.int64)
     if keys.shape[0]:
         solo = torch.ones(keys.shape[0], V, dtype=torch.bool) if solo is None else solo.clone()
         solo[torch.arange(keys.shape[0]), keys[:, 1]] = False
         n_solo = solo.sum(dim=1)
         n_rest = V - 1 - n_solo
+        rest = ~solo
+        rest[torch.arange(keys.shape[0]), keys[:, 1]] = False
+        dmax_cost = torch.zeros(keys.shape[0], dtype=torch.int64)
+        with_class = torch.nonzero((keys[:, 3] <= n - 2) & (n_rest > 0), as_tuple=True)[0]
+        if with_class.numel():
+            q, m = keys[with_class, 0], keys[with_class, 1]
+            dm = _dmax_rows(ck, keys[with_class], Ops())
+            dmax_cost[with_class] = maxplus.pair_flops(
+                _dmax_class(ck, dm, q, m, rest[with_class])[1], V
+            )
         for is_last in (False, True):
             sel = (keys[:, 3] == n - 1) == is_last
-            per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel])
+            per = _level1_key_flops(V, is_last, n_solo[sel], n_rest[sel], dmax_cost[sel])
             per_key[sel] = per + (V + (1 if is_last else 4))
     c_last = class_keys[:, 3] == n - 1
     mid = V + 4 + (V - 1) + 2 + 3 + 4 + 4 + 8 + 16 + 4
@@ -504,18 +565,21 @@ def level1_key_flops(
     return per_key, per_class_key
 
 
-def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor) -> Tensor:
+def _level1_key_flops(V: int, last: bool, n_solo: Tensor, n_rest: Tensor, dmax: Tensor) -> Tensor:
     """Per key of ``_level1_chunk`` after u and the log-weights, with G groups at r placements
     (3 at 2, or 2 at 1 for c = n-1): the top (r (G-1)) and ratios (2 r (G-1)); per solo output
-    Dk and Dz (1 each), the products and sums (2 r (G-1)), their max (r (J-1)) and the
-    decisions (r); with other outputs, the max over them of each group but the query's
-    ((G-1) (R-1)), Dk's shift (1), Dz's from W's sorted order (a selection and a shift: 2),
-    their products and sums (2 r (G-1)) and the decisions (r)."""
+    Dk and Dz (1 each) and Dmax (2, for c <= n-2), the products and sums (2 r (G-1)), their
+    max (r (J-1)) and the decisions (r); with other outputs, the max of Dk over them (R-1),
+    its shift (1), Dz's from W's sorted order (a selection and a shift: 2), Dmax's by the
+    threshold search (``dmax``, per key) and its shift (1, for c <= n-2), their products and
+    sums (2 r (G-1)) and the decisions (r)."""
     G, r = (2, 1) if last else (3, 2)
     J, R = n_solo.to(torch.int64), n_rest.to(torch.int64)
-    out = 3 * r * (G - 1) + (2 * r * (G - 1) + 2) * J
+    per_solo = 2 if last else 4
+    out = 3 * r * (G - 1) + (2 * r * (G - 1) + per_solo) * J
     out = out + torch.where(J > 0, r * (J - 1) + r, 0)
-    return out + torch.where(R > 0, (G - 1) * (R - 1) + 1 + 2 + 2 * r * (G - 1) + r, 0)
+    dmax_class = 0 if last else dmax + 1
+    return out + torch.where(R > 0, (R - 1) + 1 + 2 + dmax_class + 2 * r * (G - 1) + r, 0)
 
 
 def key_counts(proven: Bool[Tensor, "d_vocab_q d_vocab_max d_vocab_k n_ctx"]) -> Tensor:

@@ -121,6 +121,12 @@ class LeftoverTables:
     mk_of: Int[Tensor, " triples"]
     sorted_rows: int  # rows of EUPU and own sorted for the pairs' maxima
     tries: list[int]  # the maxima tried at each depth, then in full (``maxplus.max_of_sums``)
+    # those sorted rows, for later stages: EUPU[q] of the queries ``eu_of`` >= 0 (row
+    # eu_of[q]), own[m] of the max tokens ``own_of`` >= 0 (each [d_vocab], -1: not sorted)
+    eu: maxplus.SortedRows
+    eu_of: Int[Tensor, " d_vocab"]
+    own: maxplus.SortedRows
+    own_of: Int[Tensor, " d_vocab"]
 
 
 def leftover_tables(
@@ -145,19 +151,19 @@ def leftover_tables(
     s_eu = maxplus.sort_rows(eu, ops, label="cubic:ov")
     s_own = maxplus.sort_rows(own, ops, label="cubic:ov")
 
-    def maxima(sel: Tensor, exclude: Tensor) -> tuple[Approx, Tensor, list[int]]:
+    def maxima(sel: Tensor, exclude: Tensor) -> tuple[Approx, Tensor, Tensor]:
         return maxplus.max_of_sums(
             eu, s_eu, q_row[sel], own, s_own, m_row[sel], exclude, ops, label="cubic:ov"
         )
 
     every = torch.arange(pairs.numel())
-    first, first_idx, tries = maxima(every, pm[:, None])
+    first, first_idx, stages = maxima(every, pm[:, None])
     second = torch.full_like(first.mid, -torch.inf)
     need = torch.unique(pair_of[k == first_idx[pair_of]])  # pairs whose first is some k
     if need.numel():
         runner, _, more = maxima(need, torch.stack([pm[need], first_idx[need]], -1))
         second[need] = runner.mid
-        tries = [t + u for t, u in zip(tries, more, strict=True)]
+        stages = torch.cat([stages, more])
         first = Approx(first.mid, max(first.rad, runner.rad), max(first.mag, runner.mag))
     evs = []
     for s in range(0, max(mks.numel(), 1), chunk):  # at least once: empty tables
@@ -174,8 +180,19 @@ def leftover_tables(
         ev_nk=Ops.cat(evs, dim=0),
         mk_of=mk_of,
         sorted_rows=qs.numel() + ms.numel(),
-        tries=tries,
+        tries=maxplus.tries(stages, V),
+        eu=s_eu,
+        eu_of=_row_of(qs, V),
+        own=s_own,
+        own_of=_row_of(ms, V),
     )
+
+
+def _row_of(tokens: Int[Tensor, " rows"], V: int) -> Int[Tensor, " d_vocab"]:
+    """Row index of each token in ``tokens`` (-1 for the others)."""
+    out = torch.full((V,), -1, dtype=torch.int64)
+    out[tokens] = torch.arange(tokens.numel())
+    return out
 
 
 def leftover_rows(
