@@ -3,6 +3,7 @@ proven incorrect, matching an independent truth), the anytime (budget) mode neve
 respects its budget, FLOPs equal the closed form, and a bad certificate only loses coverage or is
 rejected."""
 
+import dataclasses
 import time
 
 import models
@@ -829,6 +830,37 @@ def test_class_form_reads_the_cubic_tables_only_where_they_hold(model_name, soun
     assert not bool(usable.all())  # some pairs were fully screened
     _, in_classes = keys.level1(ck, every[:0], every, Ops())
     assert not bool((in_classes & ~usable).any())
+
+
+@pytest.mark.parametrize("model_name", ["planted-V8-K4-noisy", "trained-V10-K4-partial"])
+def test_mixed_form_dmax_rows_come_sorted_from_stage_1(model_name, soundness_model):
+    """Level 1's Dmax class maxima read the rows of EUPU and own stage 1 sorted: none is sorted
+    again for the keys the cubic leaves unproven. Without stage 1's rows, level 1 sorts them
+    itself, charged as ``level1_flops`` predicts (d_vocab - 1 each), with the same verdicts;
+    a key alone is decided as among all."""
+    w, _ = soundness_model(model_name)
+    V, n = w.config.d_vocab, w.config.n_ctx
+    ck = keys.cubic_keys(w, Ops())
+    cand = searcher._candidate_keys(ck.proven, V, n)
+    assert keys._dmax_rows(ck, cand[cand[:, 3] <= n - 2], Ops()).new_rows == 0
+    grid = torch.cartesian_prod(*[torch.arange(V)] * 3, torch.arange(n))
+    every = grid[keys.valid_keys(grid, V, n) & (grid[:, 3] <= n - 2)]
+    g = torch.Generator().manual_seed(3)
+    solo = torch.rand(every.shape[0], V, generator=g) < 0.2
+    bare = dataclasses.replace(ck, leftover=None)
+    new = keys._dmax_rows(bare, every, Ops()).new_rows
+    assert new == torch.unique(every[:, 0]).numel() + torch.unique(every[:, 1]).numel()
+    verdicts, charged = [], []
+    for stage1 in (ck, bare):
+        ops = Ops()
+        verdicts.append(keys.level1(stage1, every, every[:0], ops, solo)[0])
+        assert ops.ledger.flop == keys.level1_flops(stage1, every, every[:0], solo)
+        charged.append(ops.ledger.flop)
+    assert torch.equal(verdicts[0], verdicts[1]) and bool(verdicts[0].any())
+    assert charged[1] - charged[0] == (new - keys._dmax_rows(ck, every, Ops()).new_rows) * (V - 1)
+    for i in torch.randperm(every.shape[0], generator=g)[:40].tolist():
+        alone = keys.level1(ck, every[i : i + 1], every[:0], Ops(), solo[i : i + 1])[0]
+        assert bool(alone[0]) == bool(verdicts[0][i])
 
 
 @pytest.mark.parametrize(
