@@ -636,10 +636,11 @@ def test_ablation_chart_labels_every_bar_with_its_value():
 
 @pytest.mark.slow  # a second report: about 25 s
 def test_a_regenerated_report_is_byte_identical(report_dir: Path, sweep_dir: Path, tmp_path):
-    """Same rows, same files (index.md's generation time aside): no date in the PDFs, no random
-    element ids in report.html, so an unchanged figure makes no diff in version control."""
+    """Same rows, same files (index.md's generation time aside, which may also come out equal):
+    no date in the PDFs, no random element ids in report.html, so an unchanged figure makes no
+    diff in version control."""
     again = make_report(sweep_dir, out=tmp_path / "again")
     names = sorted(p.relative_to(report_dir) for p in report_dir.rglob("*") if p.is_file())
     assert names == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     differ = [n for n in names if (report_dir / n).read_bytes() != (again / n).read_bytes()]
-    assert differ == [Path("index.md")]
+    assert differ in ([], [Path("index.md")])
