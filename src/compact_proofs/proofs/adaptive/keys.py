@@ -255,8 +255,8 @@ def _dmax_rows(ck: CubicKeys, keys: Int[Tensor, "keys 4"], ops: Ops) -> _DmaxRow
     S, lt = ck.slots, ck.leftover
     V = S.EUPU.shape[0]
 
-    def rows(table: Approx, have, have_of, need: Tensor):
-        row_of = torch.full((V,), -1, dtype=torch.int64) if have is None else have_of.clone()
+    def rows(table: Approx, have: maxplus.SortedRows | None, have_of: Tensor | None, need: Tensor):
+        row_of = torch.full((V,), -1, dtype=torch.int64) if have_of is None else have_of.clone()
         tokens = torch.empty(int((row_of >= 0).sum()), dtype=torch.int64)
         tokens[row_of[row_of >= 0]] = torch.nonzero(row_of >= 0, as_tuple=True)[0]
         new = torch.unique(need[row_of[need] < 0])
@@ -268,13 +268,17 @@ def _dmax_rows(ck: CubicKeys, keys: Int[Tensor, "keys 4"], ops: Ops) -> _DmaxRow
             )
         return table[torch.cat([tokens, new])], fresh, row_of, new.numel()
 
-    eu, s_eu, eu_of, n_eu = rows(S.EUPU, lt and lt.eu, lt and lt.eu_of, keys[:, 0])
-    own, s_own, own_of, n_own = rows(S.own, lt and lt.own, lt and lt.own_of, keys[:, 1])
+    eu, s_eu, eu_of, n_eu = rows(
+        S.EUPU, lt.eu if lt else None, lt.eu_of if lt else None, keys[:, 0]
+    )
+    own, s_own, own_of, n_own = rows(
+        S.own, lt.own if lt else None, lt.own_of if lt else None, keys[:, 1]
+    )
     return _DmaxRows(eu, s_eu, eu_of, own, s_own, own_of, n_eu + n_own)
 
 
 def _dmax_class(
-    ck: CubicKeys, dm: _DmaxRows, q: Tensor, m: Tensor, rest: Bool[Tensor, "keys d_vocab_out"]
+    dm: _DmaxRows, q: Tensor, m: Tensor, rest: Bool[Tensor, "keys d_vocab_out"]
 ) -> tuple[Approx, Tensor]:
     """Per key, max over the outputs ``rest`` (non-empty) of EUPU[q, x] + own[m, x], by the
     threshold search on the sorted rows (``core.maxplus``: the same float as the reduction
@@ -377,7 +381,7 @@ def _level1_chunk(
         s.ledger.add(sel.numel(), label=LABEL)  # one selection per key (``first_not_excluded``)
         cls.append(s.sub(w_top, w_qm[sel][:, 0], label=LABEL))
         if not last:
-            best, stage = _dmax_class(ck, dmax, q[sel], m[sel], rest[sel])
+            best, stage = _dmax_class(dmax, q[sel], m[sel], rest[sel])
             dmax_cost[sel] = maxplus.pair_flops(stage, V)
             cls.insert(0, s.sub(best, base[sel][:, 0], label=LABEL))
         cls = [x.map_layout(lambda t: t[:, None]) for x in cls]  # [S, 1] each
@@ -552,7 +556,7 @@ def level1_key_flops(
             q, m = keys[with_class, 0], keys[with_class, 1]
             dm = _dmax_rows(ck, keys[with_class], Ops())
             dmax_cost[with_class] = maxplus.pair_flops(
-                _dmax_class(ck, dm, q, m, rest[with_class])[1], V
+                _dmax_class(dm, q, m, rest[with_class])[1], V
             )
         for is_last in (False, True):
             sel = (keys[:, 3] == n - 1) == is_last
